@@ -1,0 +1,189 @@
+"""Parameters and multiply-accumulates of a wav2vec2-style encoder: the project's one cost model.
+
+Pure functions of an :class:`EncoderSpec` and optional per-unit keep values (probabilities for the
+expected, differentiable cost used in training; 0/1 masks for a deterministic structure; nothing for
+the spec's own sizes). Used by the criterion, ``hjprune-cost``, the export checks and the tests.
+
+What is counted, with T frames of hidden size d (DeepSpeed flops-profiler convention, HJ-Pruning
+Eq. 10-12; biases, norms, activations and softmax cost no MACs):
+- cnn: every conv layer, MAC = T_out * C_out * C_in * K (Eq. 12); params = weights, biases, norms.
+- pos_conv: the grouped positional conv, MAC = T * K * sum_g n_g^2 (Eq. 12 per group); params =
+  weight_v, weight_g (K) and bias.
+- attention: q/k/v/out projections and scores, MAC = 4*T*h*d*d_head + 2*T^2*h*d_head (Eq. 10);
+  params include the self-attention LayerNorm.
+- ffn: MAC = 2*T*d*d_int (Eq. 11); params include the final LayerNorm.
+- other: feature LayerNorm, feature projection (MAC = T * C_last * d), mask embedding, encoder
+  LayerNorm.
+- head: the task's output layer (MAC = T * d * V), reported apart from the encoder.
+Kept counts are sums of keep values (expected L0, Eq. 3), so every quantity is differentiable in
+log_alpha. Input channels of conv i are the kept output channels of conv i-1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+from .encoder import GateMasks, conv_output_lengths
+from .spec import EncoderSpec
+
+Number = Union[int, float, torch.Tensor]
+COMPONENTS = ("cnn", "pos_conv", "attention", "ffn", "other")
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class Counts:
+    """Kept units of every group (ints, or float tensors for expected counts)."""
+
+    conv: List[Number]
+    heads: List[Number]
+    ffn: List[Number]
+    pos_groups: List[Number]  # kept hidden dims in each positional-conv group
+
+    @property
+    def hidden(self) -> Number:
+        return sum(self.pos_groups)
+
+
+@dataclass
+class Cost:
+    """Params and MACs per component (and per layer), encoder totals and the output head."""
+
+    params: Dict[str, Number]
+    macs: Dict[str, Number]
+    head_params: Number
+    head_macs: Number
+    frames: int
+    layer_macs: Dict[str, List[Number]] = field(default_factory=dict)
+
+    @property
+    def encoder_params(self) -> Number:
+        return sum(self.params[c] for c in COMPONENTS)
+
+    @property
+    def encoder_macs(self) -> Number:
+        return sum(self.macs[c] for c in COMPONENTS)
+
+    @property
+    def total_params(self) -> Number:
+        return self.encoder_params + self.head_params
+
+    @property
+    def total_macs(self) -> Number:
+        return self.encoder_macs + self.head_macs
+
+    @property
+    def transformer_params(self) -> Number:
+        """Everything but the CNN (the 'Transformer' of HJ-Pruning-SepSize, Eq. 9)."""
+        return self.encoder_params - self.params["cnn"]
+
+
+def counts(spec: EncoderSpec, keep: Optional[GateMasks] = None) -> Counts:
+    """Kept units: the spec's sizes, replaced by sums of ``keep`` values for each gated group."""
+    keep = keep or GateMasks()
+    conv = [k.sum() for k in keep.conv] if keep.conv is not None else [c for c, _, _ in spec.conv_layers]
+    heads = [k.sum() for k in keep.heads] if keep.heads is not None else list(spec.num_heads)
+    ffn = [k.sum() for k in keep.ffn] if keep.ffn is not None else list(spec.ffn_dims)
+    if keep.hidden is not None:
+        pos_groups = [g.sum() for g in torch.split(keep.hidden, spec.pos_conv_groups)]
+    else:
+        pos_groups = list(spec.pos_conv_groups)
+    return Counts(conv, heads, ffn, pos_groups)
+
+
+def frames_for(spec: EncoderSpec, seconds: float, sample_rate: int = SAMPLE_RATE) -> List[int]:
+    """Output length of every CNN layer for ``seconds`` of audio; the last one is T."""
+    if seconds <= 0:
+        raise ValueError(f"virtual input length must be positive, got {seconds} s")
+    n = torch.tensor(int(round(seconds * sample_rate)))
+    lengths = []
+    for layer in spec.conv_layers:
+        n = conv_output_lengths(n, [layer])
+        lengths.append(int(n))
+    if lengths[-1] <= 0:
+        raise ValueError(f"{seconds} s of audio is too short for the CNN (no output frame)")
+    return lengths
+
+
+def cost(
+    spec: EncoderSpec, keep: Optional[GateMasks] = None, seconds: float = 10.0, vocab_size: int = 0,
+    sample_rate: int = SAMPLE_RATE,
+) -> Cost:
+    """Params and MACs of the encoder (plus a ``vocab_size`` output head) at ``seconds`` of audio."""
+    c = counts(spec, keep)
+    lengths = frames_for(spec, seconds, sample_rate)
+    T = lengths[-1]
+    d = c.hidden
+    dh = spec.head_dim
+    K = spec.pos_conv_kernel
+
+    cnn_p: Number = 0
+    cnn_m: List[Number] = []
+    c_in: Number = 1
+    for i, ((_, k, _), c_out, t_out) in enumerate(zip(spec.conv_layers, c.conv, lengths)):
+        cnn_p = cnn_p + c_out * c_in * k + (c_out if spec.conv_bias else 0)
+        if spec.extractor_mode == "layer_norm" or i == 0:
+            cnn_p = cnn_p + 2 * c_out
+        cnn_m.append(t_out * c_out * c_in * k)
+        c_in = c_out
+    c_last = c_in
+
+    sq = sum(n * n for n in c.pos_groups)
+    att_m = [4 * T * h * d * dh + 2 * T * T * h * dh for h in c.heads]
+    ffn_m = [2 * T * d * f for f in c.ffn]
+    params = {
+        "cnn": cnn_p,
+        "pos_conv": K * sq + K + d,
+        "attention": sum(4 * d * h * dh + 3 * h * dh + d + 2 * d for h in c.heads),
+        "ffn": sum(2 * d * f + f + d + 2 * d for f in c.ffn),
+        "other": 2 * c_last + c_last * d + d + d + 2 * d,
+    }
+    macs = {
+        "cnn": sum(cnn_m),
+        "pos_conv": T * K * sq,
+        "attention": sum(att_m),
+        "ffn": sum(ffn_m),
+        "other": T * c_last * d,
+    }
+    return Cost(
+        params=params, macs=macs, head_params=(d * vocab_size + vocab_size) if vocab_size else 0,
+        head_macs=T * d * vocab_size, frames=T,
+        layer_macs={"cnn": cnn_m, "attention": att_m, "ffn": ffn_m},
+    )
+
+
+def to_float(x: Number) -> float:
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def report(spec: EncoderSpec, keep: Optional[GateMasks] = None, seconds: float = 10.0, vocab_size: int = 0) -> Dict:
+    """A JSON-ready summary: totals, per component, per layer (kept units and GMACs)."""
+    c = cost(spec, keep, seconds, vocab_size)
+    k = counts(spec, keep)
+    dense = cost(spec, None, seconds, vocab_size)
+    g = 1e9
+    return {
+        "seconds": seconds,
+        "frames": c.frames,
+        "params": int(round(to_float(c.total_params))),
+        "encoder_params": int(round(to_float(c.encoder_params))),
+        "gmacs": to_float(c.total_macs) / g,
+        "encoder_gmacs": to_float(c.encoder_macs) / g,
+        "params_by_component": {n: int(round(to_float(v))) for n, v in c.params.items()} | {"head": int(to_float(c.head_params))},
+        "gmacs_by_component": {n: to_float(v) / g for n, v in c.macs.items()} | {"head": to_float(c.head_macs) / g},
+        "cnn_macs_share": to_float(c.macs["cnn"]) / to_float(c.total_macs),
+        "size_sparsity": 1.0 - to_float(c.encoder_params) / to_float(dense.encoder_params),
+        "macs_sparsity": 1.0 - to_float(c.encoder_macs) / to_float(dense.encoder_macs),
+        "hidden": to_float(k.hidden),
+        "layers": {
+            "conv_channels": [to_float(v) for v in k.conv],
+            "heads": [to_float(v) for v in k.heads],
+            "ffn_units": [to_float(v) for v in k.ffn],
+            "cnn_gmacs": [to_float(v) / g for v in c.layer_macs["cnn"]],
+            "attention_gmacs": [to_float(v) / g for v in c.layer_macs["attention"]],
+            "ffn_gmacs": [to_float(v) / g for v in c.layer_macs["ffn"]],
+        },
+    }

@@ -1,0 +1,392 @@
+"""A wav2vec2/HuBERT encoder whose every prunable unit can be masked, built from an EncoderSpec.
+
+The same modules serve the gated model (masks passed to ``forward``) and the slim model (per-layer
+sizes in the spec, no masks). With no masks the computation equals fairseq's ``Wav2Vec2Model`` /
+``HubertModel`` feature path (``extract_features``) in eval mode; ``fairseq_import`` maps weights.
+
+Tensors are batch-first: waveform (B, S), frames (B, T, C). Where the hidden mask ``hidden`` (d,) is
+given, it is applied as in CoFiPruning: to the feature projection, to every sub-layer output and to
+every LayerNorm output, and each LayerNorm over the hidden size normalises over the kept dims only
+(those with a non-zero gate), so a 0/1 mask gives exactly the slim model's output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spec import EncoderSpec
+
+
+@dataclass
+class GateMasks:
+    """Gate values for one forward pass; ``None`` means that group is not gated.
+
+    conv: one (C_i,) vector per CNN layer; heads: (L, H); ffn: (L, F); hidden: (d,).
+    """
+
+    conv: Optional[List[torch.Tensor]] = None
+    heads: Optional[torch.Tensor] = None
+    ffn: Optional[torch.Tensor] = None
+    hidden: Optional[torch.Tensor] = None
+
+
+@dataclass
+class MaskingOptions:
+    """Time/channel masking of the projected features during fine-tuning (wav2vec2 Sec. 3.2).
+
+    Field meanings are those of fairseq's ``Wav2Vec2AsrConfig`` fields of the same names.
+    """
+
+    mask_prob: float = 0.0
+    mask_length: int = 10
+    mask_selection: str = "static"
+    mask_other: float = 0.0
+    mask_min_space: int = 1
+    require_same_masks: bool = True
+    mask_dropout: float = 0.0
+    mask_channel_prob: float = 0.0
+    mask_channel_length: int = 10
+    mask_channel_selection: str = "static"
+    mask_channel_other: float = 0.0
+    mask_channel_min_space: int = 1
+    mask_channel_before: bool = False
+
+
+def masked_layer_norm(
+    x: torch.Tensor, keep: Optional[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """LayerNorm over the last dim, restricted to the dims where ``keep`` is non-zero.
+
+    Statistics are computed in fp32 (as fairseq's Fp32LayerNorm). The output is multiplied by
+    ``keep`` so pruned dims stay exactly zero. Shapes: x (..., C), keep/weight/bias (C,).
+    """
+    dtype = x.dtype
+    x = x.float()
+    if keep is None:
+        return F.layer_norm(x, (x.shape[-1],), weight.float(), bias.float(), eps).to(dtype)
+    m = (keep != 0).float()
+    n = m.sum().clamp(min=1.0)
+    mean = (x * m).sum(-1, keepdim=True) / n
+    centred = (x - mean) * m
+    var = (centred * centred).sum(-1, keepdim=True) / n
+    y = centred * torch.rsqrt(var + eps) * weight.float() + bias.float()
+    return (y * keep.float()).to(dtype)
+
+
+class MaskedLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm that accepts an optional keep mask over its normalised dim."""
+
+    def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
+        return masked_layer_norm(x, keep, self.weight, self.bias, self.eps)
+
+
+def _mul(x: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
+    return x if gate is None else x * gate.to(x.dtype)
+
+
+class ConvFeatureExtractor(nn.Module):
+    """fairseq's ``ConvFeatureExtractionModel`` with a gate per output channel of every layer.
+
+    Layer i: conv -> dropout -> norm -> GELU -> x * gate_i. Pruning output channel c of layer i
+    also removes input channel c of layer i+1 (its input is zero), and of the feature projection.
+    """
+
+    def __init__(self, conv_layers: Sequence[Tuple[int, int, int]], conv_bias: bool, mode: str, dropout: float = 0.0):
+        super().__init__()
+        self.mode = mode
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        in_ch = 1
+        for i, (ch, k, stride) in enumerate(conv_layers):
+            self.convs.append(nn.Conv1d(in_ch, ch, k, stride=stride, bias=conv_bias))
+            if mode == "layer_norm":
+                self.norms.append(MaskedLayerNorm(ch, eps=1e-5))
+            elif i == 0:
+                self.norms.append(nn.GroupNorm(ch, ch, eps=1e-5, affine=True))
+            else:
+                self.norms.append(nn.Identity())
+            in_ch = ch
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, wav: torch.Tensor, channel_gates: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """wav (B, S) -> features (B, C_last, T)."""
+        x = wav.unsqueeze(1)
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            gate = None if channel_gates is None else channel_gates[i]
+            x = self.dropout(conv(x))
+            if isinstance(norm, MaskedLayerNorm):
+                x = norm(x.transpose(1, 2), gate).transpose(1, 2)
+            elif isinstance(norm, nn.GroupNorm):
+                # One group per channel: channels are normalised independently (fp32 as fairseq).
+                x = F.group_norm(x.float(), norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).type_as(x)
+            x = F.gelu(x)
+            if gate is not None:
+                x = x * gate.to(x.dtype).unsqueeze(-1)
+        return x
+
+
+class PositionalConv(nn.Module):
+    """The grouped, weight-normalised convolutional positional embedding of wav2vec2.
+
+    ``group_sizes[g]`` hidden dims form group g (each output dim reads only its own group). A dense
+    model has equal groups (one grouped conv); a slim model may have uneven groups (one conv per
+    non-empty group). Weight norm (``dim=2``: one norm per kernel tap over all groups) is kept as
+    the explicit pair ``weight_g`` (K,) / ``weight_v`` so slimming can rescale ``weight_g``.
+    """
+
+    def __init__(self, group_sizes: Sequence[int], kernel: int):
+        super().__init__()
+        self.group_sizes = [int(g) for g in group_sizes]
+        self.kernel = kernel
+        self.weight_v = nn.ParameterList([nn.Parameter(torch.empty(n, n, kernel)) for n in self.group_sizes])
+        self.weight_g = nn.Parameter(torch.ones(kernel))
+        self.bias = nn.Parameter(torch.zeros(sum(self.group_sizes)))
+        d = sum(self.group_sizes)
+        std = math.sqrt(4.0 / (kernel * d))
+        for v in self.weight_v:
+            nn.init.normal_(v, mean=0.0, std=std)
+
+    def weights(self) -> List[torch.Tensor]:
+        """Per-group effective weights g * v / ||v|| (norm over everything but the kernel tap)."""
+        sq = sum((v.float() ** 2).sum(dim=(0, 1)) for v in self.weight_v if v.numel())
+        scale = (self.weight_g.float() / torch.sqrt(sq)).to(self.weight_g.dtype)
+        return [v * scale for v in self.weight_v]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d) -> GELU(conv(x)) (B, T, d), same length ("SamePad")."""
+        x = x.transpose(1, 2)
+        pad = self.kernel // 2
+        ws = self.weights()
+        if len(set(self.group_sizes)) == 1:
+            y = F.conv1d(x, torch.cat(ws, 0), self.bias, padding=pad, groups=len(ws))
+        else:
+            outs, start = [], 0
+            for w, n in zip(ws, self.group_sizes):
+                if n:
+                    outs.append(F.conv1d(x[:, start:start + n], w, padding=pad))
+                start += n
+            y = torch.cat(outs, 1) + self.bias.unsqueeze(-1)
+        if self.kernel % 2 == 0:
+            y = y[:, :, :-1]
+        return F.gelu(y).transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with per-head gates; ``num_heads`` may be 0 (bias only)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
+        inner = num_heads * head_dim
+        self.q_proj = nn.Linear(embed_dim, inner)
+        self.k_proj = nn.Linear(embed_dim, inner)
+        self.v_proj = nn.Linear(embed_dim, inner)
+        self.out_proj = nn.Linear(inner, embed_dim)
+
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None, head_gate: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """x (B, T, d); key_padding_mask (B, T) True at padding; head_gate (H,) -> (B, T, d)."""
+        B, T, _ = x.shape
+        if self.num_heads == 0:
+            # Every head pruned: the block reduces to its output bias (the layer keeps its residual).
+            return self.out_proj.bias.to(x.dtype).expand(B, T, -1)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        attn_mask = None
+        if key_padding_mask is not None:
+            attn_mask = (~key_padding_mask).view(B, 1, 1, T)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        if head_gate is not None:
+            y = y * head_gate.to(y.dtype).view(1, -1, 1, 1)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    """fc1 -> GELU -> x * gate -> dropout -> fc2; ``ffn_dim`` may be 0 (bias only)."""
+
+    def __init__(self, embed_dim: int, ffn_dim: int, activation_dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, embed_dim)
+        self.dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, x: torch.Tensor, unit_gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.fc1.out_features == 0:
+            return self.fc2.bias.to(x.dtype).expand(*x.shape[:-1], -1)
+        h = _mul(F.gelu(self.fc1(x)), unit_gate)
+        return self.fc2(self.dropout(h))
+
+
+class EncoderLayer(nn.Module):
+    """fairseq's ``TransformerSentenceEncoderLayer`` (post-LN or pre-LN) with gates."""
+
+    def __init__(
+        self, embed_dim: int, num_heads: int, head_dim: int, ffn_dim: int, layer_norm_first: bool,
+        dropout: float = 0.0, attention_dropout: float = 0.0, activation_dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.layer_norm_first = layer_norm_first
+        self.self_attn = SelfAttention(embed_dim, num_heads, head_dim, attention_dropout)
+        self.self_attn_layer_norm = MaskedLayerNorm(embed_dim, eps=1e-5)
+        self.ffn = FeedForward(embed_dim, ffn_dim, activation_dropout)
+        self.final_layer_norm = MaskedLayerNorm(embed_dim, eps=1e-5)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, padding_mask: Optional[torch.Tensor], head_gate: Optional[torch.Tensor] = None,
+        ffn_gate: Optional[torch.Tensor] = None, hidden: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        if self.layer_norm_first:
+            a = self.self_attn(self.self_attn_layer_norm(x, hidden), padding_mask, head_gate)
+            x = x + self.dropout(_mul(a, hidden))
+            f = self.ffn(self.final_layer_norm(x, hidden), ffn_gate)
+            return x + self.dropout(_mul(f, hidden))
+        a = self.self_attn(x, padding_mask, head_gate)
+        x = self.self_attn_layer_norm(x + self.dropout(_mul(a, hidden)), hidden)
+        f = self.ffn(x, ffn_gate)
+        return self.final_layer_norm(x + self.dropout(_mul(f, hidden)), hidden)
+
+
+def conv_output_lengths(lengths: torch.Tensor, conv_layers: Sequence[Tuple[int, int, int]]) -> torch.Tensor:
+    """Frames produced from ``lengths`` samples (no padding, floor), as fairseq's formula."""
+    for _, k, s in conv_layers:
+        lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+    return lengths
+
+
+class Wav2Vec2Encoder(nn.Module):
+    """CNN feature extractor + feature projection + Transformer, from an :class:`EncoderSpec`.
+
+    Parameter names mirror fairseq where a module has a fairseq twin (``layer_norm``,
+    ``post_extract_proj``, ``mask_emb``, ``layers.N.self_attn.q_proj`` ...).
+    """
+
+    def __init__(
+        self, spec: EncoderSpec, dropout: float = 0.0, attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0, dropout_input: float = 0.0, layerdrop: float = 0.0,
+        feature_grad_mult: float = 1.0, masking: Optional[MaskingOptions] = None,
+    ):
+        super().__init__()
+        self.spec = spec
+        d = spec.embed_dim
+        self.feature_extractor = ConvFeatureExtractor(spec.conv_layers, spec.conv_bias, spec.extractor_mode)
+        self.layer_norm = MaskedLayerNorm(spec.conv_dim, eps=1e-5)
+        self.post_extract_proj = nn.Linear(spec.conv_dim, d)
+        self.mask_emb = nn.Parameter(torch.empty(d).uniform_())
+        self.pos_conv = PositionalConv(spec.pos_conv_groups, spec.pos_conv_kernel)
+        self.encoder_layer_norm = MaskedLayerNorm(d, eps=1e-5)
+        self.layers = nn.ModuleList(
+            EncoderLayer(d, h, spec.head_dim, f, spec.layer_norm_first, dropout, attention_dropout, activation_dropout)
+            for h, f in zip(spec.num_heads, spec.ffn_dims)
+        )
+        self.dropout_input = nn.Dropout(dropout_input)
+        self.dropout = nn.Dropout(dropout)
+        self.layerdrop = layerdrop
+        self.feature_grad_mult = feature_grad_mult
+        self.masking = masking or MaskingOptions()
+
+    def frame_padding_mask(self, padding_mask: Optional[torch.Tensor], num_frames: int) -> Optional[torch.Tensor]:
+        """Sample-level padding (B, S) -> frame-level padding (B, T), by the spec's rule."""
+        if padding_mask is None or not padding_mask.any():
+            return None
+        if self.spec.frame_padding == "hubert":
+            extra = padding_mask.size(1) % num_frames
+            if extra > 0:
+                padding_mask = padding_mask[:, :-extra]
+            return padding_mask.view(padding_mask.size(0), num_frames, -1).all(-1)
+        lengths = conv_output_lengths((~padding_mask).long().sum(-1), self.spec.conv_layers)
+        return torch.arange(num_frames, device=padding_mask.device).unsqueeze(0) >= lengths.unsqueeze(1)
+
+    def apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Time masking with ``mask_emb`` and channel masking with zeros (fairseq's apply_mask)."""
+        from fairseq.data.data_utils import compute_mask_indices
+
+        m = self.masking
+        B, T, C = x.shape
+
+        def channel_mask() -> torch.Tensor:
+            idx = compute_mask_indices(
+                (B, C), None, m.mask_channel_prob, m.mask_channel_length, m.mask_channel_selection,
+                m.mask_channel_other, no_overlap=False, min_space=m.mask_channel_min_space,
+            )
+            return torch.from_numpy(idx).to(x.device).unsqueeze(1).expand(-1, T, -1)
+
+        if m.mask_channel_prob > 0 and m.mask_channel_before:
+            x = x.masked_fill(channel_mask(), 0.0)
+        if m.mask_prob > 0:
+            idx = compute_mask_indices(
+                (B, T), padding_mask, m.mask_prob, m.mask_length, m.mask_selection, m.mask_other,
+                min_masks=2, no_overlap=False, min_space=m.mask_min_space,
+                require_same_masks=m.require_same_masks, mask_dropout=m.mask_dropout,
+            )
+            time = torch.from_numpy(np.asarray(idx)).to(x.device).unsqueeze(-1)
+            x = torch.where(time, self.mask_emb.to(x.dtype), x)
+        if m.mask_channel_prob > 0 and not m.mask_channel_before:
+            x = x.masked_fill(channel_mask(), 0.0)
+        return x
+
+    def extract_cnn(self, source: torch.Tensor, gates: GateMasks) -> torch.Tensor:
+        if self.feature_grad_mult > 0:
+            feats = self.feature_extractor(source, gates.conv)
+            if self.feature_grad_mult != 1.0:
+                from fairseq.modules import GradMultiply
+
+                feats = GradMultiply.apply(feats, self.feature_grad_mult)
+            return feats
+        with torch.no_grad():
+            return self.feature_extractor(source, gates.conv)
+
+    def forward(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
+        gates: Optional[GateMasks] = None, mask: bool = False, return_layers: bool = False,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[torch.Tensor]]:
+        """source (B, S) waveform, padding_mask (B, S) True at padding.
+
+        Returns (x (B, T, d), frame padding mask (B, T) or None, per-layer outputs if asked).
+        """
+        gates = gates or GateMasks()
+        hidden = gates.hidden
+        feats = self.extract_cnn(source, gates).transpose(1, 2)
+        last_conv_gate = None if gates.conv is None else gates.conv[-1]
+        feats = self.layer_norm(feats, last_conv_gate)
+        frame_pad = self.frame_padding_mask(padding_mask, feats.size(1))
+        x = self.dropout_input(self.post_extract_proj(feats))
+        if mask:
+            x = self.apply_mask(x, frame_pad)
+        x = _mul(x, hidden)
+
+        if frame_pad is not None:
+            x = x.masked_fill(frame_pad.unsqueeze(-1), 0.0)
+        x = x + _mul(self.pos_conv(x), hidden)
+        if not self.spec.layer_norm_first:
+            x = self.encoder_layer_norm(x, hidden)
+        x = self.dropout(x)
+
+        outputs: List[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            if self.training and self.layerdrop > 0 and np.random.random() < self.layerdrop:
+                continue
+            x = layer(
+                x, frame_pad,
+                head_gate=None if gates.heads is None else gates.heads[i],
+                ffn_gate=None if gates.ffn is None else gates.ffn[i],
+                hidden=hidden,
+            )
+            if return_layers:
+                outputs.append(x)
+        if self.spec.layer_norm_first:
+            x = self.encoder_layer_norm(x, hidden)
+        return x, frame_pad, outputs

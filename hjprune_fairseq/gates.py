@@ -1,0 +1,58 @@
+"""The HardConcrete gates of an encoder: one block per prunable unit group (METHOD.md table).
+
+conv: one gate per output channel of every CNN layer; heads / ffn: one gate per head / FFN unit of
+every layer; hidden: ONE gate vector over the model dimension, shared by all layers.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from .encoder import GateMasks
+from .hard_concrete import HardConcrete
+from .spec import EncoderSpec
+
+GROUPS = ("conv", "heads", "ffn", "hidden")
+
+
+class EncoderGates(nn.Module):
+    def __init__(
+        self, spec: EncoderSpec, conv: bool = True, heads: bool = True, ffn: bool = True, hidden: bool = True,
+        init_keep_prob: float = 0.99,
+    ):
+        super().__init__()
+
+        def blocks(sizes: List[int]) -> nn.ModuleList:
+            return nn.ModuleList(HardConcrete((n,), init_keep_prob) for n in sizes)
+
+        self.conv = blocks([c for c, _, _ in spec.conv_layers]) if conv else None
+        self.heads = blocks(spec.num_heads) if heads else None
+        self.ffn = blocks(spec.ffn_dims) if ffn else None
+        self.hidden = HardConcrete((spec.embed_dim,), init_keep_prob) if hidden else None
+
+    def enabled(self) -> List[str]:
+        return [g for g in GROUPS if getattr(self, g) is not None]
+
+    def _collect(self, fn) -> GateMasks:
+        def each(mods: Optional[nn.ModuleList]) -> Optional[List[torch.Tensor]]:
+            return None if mods is None else [fn(m) for m in mods]
+
+        return GateMasks(
+            conv=each(self.conv), heads=each(self.heads), ffn=each(self.ffn),
+            hidden=None if self.hidden is None else fn(self.hidden),
+        )
+
+    def forward(self) -> GateMasks:
+        """Samples in training mode, deterministic 0/1 masks in eval mode."""
+        return self._collect(lambda g: g())
+
+    def keep_probs(self) -> GateMasks:
+        """P(z != 0) of every unit: differentiable, feeds the expected cost."""
+        return self._collect(lambda g: g.keep_prob())
+
+    def deterministic(self) -> GateMasks:
+        """The 0/1 masks used at evaluation and by the slim export."""
+        return self._collect(lambda g: g.deterministic_mask())

@@ -1,0 +1,227 @@
+"""Registered fairseq models: the gated CTC model (pruning) and the slim CTC model (after export).
+
+``hjprune_wav2vec_ctc`` wraps :class:`Wav2Vec2Encoder` with a linear CTC head and HardConcrete gates
+(:class:`EncoderGates`); ``hjprune_slim_ctc`` is the same network with per-layer sizes and no gates.
+Both initialise from ``w2v_path``: a fairseq wav2vec2/HuBERT pre-training checkpoint, a fairseq
+``wav2vec_ctc``/``hubert_ctc`` fine-tuned checkpoint, or an hjprune checkpoint. The encoder's shape is
+stored in ``encoder_spec`` so saved checkpoints load without ``w2v_path``. Only this module reads cfg.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel, register_model
+from omegaconf import II, open_dict
+from torch import nn
+
+from .. import compat
+from ..encoder import GateMasks, MaskingOptions, Wav2Vec2Encoder
+from ..fairseq_import import ImportedCheckpoint, read_checkpoint
+from ..gates import EncoderGates
+from ..spec import EncoderSpec
+
+logger = logging.getLogger(__name__)
+
+MASK_SELECTION = ChoiceEnum(["static", "uniform", "normal", "poisson"])
+
+
+@dataclass
+class HJPruneCtcConfig(FairseqDataclass):
+    """Field names follow fairseq's ``Wav2Vec2AsrConfig`` so existing yaml model sections carry over."""
+
+    w2v_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "checkpoint to initialise from: fairseq wav2vec2/HuBERT pre-training, fairseq "
+                          "wav2vec_ctc/hubert_ctc fine-tuned, or an hjprune checkpoint (gated or slim)"},
+    )
+    no_pretrained_weights: bool = field(default=False, metadata={"help": "take only the shape from w2v_path, not its weights"})
+    encoder_spec: Optional[Any] = field(
+        default=None, metadata={"help": "encoder dimensions; filled from w2v_path on first build and saved in checkpoints"}
+    )
+    normalize: bool = field(default=II("task.normalize"), metadata={"help": "audio is normalised to zero mean, unit variance"})
+    dropout_input: float = field(default=0.0, metadata={"help": "dropout on the projected CNN features"})
+    final_dropout: float = field(default=0.0, metadata={"help": "dropout before the output layer"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout in the Transformer"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention probabilities"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
+    layerdrop: float = field(default=0.0, metadata={"help": "probability of skipping a Transformer layer in training"})
+    feature_grad_mult: float = field(
+        default=0.0, metadata={"help": "gradient scale for the CNN; 0 freezes it (then CNN gates cannot learn)"}
+    )
+    freeze_finetune_updates: int = field(default=0, metadata={"help": "updates during which only the output layer trains"})
+    apply_mask: bool = field(default=False, metadata={"help": "mask time steps / channels of the features in training"})
+    mask_length: int = field(default=10, metadata={"help": "length of a time mask span"})
+    mask_prob: float = field(default=0.5, metadata={"help": "fraction of time steps starting a mask span"})
+    mask_selection: MASK_SELECTION = field(default="static", metadata={"help": "how to choose time mask lengths"})
+    mask_other: float = field(default=0.0, metadata={"help": "secondary mask length parameter (see fairseq)"})
+    no_mask_overlap: bool = field(default=False, metadata={"help": "must be false (fairseq bug on numpy 2)"})
+    mask_min_space: int = field(default=1, metadata={"help": "min space between spans (only with no_mask_overlap)"})
+    require_same_masks: bool = field(default=True, metadata={"help": "same number of masked steps in every row"})
+    mask_dropout: float = field(default=0.0, metadata={"help": "fraction of masked steps to unmask at random"})
+    mask_channel_length: int = field(default=10, metadata={"help": "length of a channel mask span"})
+    mask_channel_prob: float = field(default=0.0, metadata={"help": "fraction of channels starting a mask span"})
+    mask_channel_selection: MASK_SELECTION = field(default="static", metadata={"help": "how to choose channel mask lengths"})
+    mask_channel_other: float = field(default=0.0, metadata={"help": "secondary channel mask parameter"})
+    no_mask_channel_overlap: bool = field(default=False, metadata={"help": "must be false (fairseq bug on numpy 2)"})
+    mask_channel_min_space: int = field(default=1, metadata={"help": "min space between channel spans"})
+    mask_channel_before: bool = field(default=False, metadata={"help": "mask channels before time steps"})
+    blank_weight: float = field(default=0.0, metadata={"help": "added to (or set as) the blank logit at decoding"})
+    blank_mode: ChoiceEnum(["add", "set"]) = field(default="add", metadata={"help": "how blank_weight applies"})
+
+
+@dataclass
+class HJPruneGatedCtcConfig(HJPruneCtcConfig):
+    prune_conv: bool = field(default=True, metadata={"help": "gate the output channels of every CNN layer"})
+    prune_heads: bool = field(default=True, metadata={"help": "gate the attention heads of every layer"})
+    prune_ffn: bool = field(default=True, metadata={"help": "gate the FFN intermediate units of every layer"})
+    prune_hidden: bool = field(default=True, metadata={"help": "gate the hidden dimension (one vector shared by all layers)"})
+    gate_init_keep_prob: float = field(
+        default=0.99, metadata={"help": "initial P(gate != 0) of every unit (log_alpha is set from it)"}
+    )
+
+
+def _masking(cfg: HJPruneCtcConfig) -> MaskingOptions:
+    compat.check_no_overlap(cfg.no_mask_overlap, cfg.no_mask_channel_overlap)
+    return MaskingOptions(
+        mask_prob=cfg.mask_prob if cfg.apply_mask else 0.0, mask_length=cfg.mask_length,
+        mask_selection=str(cfg.mask_selection), mask_other=cfg.mask_other, mask_min_space=cfg.mask_min_space,
+        require_same_masks=cfg.require_same_masks, mask_dropout=cfg.mask_dropout,
+        mask_channel_prob=cfg.mask_channel_prob if cfg.apply_mask else 0.0,
+        mask_channel_length=cfg.mask_channel_length, mask_channel_selection=str(cfg.mask_channel_selection),
+        mask_channel_other=cfg.mask_channel_other, mask_channel_min_space=cfg.mask_channel_min_space,
+        mask_channel_before=cfg.mask_channel_before,
+    )
+
+
+class HJPruneCtcModel(BaseFairseqModel):
+    """Encoder + output layer; ``gates`` is None for the slim model."""
+
+    def __init__(self, cfg: HJPruneCtcConfig, spec: EncoderSpec, vocab_size: int, gates: Optional[EncoderGates] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.spec = spec
+        self.encoder = Wav2Vec2Encoder(
+            spec, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
+            activation_dropout=cfg.activation_dropout, dropout_input=cfg.dropout_input, layerdrop=cfg.layerdrop,
+            feature_grad_mult=cfg.feature_grad_mult, masking=_masking(cfg),
+        )
+        self.final_dropout = nn.Dropout(cfg.final_dropout)
+        self.proj = nn.Linear(spec.embed_dim, vocab_size)
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.constant_(self.proj.bias, 0.0)
+        self.gates = gates
+        self.apply_mask = cfg.apply_mask
+        self.freeze_finetune_updates = cfg.freeze_finetune_updates
+        self.num_updates = 0
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def make_gates(cls, cfg: HJPruneCtcConfig, spec: EncoderSpec) -> Optional[EncoderGates]:
+        return None
+
+    @classmethod
+    def build_model(cls, cfg: HJPruneCtcConfig, task) -> "HJPruneCtcModel":
+        return cls.from_config(cfg, len(task.target_dictionary))
+
+    @classmethod
+    def from_config(cls, cfg: HJPruneCtcConfig, vocab_size: int) -> "HJPruneCtcModel":
+        """Build from cfg; reads ``w2v_path`` only when ``encoder_spec`` is not set yet."""
+        if cfg.encoder_spec is not None:
+            spec = EncoderSpec.from_dict(dict(cfg.encoder_spec))
+            return cls(cfg, spec, vocab_size, cls.make_gates(cfg, spec))
+        if not cfg.w2v_path:
+            raise ValueError("model.w2v_path is required: the checkpoint to initialise the encoder from")
+        ckpt = read_checkpoint(cfg.w2v_path)
+        if ckpt.normalize is not None and bool(ckpt.normalize) != bool(cfg.normalize):
+            raise ValueError(
+                f"{cfg.w2v_path}: the encoder was trained with normalize={ckpt.normalize} but "
+                f"task.normalize={cfg.normalize}; set task.normalize to match"
+            )
+        with open_dict(cfg):
+            cfg.encoder_spec = ckpt.spec.to_dict()
+        model = cls(cfg, ckpt.spec, vocab_size, cls.make_gates(cfg, ckpt.spec))
+        if not cfg.no_pretrained_weights:
+            model.load_imported(ckpt)
+        return model
+
+    def load_imported(self, ckpt: ImportedCheckpoint) -> None:
+        self.encoder.load_state_dict(ckpt.encoder_state, strict=True)
+        if ckpt.head_state is not None:
+            if ckpt.head_state["weight"].shape != self.proj.weight.shape:
+                raise ValueError(
+                    f"{ckpt.path}: output layer has {ckpt.head_state['weight'].shape[0]} symbols but the task "
+                    f"dictionary has {self.proj.weight.shape[0]} (expected the same dictionary)"
+                )
+            self.proj.load_state_dict(ckpt.head_state)
+        if ckpt.gate_state is not None and self.gates is not None:
+            missing, unexpected = self.gates.load_state_dict(ckpt.gate_state, strict=False)
+            if unexpected:
+                raise ValueError(f"{ckpt.path}: gates {unexpected} do not exist in this model (gate groups differ)")
+        logger.info("initialised %s from %s (%s checkpoint, %s)", type(self).__name__, ckpt.path, ckpt.kind, ckpt.arch)
+
+    # ---- forward ------------------------------------------------------------------------------
+    def set_num_updates(self, num_updates: int) -> None:
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
+
+    def gate_masks(self) -> GateMasks:
+        return self.gates() if self.gates is not None else GateMasks()
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict[str, Any]:
+        masks = self.gate_masks()
+        frozen = self.training and self.num_updates < self.freeze_finetune_updates
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            x, frame_pad, _ = self.encoder(source, padding_mask, masks, mask=self.apply_mask and self.training)
+        x = self.proj(self.final_dropout(x))
+        return {"encoder_out": x.transpose(0, 1), "padding_mask": frame_pad, "gates": masks}
+
+    def get_logits(self, net_output: Dict[str, Any], normalize: bool = False) -> torch.Tensor:
+        """T x B x V logits; padded frames forced to blank (as fairseq's Wav2VecCtc)."""
+        logits = net_output["encoder_out"]
+        if self.cfg.blank_weight != 0:
+            if self.cfg.blank_mode == "add":
+                logits[..., 0] += self.cfg.blank_weight
+            else:
+                logits[..., 0] = self.cfg.blank_weight
+        pad = net_output["padding_mask"]
+        if pad is not None and pad.any():
+            blank_only = torch.full((logits.size(-1),), float("-inf"), device=logits.device, dtype=logits.dtype)
+            blank_only[0] = 0
+            logits = torch.where(pad.T.unsqueeze(-1), blank_only, logits)
+        if normalize:
+            logits = utils.log_softmax(logits.float(), dim=-1)
+        return logits
+
+    def get_normalized_probs(self, net_output, log_probs: bool, sample=None) -> torch.Tensor:
+        logits = self.get_logits(net_output)
+        return utils.log_softmax(logits.float(), dim=-1) if log_probs else utils.softmax(logits.float(), dim=-1)
+
+    def max_positions(self):
+        return None
+
+
+@register_model("hjprune_slim_ctc", dataclass=HJPruneCtcConfig)
+class HJPruneSlimCtc(HJPruneCtcModel):
+    """The physically pruned model written by ``hjprune-export`` (per-layer sizes, no gates)."""
+
+
+@register_model("hjprune_wav2vec_ctc", dataclass=HJPruneGatedCtcConfig)
+class HJPruneGatedCtc(HJPruneCtcModel):
+    """wav2vec2/HuBERT + CTC head with HardConcrete gates on conv channels, heads, FFN units, hidden dims."""
+
+    @classmethod
+    def make_gates(cls, cfg: HJPruneGatedCtcConfig, spec: EncoderSpec) -> Optional[EncoderGates]:
+        if not (cfg.prune_conv or cfg.prune_heads or cfg.prune_ffn or cfg.prune_hidden):
+            return None
+        return EncoderGates(
+            spec, conv=cfg.prune_conv, heads=cfg.prune_heads, ffn=cfg.prune_ffn, hidden=cfg.prune_hidden,
+            init_keep_prob=cfg.gate_init_keep_prob,
+        )

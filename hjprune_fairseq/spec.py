@@ -1,0 +1,141 @@
+"""The shape of a wav2vec2/HuBERT encoder, dense or slim.
+
+An :class:`EncoderSpec` is everything the cost model and the module builders need to know about an
+encoder's dimensions. A dense pre-trained model has uniform per-layer sizes; a slim (exported) model
+has the kept sizes of every layer. The spec is stored in every checkpoint this plugin writes
+(``model.encoder_spec``), so checkpoints are self-contained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Tuple
+
+EXTRACTOR_MODES = ("default", "layer_norm")
+FRAME_PADDING_RULES = ("wav2vec2", "hubert")
+
+
+@dataclass
+class EncoderSpec:
+    """Dimensions of a (possibly slim) wav2vec2-style encoder.
+
+    conv_layers: per CNN layer ``(out_channels, kernel, stride)``; input of layer 0 is the waveform.
+    conv_bias: whether the CNN convolutions have a bias.
+    extractor_mode: "default" (GroupNorm on the first conv only) or "layer_norm" (LayerNorm over
+        channels after every conv), as fairseq's ``ConvFeatureExtractionModel``.
+    embed_dim: Transformer hidden size d (kept dims for a slim model).
+    pos_conv_kernel: kernel of the grouped positional convolution.
+    pos_conv_groups: number of hidden dims in each group of the positional convolution; a dense
+        model has ``[d // G] * G``; a slim model may have uneven (even empty) groups.
+    num_heads, head_dim: heads per layer, dims per head.
+    ffn_dims: FFN intermediate size per layer.
+    layer_norm_first: pre-LN (True, e.g. wav2vec2-large) or post-LN (False, wav2vec2-base).
+    frame_padding: how a frame is marked as padding: "wav2vec2" (conv output-length formula) or
+        "hubert" (a frame is padding when all its samples are).
+    """
+
+    conv_layers: List[Tuple[int, int, int]]
+    conv_bias: bool
+    extractor_mode: str
+    embed_dim: int
+    pos_conv_kernel: int
+    pos_conv_groups: List[int]
+    num_heads: List[int]
+    head_dim: int
+    ffn_dims: List[int]
+    layer_norm_first: bool
+    frame_padding: str = "wav2vec2"
+
+    def __post_init__(self) -> None:
+        self.conv_layers = [tuple(int(v) for v in c) for c in self.conv_layers]
+        self.pos_conv_groups = [int(g) for g in self.pos_conv_groups]
+        self.num_heads = [int(h) for h in self.num_heads]
+        self.ffn_dims = [int(f) for f in self.ffn_dims]
+        if self.extractor_mode not in EXTRACTOR_MODES:
+            raise ValueError(f"extractor_mode must be one of {EXTRACTOR_MODES}, got {self.extractor_mode!r}")
+        if self.frame_padding not in FRAME_PADDING_RULES:
+            raise ValueError(f"frame_padding must be one of {FRAME_PADDING_RULES}, got {self.frame_padding!r}")
+        if any(len(c) != 3 for c in self.conv_layers):
+            raise ValueError(f"each conv layer must be (channels, kernel, stride), got {self.conv_layers}")
+        if sum(self.pos_conv_groups) != self.embed_dim:
+            raise ValueError(
+                f"pos_conv_groups {self.pos_conv_groups} sum to {sum(self.pos_conv_groups)}, "
+                f"expected embed_dim={self.embed_dim}"
+            )
+        if len(self.num_heads) != len(self.ffn_dims):
+            raise ValueError(
+                f"num_heads has {len(self.num_heads)} layers but ffn_dims has {len(self.ffn_dims)}"
+            )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.num_heads)
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the last CNN layer (input of the feature projection)."""
+        return self.conv_layers[-1][0]
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["conv_layers"] = [list(c) for c in self.conv_layers]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "EncoderSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown EncoderSpec fields {sorted(unknown)}")
+        return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()})
+
+    @classmethod
+    def uniform(
+        cls,
+        conv_layers: List[Tuple[int, int, int]],
+        embed_dim: int,
+        num_layers: int,
+        num_heads: int,
+        ffn_dim: int,
+        pos_conv_kernel: int,
+        pos_conv_groups: int,
+        conv_bias: bool = False,
+        extractor_mode: str = "default",
+        layer_norm_first: bool = False,
+        frame_padding: str = "wav2vec2",
+    ) -> "EncoderSpec":
+        """A dense encoder with the same sizes in every layer (what pre-training produces)."""
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        if embed_dim % pos_conv_groups:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by pos_conv_groups={pos_conv_groups}")
+        return cls(
+            conv_layers=list(conv_layers),
+            conv_bias=conv_bias,
+            extractor_mode=extractor_mode,
+            embed_dim=embed_dim,
+            pos_conv_kernel=pos_conv_kernel,
+            pos_conv_groups=[embed_dim // pos_conv_groups] * pos_conv_groups,
+            num_heads=[num_heads] * num_layers,
+            head_dim=embed_dim // num_heads,
+            ffn_dims=[ffn_dim] * num_layers,
+            layer_norm_first=layer_norm_first,
+            frame_padding=frame_padding,
+        )
+
+
+WAV2VEC2_CONV = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+
+PRESETS: Dict[str, EncoderSpec] = {
+    "wav2vec2_base": EncoderSpec.uniform(WAV2VEC2_CONV, 768, 12, 12, 3072, 128, 16),
+    "hubert_base": EncoderSpec.uniform(WAV2VEC2_CONV, 768, 12, 12, 3072, 128, 16, frame_padding="hubert"),
+    "wav2vec2_large": EncoderSpec.uniform(
+        WAV2VEC2_CONV, 1024, 24, 16, 4096, 128, 16, conv_bias=True, extractor_mode="layer_norm",
+        layer_norm_first=True,
+    ),
+    # The model the demo and the tests train on 2 CPU cores (issue 5's calibration model).
+    "tiny": EncoderSpec.uniform(
+        [(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2, 192, 4, 4, 768, 32, 4,
+    ),
+}

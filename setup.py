@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="hjprune-fairseq",
+    version="0.1.0",
+    description="HJ-Pruning (heterogeneous joint structured pruning) of wav2vec2/HuBERT as a fairseq user-dir plugin",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hjprune_fairseq", "hjprune_fairseq.*", "manifests", "manifests.*"]),
+    install_requires=[
+        "torch>=2.1",  # set-up installs torch==2.13.0 first where no torch is present (Makefile)
+        "fairseq-fixed==0.12.3.1",
+        "numpy",
+        "soundfile",  # fairseq's audio datasets use it without declaring it
+        "editdistance",  # likewise (WER)
+        "sentencepiece",
+        "tensorboardX",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "hjprune-cost=hjprune_fairseq.cli.cost:main",
+            "hjprune-export=hjprune_fairseq.cli.export:main",
+            "hjprune-bench=hjprune_fairseq.cli.bench:main",
+        ]
+    },
+)

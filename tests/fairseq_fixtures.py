@@ -1,0 +1,106 @@
+"""Tiny genuine fairseq checkpoints for the tests, written the way fairseq's trainer writes them."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+import torch
+from fairseq.data import Dictionary
+from omegaconf import OmegaConf
+
+LETTERS = list("ETAOINSHRDLUCMWFGYPBVKJXQZ'") + ["|"]
+
+TINY_MODEL = dict(
+    conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 2 + [(32, 2, 2)] * 2",
+    encoder_layers=2, encoder_embed_dim=48, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
+    conv_pos=16, conv_pos_groups=4, final_dim=16,
+)
+
+
+def letter_dictionary(path: Optional[str] = None) -> Dictionary:
+    d = Dictionary()
+    for c in LETTERS:
+        d.add_symbol(c)
+    if path:
+        with open(path, "w") as f:
+            for c in LETTERS:
+                f.write(f"{c} 1\n")
+    return d
+
+
+def _state(cfg_model: Dict, cfg_task: Dict, sd: Dict[str, torch.Tensor], task_state: Optional[Dict] = None) -> Dict:
+    return {
+        "args": None,
+        "cfg": {"model": cfg_model, "task": cfg_task, "common": {"seed": 1}},
+        "model": sd,
+        "optimizer_history": [{"criterion_name": "x", "optimizer_name": "Adam", "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+        "extra_state": {"epoch": 1, "previous_best": None},
+        "task_state": task_state or {},
+        "last_optimizer_state": None,
+    }
+
+
+def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every norm and bias non-trivial values so parity tests exercise them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or name.endswith("weight_g"):
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def make_pretrained(path: str, arch: str = "wav2vec2", seed: int = 0, **overrides) -> str:
+    """Write a random-init fairseq ``wav2vec2`` or ``hubert`` pre-training checkpoint."""
+    torch.manual_seed(seed)
+    model_cfg = dict(TINY_MODEL, **overrides)
+    task_cfg = {"_name": "audio_pretraining" if arch == "wav2vec2" else "hubert_pretraining", "data": os.path.dirname(path),
+                "normalize": bool(model_cfg.pop("normalize", False)), "sample_rate": 16000}
+    if arch == "wav2vec2":
+        from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+
+        cfg = OmegaConf.structured(Wav2Vec2Config(**model_cfg))
+        model = Wav2Vec2Model(cfg)
+        task_state = None
+    else:
+        from fairseq.models.hubert.hubert import HubertConfig, HubertModel
+        from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+
+        cfg = OmegaConf.structured(HubertConfig(**model_cfg))
+        dicts = [letter_dictionary()]
+        model = HubertModel(cfg, HubertPretrainingConfig(label_rate=50.0), dicts)
+        task_state = {"dictionaries": dicts}
+    randomize_norms(model, seed)
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    cfg_dict["_name"] = arch
+    torch.save(_state(cfg_dict, task_cfg, model.state_dict(), task_state), path)
+    return path
+
+
+def make_stock_ctc(w2v_path: str, out_path: str, data_dir: str, seed: int = 0):
+    """Build fairseq's own ``wav2vec_ctc`` from ``w2v_path`` and save it as a fine-tuned checkpoint."""
+    from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
+
+    class _Task:
+        target_dictionary = letter_dictionary()
+
+    torch.manual_seed(seed)
+    cfg = OmegaConf.structured(Wav2Vec2CtcConfig(w2v_path=w2v_path, normalize=False, data=data_dir, ddp_backend="legacy_ddp"))
+    model = Wav2VecCtc.build_model(cfg, _Task())
+    randomize_norms(model.w2v_encoder.proj, seed + 1)
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    cfg_dict["_name"] = "wav2vec_ctc"
+    torch.save(_state(cfg_dict, {"_name": "audio_finetuning", "data": data_dir, "normalize": False}, model.state_dict()), out_path)
+    return model
+
+
+def batch(lengths: List[int], seed: int = 0):
+    """Random waveforms of the given lengths, right-padded, with fairseq's padding mask."""
+    g = torch.Generator().manual_seed(seed)
+    S = max(lengths)
+    source = torch.zeros(len(lengths), S)
+    pad = torch.ones(len(lengths), S, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        source[i, :n] = torch.randn(n, generator=g)
+        pad[i, :n] = False
+    return source, pad
