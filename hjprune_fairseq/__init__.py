@@ -2,9 +2,9 @@
 
 from . import compat
 
-compat.install()
-
-from . import models  # noqa: E402,F401  (fairseq imports models/ itself; importing here registers them too)
-from .models import hjprune_ctc  # noqa: E402,F401
+with compat.keep_root_logging():  # importing fairseq reconfigures the root logger (compat quirk 3)
+    compat.install()
+    # fairseq imports models/ itself under --user-dir; importing here registers them for scripts too.
+    from .models import hjprune_ctc  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -9,14 +9,17 @@ Each workaround has a test in ``tests/test_compat.py`` that fails loudly when th
    (old official checkpoints) or numpy scalars (trainer meters). We allow exactly those types.
 2. ``compute_mask_indices(..., no_overlap=True)`` uses ``np.int``, removed in numpy 2: configs that
    ask for ``no_mask_overlap`` / ``no_mask_channel_overlap`` are refused (:func:`check_no_overlap`).
-3. ``fairseq/models/wav2vec/wav2vec2_classification.py`` sets the root logger to DEBUG at import
-   time; we never import it (nothing to do, but tested).
+3. ``fairseq/models/wav2vec/wav2vec2_classification.py`` calls ``logging.basicConfig(level=DEBUG)``
+   at import, and importing ``fairseq.models`` imports it: :func:`keep_root_logging` undoes that side
+   effect around the plugin's first fairseq import, so a library import does not reconfigure logging.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -52,3 +55,17 @@ def check_no_overlap(no_mask_overlap: bool, no_mask_channel_overlap: bool) -> No
             "no_mask_overlap / no_mask_channel_overlap must be false: fairseq-fixed 0.12.3.1's "
             "compute_mask_indices uses np.int there, which numpy 2 removed"
         )
+
+
+@contextlib.contextmanager
+def keep_root_logging() -> Iterator[None]:
+    """Restore the root logger's level and handlers after importing fairseq (quirk 3)."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)

@@ -84,11 +84,16 @@ class Cost:
 def counts(spec: EncoderSpec, keep: Optional[GateMasks] = None) -> Counts:
     """Kept units: the spec's sizes, replaced by sums of ``keep`` values for each gated group."""
     keep = keep or GateMasks()
-    conv = [k.sum() for k in keep.conv] if keep.conv is not None else [c for c, _, _ in spec.conv_layers]
-    heads = [k.sum() for k in keep.heads] if keep.heads is not None else list(spec.num_heads)
-    ffn = [k.sum() for k in keep.ffn] if keep.ffn is not None else list(spec.ffn_dims)
+
+    def total(k: torch.Tensor) -> torch.Tensor:
+        # float64: counts of a wav2vec2-base exceed 2**24, where float32 stops being exact.
+        return k.sum(dtype=torch.float64)
+
+    conv = [total(k) for k in keep.conv] if keep.conv is not None else [c for c, _, _ in spec.conv_layers]
+    heads = [total(k) for k in keep.heads] if keep.heads is not None else list(spec.num_heads)
+    ffn = [total(k) for k in keep.ffn] if keep.ffn is not None else list(spec.ffn_dims)
     if keep.hidden is not None:
-        pos_groups = [g.sum() for g in torch.split(keep.hidden, spec.pos_conv_groups)]
+        pos_groups = [total(g) for g in torch.split(keep.hidden, spec.pos_conv_groups)]
     else:
         pos_groups = list(spec.pos_conv_groups)
     return Counts(conv, heads, ffn, pos_groups)
@@ -159,11 +164,17 @@ def to_float(x: Number) -> float:
     return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
 
 
-def report(spec: EncoderSpec, keep: Optional[GateMasks] = None, seconds: float = 10.0, vocab_size: int = 0) -> Dict:
-    """A JSON-ready summary: totals, per component, per layer (kept units and GMACs)."""
+def report(
+    spec: EncoderSpec, keep: Optional[GateMasks] = None, seconds: float = 10.0, vocab_size: int = 0,
+    reference: Optional[EncoderSpec] = None,
+) -> Dict:
+    """A JSON-ready summary: totals, per component, per layer (kept units and GMACs).
+
+    Sparsities compare the encoder with ``reference`` (the unpruned encoder; default: ``spec``).
+    """
     c = cost(spec, keep, seconds, vocab_size)
     k = counts(spec, keep)
-    dense = cost(spec, None, seconds, vocab_size)
+    dense = cost(reference or spec, None, seconds, vocab_size)
     g = 1e9
     return {
         "seconds": seconds,

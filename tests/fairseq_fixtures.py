@@ -66,7 +66,7 @@ def make_pretrained(path: str, arch: str = "wav2vec2", seed: int = 0, **override
         from fairseq.models.hubert.hubert import HubertConfig, HubertModel
         from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
-        cfg = OmegaConf.structured(HubertConfig(**model_cfg))
+        cfg = OmegaConf.structured(HubertConfig(label_rate=50.0, **model_cfg))
         dicts = [letter_dictionary()]
         model = HubertModel(cfg, HubertPretrainingConfig(label_rate=50.0), dicts)
         task_state = {"dictionaries": dicts}

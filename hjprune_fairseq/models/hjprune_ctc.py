@@ -46,6 +46,10 @@ class HJPruneCtcConfig(FairseqDataclass):
     encoder_spec: Optional[Any] = field(
         default=None, metadata={"help": "encoder dimensions; filled from w2v_path on first build and saved in checkpoints"}
     )
+    reference_spec: Optional[Any] = field(
+        default=None, metadata={"help": "dimensions of the unpruned encoder this one descends from (set "
+                                        "automatically; sparsity figures are measured against it)"}
+    )
     normalize: bool = field(default=II("task.normalize"), metadata={"help": "audio is normalised to zero mean, unit variance"})
     dropout_input: float = field(default=0.0, metadata={"help": "dropout on the projected CNN features"})
     final_dropout: float = field(default=0.0, metadata={"help": "dropout before the output layer"})
@@ -104,6 +108,8 @@ def _masking(cfg: HJPruneCtcConfig) -> MaskingOptions:
 class HJPruneCtcModel(BaseFairseqModel):
     """Encoder + output layer; ``gates`` is None for the slim model."""
 
+    ARCH = ""  # the registered name, set by each registered subclass
+
     def __init__(self, cfg: HJPruneCtcConfig, spec: EncoderSpec, vocab_size: int, gates: Optional[EncoderGates] = None):
         super().__init__()
         self.cfg = cfg
@@ -134,6 +140,8 @@ class HJPruneCtcModel(BaseFairseqModel):
     @classmethod
     def from_config(cls, cfg: HJPruneCtcConfig, vocab_size: int) -> "HJPruneCtcModel":
         """Build from cfg; reads ``w2v_path`` only when ``encoder_spec`` is not set yet."""
+        with open_dict(cfg):
+            cfg._name = cls.ARCH  # so every checkpoint names its architecture, however it was built
         if cfg.encoder_spec is not None:
             spec = EncoderSpec.from_dict(dict(cfg.encoder_spec))
             return cls(cfg, spec, vocab_size, cls.make_gates(cfg, spec))
@@ -145,8 +153,10 @@ class HJPruneCtcModel(BaseFairseqModel):
                 f"{cfg.w2v_path}: the encoder was trained with normalize={ckpt.normalize} but "
                 f"task.normalize={cfg.normalize}; set task.normalize to match"
             )
+        reference = ckpt.model_cfg.get("reference_spec") if ckpt.kind == "hjprune" else None
         with open_dict(cfg):
             cfg.encoder_spec = ckpt.spec.to_dict()
+            cfg.reference_spec = reference if reference is not None else ckpt.spec.to_dict()
         model = cls(cfg, ckpt.spec, vocab_size, cls.make_gates(cfg, ckpt.spec))
         if not cfg.no_pretrained_weights:
             model.load_imported(ckpt)
@@ -168,6 +178,12 @@ class HJPruneCtcModel(BaseFairseqModel):
         logger.info("initialised %s from %s (%s checkpoint, %s)", type(self).__name__, ckpt.path, ckpt.kind, ckpt.arch)
 
     # ---- forward ------------------------------------------------------------------------------
+    @property
+    def reference_spec(self) -> EncoderSpec:
+        """The unpruned encoder's dimensions (this model's own when it was never pruned)."""
+        ref = self.cfg.reference_spec
+        return self.spec if ref is None else EncoderSpec.from_dict(dict(ref))
+
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)
         self.num_updates = num_updates
@@ -212,15 +228,26 @@ class HJPruneCtcModel(BaseFairseqModel):
 class HJPruneSlimCtc(HJPruneCtcModel):
     """The physically pruned model written by ``hjprune-export`` (per-layer sizes, no gates)."""
 
+    ARCH = "hjprune_slim_ctc"
+
 
 @register_model("hjprune_wav2vec_ctc", dataclass=HJPruneGatedCtcConfig)
 class HJPruneGatedCtc(HJPruneCtcModel):
     """wav2vec2/HuBERT + CTC head with HardConcrete gates on conv channels, heads, FFN units, hidden dims."""
 
+    ARCH = "hjprune_wav2vec_ctc"
+
     @classmethod
     def make_gates(cls, cfg: HJPruneGatedCtcConfig, spec: EncoderSpec) -> Optional[EncoderGates]:
         if not (cfg.prune_conv or cfg.prune_heads or cfg.prune_ffn or cfg.prune_hidden):
             return None
+        if cfg.prune_conv and cfg.feature_grad_mult <= 0:
+            raise ValueError(
+                "model.prune_conv=true needs model.feature_grad_mult > 0: with 0 the CNN runs without "
+                "gradients and its channel gates cannot learn (set prune_conv=false to keep the CNN)"
+            )
+        if not 0.0 < cfg.gate_init_keep_prob < 1.0:
+            raise ValueError(f"model.gate_init_keep_prob must be in (0, 1), got {cfg.gate_init_keep_prob}")
         return EncoderGates(
             spec, conv=cfg.prune_conv, heads=cfg.prune_heads, ffn=cfg.prune_ffn, hidden=cfg.prune_hidden,
             init_keep_prob=cfg.gate_init_keep_prob,

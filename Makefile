@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.hjprune-installed
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 is installed first when the venv has no torch: an unpinned torch (asked for by
+# fairseq-fixed) would download several GB of CUDA packages.
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e ".[test]"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+demo: setup
+	$(BIN)/hjprune-cost --preset wav2vec2_base --seconds 10
+	$(BIN)/hjprune-bench --preset wav2vec2_base --seconds 10 --macs-sparsity 0.5 --repeats 3
+
+bench: setup
+	$(BIN)/hjprune-bench --preset wav2vec2_base --seconds 10 --macs-sparsity 0.5 --json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

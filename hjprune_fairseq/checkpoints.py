@@ -1,0 +1,87 @@
+"""Load this plugin's checkpoints without a task, and write the slim checkpoint of a gated one."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Dict, Tuple
+
+import torch
+from omegaconf import OmegaConf
+
+from .fairseq_import import load_state
+from .models.hjprune_ctc import HJPruneCtcModel, HJPruneGatedCtc, HJPruneSlimCtc
+from .slim import slim_encoder, slim_head
+
+MODEL_CLASSES = {"hjprune_wav2vec_ctc": HJPruneGatedCtc, "hjprune_slim_ctc": HJPruneSlimCtc}
+GATE_FIELDS = ("prune_conv", "prune_heads", "prune_ffn", "prune_hidden", "gate_init_keep_prob")
+
+
+def _arch(state: Dict[str, Any]) -> Any:
+    cfg = state.get("cfg") or {}
+    return (cfg.get("model") or {}).get("_name")
+
+
+def model_from_state(state: Dict[str, Any], path: str) -> HJPruneCtcModel:
+    """Rebuild an hjprune model from a loaded checkpoint (its cfg.model and weights)."""
+    arch = _arch(state)
+    if arch not in MODEL_CLASSES:
+        raise ValueError(f"{path}: architecture {arch!r} is not an hjprune model (expected one of {sorted(MODEL_CLASSES)})")
+    cls = MODEL_CLASSES[arch]
+    saved = OmegaConf.to_container(state["cfg"]["model"], resolve=False, enum_to_str=True)
+    cfg = OmegaConf.merge(OmegaConf.structured(cls.__dataclass), saved)
+    weights = state["model"]
+    if "proj.weight" not in weights:
+        raise ValueError(f"{path}: no output layer 'proj.weight' in the weights")
+    model = cls.from_config(cfg, weights["proj.weight"].shape[0])
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+def load_model(path: str) -> Tuple[HJPruneCtcModel, Dict[str, Any]]:
+    state = load_state(path)
+    return model_from_state(state, path), state
+
+
+def export_slim(gated_path: str, slim_path: str, overwrite: bool = False) -> Dict[str, Any]:
+    """Write the physically pruned model of ``gated_path`` (deterministic masks) to ``slim_path``."""
+    if os.path.abspath(gated_path) == os.path.abspath(slim_path):
+        raise ValueError(f"{slim_path}: output would overwrite the input checkpoint")
+    if os.path.exists(slim_path) and not overwrite:
+        raise FileExistsError(f"{slim_path}: already exists (pass --overwrite to replace it)")
+    state = load_state(gated_path)
+    if _arch(state) != "hjprune_wav2vec_ctc":
+        raise ValueError(f"{gated_path}: architecture {_arch(state)!r} has no gates to export "
+                         "(expected an hjprune_wav2vec_ctc checkpoint)")
+    model = model_from_state(state, gated_path)
+    masks = model.gates.deterministic() if model.gates is not None else model.gate_masks()
+    with torch.no_grad():
+        spec, enc = slim_encoder(model.spec, model.encoder.state_dict(), masks, source=gated_path)
+        head = slim_head(model.proj.state_dict(), masks)
+    model_cfg = OmegaConf.to_container(state["cfg"]["model"], resolve=False, enum_to_str=True)
+    for k in GATE_FIELDS:
+        model_cfg.pop(k, None)
+    model_cfg["_name"] = "hjprune_slim_ctc"
+    model_cfg["encoder_spec"] = spec.to_dict()
+    model_cfg["reference_spec"] = model.reference_spec.to_dict()
+    cfg = OmegaConf.to_container(state["cfg"], resolve=False, enum_to_str=True)
+    cfg["model"] = model_cfg
+    weights = {f"encoder.{k}": v for k, v in enc.items()}
+    weights.update({f"proj.{k}": v for k, v in head.items()})
+    out = {
+        "args": None,
+        "cfg": cfg,
+        "model": weights,
+        "optimizer_history": [{
+            "criterion_name": "none", "optimizer_name": "none", "lr_scheduler_state": {},
+            "num_updates": 0,
+        }],
+        "extra_state": {"hjprune_exported_from": os.path.abspath(gated_path)},
+        "last_optimizer_state": None,
+        "task_state": copy.deepcopy(state.get("task_state", {})),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(slim_path)), exist_ok=True)
+    tmp = slim_path + ".tmp"
+    torch.save(out, tmp)
+    os.replace(tmp, slim_path)  # never leave a half-written checkpoint behind
+    return {"spec": spec, "masks": masks}

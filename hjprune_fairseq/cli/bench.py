@@ -1,0 +1,132 @@
+"""hjprune-bench: CPU latency of a dense encoder vs a slim one with about ``--macs-sparsity`` fewer MACs.
+
+The slim structure follows the pattern HJ-Pruning-MAC learns (paper Fig. 5): early CNN layers (long
+sequences) lose the most channels, upper Transformer layers the most heads and FFN units, and the
+hidden size loses a few dims spread unevenly over the positional-conv groups. One knob scales the
+whole pattern; it is bisected until the cost model gives the requested MACs sparsity. Both models are
+timed in the same process, alternately, with the same threads; the median of ``--repeats`` is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+from .. import cost_model
+from ..encoder import GateMasks, Wav2Vec2Encoder
+from ..spec import PRESETS, EncoderSpec
+
+
+def _keep_top(n: int, frac: float, g: torch.Generator) -> torch.Tensor:
+    """A 0/1 mask keeping round(frac * n) units (at least one), chosen at random."""
+    k = max(1, min(n, int(round(frac * n))))
+    mask = torch.zeros(n)
+    mask[torch.randperm(n, generator=g)[:k]] = 1.0
+    return mask
+
+
+def fig5_masks(spec: EncoderSpec, strength: float, seed: int = 0) -> GateMasks:
+    """0/1 masks shaped like Fig. 5; ``strength`` in [0, 1] scales how much is pruned."""
+    g = torch.Generator().manual_seed(seed)
+    n_conv, L = len(spec.conv_layers), spec.num_layers
+    # Fraction pruned per group: CNN from 0.9*s (first layer) down to 0.3*s (last);
+    # Transformer from 0.2*s (bottom) up to 0.9*s (top); hidden 0.15*s.
+    conv = [_keep_top(c, 1 - strength * (0.9 - 0.6 * i / max(1, n_conv - 1)), g) for i, (c, _, _) in enumerate(spec.conv_layers)]
+    depth = [i / max(1, L - 1) for i in range(L)]
+    heads = [_keep_top(h, 1 - strength * (0.2 + 0.7 * t), g) for h, t in zip(spec.num_heads, depth)]
+    ffn = [_keep_top(f, 1 - strength * (0.2 + 0.7 * t), g) for f, t in zip(spec.ffn_dims, depth)]
+    hidden = _keep_top(spec.embed_dim, 1 - 0.15 * strength, g)
+    return GateMasks(conv=conv, heads=heads, ffn=ffn, hidden=hidden)
+
+
+def slim_spec_for(spec: EncoderSpec, macs_sparsity: float, seconds: float, seed: int = 0) -> EncoderSpec:
+    """Bisect the Fig. 5 strength until the slim encoder has ``macs_sparsity`` fewer MACs."""
+    from ..slim import slim_encoder
+
+    dense = cost_model.to_float(cost_model.cost(spec, None, seconds).encoder_macs)
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        s = 1 - cost_model.to_float(cost_model.cost(spec, fig5_masks(spec, mid, seed), seconds).encoder_macs) / dense
+        lo, hi = (mid, hi) if s < macs_sparsity else (lo, mid)
+    masks = fig5_masks(spec, (lo + hi) / 2, seed)
+    state = Wav2Vec2Encoder(spec).state_dict()
+    return slim_encoder(spec, state, masks, source="bench")[0]
+
+
+def time_models(models: Dict[str, torch.nn.Module], wav: torch.Tensor, repeats: int, warmup: int) -> Dict[str, float]:
+    times: Dict[str, List[float]] = {k: [] for k in models}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for m in models.values():
+                m(wav)
+        for _ in range(repeats):
+            for k, m in models.items():  # alternate so drifts in machine load hit both alike
+                t0 = time.perf_counter()
+                m(wav)
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="hjprune-bench",
+        description="Time a dense encoder against a slim one with about --macs-sparsity fewer MACs (HJ-Pruning "
+                    "Fig. 5 pattern), on CPU, side by side in one run. Prints latencies, the speed-up and the "
+                    "MAC ratio; the goal is speed-up >= 0.85 x MAC ratio.",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="wav2vec2_base", help="architecture (default: wav2vec2_base)")
+    p.add_argument("--seconds", type=float, default=10.0, help="input length in seconds (default: 10)")
+    p.add_argument("--macs-sparsity", type=float, default=0.5, help="fraction of MACs the slim model drops (default: 0.5)")
+    p.add_argument("--repeats", type=int, default=7, help="timed runs per model; the median is reported (default: 7)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per model first (default: 2)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, input and which units are pruned")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    a = p.parse_args(argv)
+    if not 0.0 < a.macs_sparsity < 1.0:
+        p.error(f"--macs-sparsity must be in (0, 1), got {a.macs_sparsity}")
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    dense_spec = PRESETS[a.preset]
+    slim_spec = slim_spec_for(dense_spec, a.macs_sparsity, a.seconds, a.seed)
+    models = {"dense": Wav2Vec2Encoder(dense_spec).eval(), "slim": Wav2Vec2Encoder(slim_spec).eval()}
+    wav = torch.randn(1, int(a.seconds * cost_model.SAMPLE_RATE))
+    lat = time_models(models, wav, a.repeats, a.warmup)
+    dense_c, slim_c = cost_model.cost(dense_spec, None, a.seconds), cost_model.cost(slim_spec, None, a.seconds)
+    mac_ratio = cost_model.to_float(dense_c.encoder_macs) / cost_model.to_float(slim_c.encoder_macs)
+    speedup = lat["dense"] / lat["slim"]
+    r = {
+        "preset": a.preset, "seconds": a.seconds, "threads": torch.get_num_threads(), "repeats": a.repeats,
+        "dense_gmacs": cost_model.to_float(dense_c.encoder_macs) / 1e9,
+        "slim_gmacs": cost_model.to_float(slim_c.encoder_macs) / 1e9,
+        "dense_params": int(cost_model.to_float(dense_c.encoder_params)),
+        "slim_params": int(cost_model.to_float(slim_c.encoder_params)),
+        "dense_latency_s": lat["dense"], "slim_latency_s": lat["slim"],
+        "speedup": speedup, "mac_ratio": mac_ratio, "speedup_over_mac_ratio": speedup / mac_ratio,
+        "goal_met": speedup >= 0.85 * mac_ratio,
+        "slim_structure": {"conv_channels": [c for c, _, _ in slim_spec.conv_layers], "heads": slim_spec.num_heads,
+                           "ffn_units": slim_spec.ffn_dims, "hidden": slim_spec.embed_dim,
+                           "pos_conv_groups": slim_spec.pos_conv_groups},
+    }
+    if a.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"{a.preset}, {a.seconds:g} s input, {r['threads']} threads, median of {a.repeats}")
+        print(f"{'model':<6} {'GMACs':>8} {'params':>12} {'latency s':>10}")
+        print(f"{'dense':<6} {r['dense_gmacs']:>8.2f} {r['dense_params']:>12,} {lat['dense']:>10.3f}")
+        print(f"{'slim':<6} {r['slim_gmacs']:>8.2f} {r['slim_params']:>12,} {lat['slim']:>10.3f}")
+        print(f"speed-up {speedup:.2f}x, MAC ratio {mac_ratio:.2f}x, speed-up / MAC ratio {speedup / mac_ratio:.2f} "
+              f"(goal >= 0.85: {'met' if r['goal_met'] else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""hjprune-cost: parameters and MACs of a preset or a checkpoint, from the project's cost model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Dict, List, Optional
+
+from .. import cost_model
+from ..spec import PRESETS
+
+
+def describe(source: str, seconds: float) -> Dict:
+    """Cost report of a preset name or a checkpoint path."""
+    if source in PRESETS:
+        r = cost_model.report(PRESETS[source], None, seconds)
+        r.update(source=source, kind="preset")
+        return r
+    from ..checkpoints import MODEL_CLASSES, model_from_state
+    from ..fairseq_import import load_state, read_checkpoint
+
+    state = load_state(source)
+    arch = (state["cfg"].get("model") or {}).get("_name")
+    if arch in MODEL_CLASSES:
+        model = model_from_state(state, source)
+        vocab = model.proj.out_features
+        if model.gates is not None:
+            ref = model.reference_spec
+            r = cost_model.report(model.spec, model.gates.deterministic(), seconds, vocab, ref)
+            r["kind"] = "gated (deterministic masks)"
+            expected = cost_model.report(model.spec, model.gates.keep_probs(), seconds, vocab, ref)
+            r["expected"] = {k: expected[k] for k in ("encoder_gmacs", "size_sparsity", "macs_sparsity")}
+        else:
+            r = cost_model.report(model.spec, None, seconds, vocab, model.reference_spec)
+            r["kind"] = "slim" if arch == "hjprune_slim_ctc" else "dense"
+    else:
+        ckpt = read_checkpoint(source)
+        vocab = 0 if ckpt.head_state is None else ckpt.head_state["weight"].shape[0]
+        r = cost_model.report(ckpt.spec, None, seconds, vocab)
+        r["kind"] = f"fairseq {ckpt.arch}"
+    r["source"] = source
+    return r
+
+
+def format_table(r: Dict) -> str:
+    lines = [
+        f"{r['source']} ({r['kind']}), {r['seconds']:g} s -> {r['frames']} frames",
+        f"params {r['params']:,}  (encoder {r['encoder_params']:,})   GMACs {r['gmacs']:.3f}  (encoder {r['encoder_gmacs']:.3f})",
+        f"size sparsity {r['size_sparsity']:.4f}   MACs sparsity {r['macs_sparsity']:.4f}   CNN MACs share {r['cnn_macs_share']:.3f}",
+        "",
+        f"{'component':<10} {'params':>14} {'GMACs':>10}",
+    ]
+    for name, p in r["params_by_component"].items():
+        lines.append(f"{name:<10} {p:>14,} {r['gmacs_by_component'][name]:>10.3f}")
+    L = r["layers"]
+    lines += ["", "CNN layer  channels   GMACs"]
+    lines += [f"{i:>9} {c:>9.0f} {m:>7.3f}" for i, (c, m) in enumerate(zip(L["conv_channels"], L["cnn_gmacs"]))]
+    lines += ["", f"layer  heads  FFN units  GMACs (hidden dims kept: {r['hidden']:.0f})"]
+    lines += [
+        f"{i:>5} {h:>6.0f} {f:>10.0f} {a + b:>6.3f}"
+        for i, (h, f, a, b) in enumerate(zip(L["heads"], L["ffn_units"], L["attention_gmacs"], L["ffn_gmacs"]))
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="hjprune-cost",
+        description="Parameters and multiply-accumulates (MACs) of a wav2vec2-style encoder, per component "
+                    "and per layer. Gated checkpoints are measured with their deterministic evaluation masks "
+                    "(what hjprune-export keeps); slim and fairseq checkpoints exactly.",
+    )
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint (hjprune gated/slim, fairseq wav2vec2/hubert/wav2vec_ctc)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a built-in architecture instead of a checkpoint")
+    p.add_argument("--seconds", type=float, default=10.0, help="virtual input length for MACs (default: 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    a = p.parse_args(argv)
+    if (a.checkpoint is None) == (a.preset is None):
+        p.error("give either a CHECKPOINT or --preset NAME")
+    try:
+        r = describe(a.preset or a.checkpoint, a.seconds)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"hjprune-cost: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(r, indent=2) if a.json else format_table(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

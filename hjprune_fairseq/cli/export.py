@@ -1,0 +1,44 @@
+"""hjprune-export: physically remove the pruned units of a gated checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="hjprune-export",
+        description="Turn a gated hjprune_wav2vec_ctc checkpoint into a slim hjprune_slim_ctc checkpoint: "
+                    "every unit dropped by the deterministic gate masks (conv channels, heads, FFN units, "
+                    "hidden dims) is removed from the weights. The result loads with fairseq's "
+                    "checkpoint_utils, fairseq-generate, and as model.w2v_path of the final fine-tuning stage.",
+    )
+    p.add_argument("gated", help="gated checkpoint (e.g. checkpoints/prune/checkpoint_best.pt)")
+    p.add_argument("slim", help="output path of the slim checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace SLIM if it exists")
+    p.add_argument("--seconds", type=float, default=10.0, help="virtual input length of the printed cost")
+    a = p.parse_args(argv)
+    from ..checkpoints import export_slim
+    from .cost import describe
+
+    try:
+        export_slim(a.gated, a.slim, overwrite=a.overwrite)
+        before, after = describe(a.gated, a.seconds), describe(a.slim, a.seconds)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"hjprune-export: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({
+        "gated": a.gated, "slim": a.slim,
+        "params": after["params"], "gmacs": after["gmacs"],
+        "size_sparsity": after["size_sparsity"], "macs_sparsity": after["macs_sparsity"],
+        "gated_size_sparsity": before["size_sparsity"], "gated_macs_sparsity": before["macs_sparsity"],
+        "layers": after["layers"],
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

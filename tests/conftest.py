@@ -1,0 +1,47 @@
+import os
+
+import pytest
+import torch
+
+import hjprune_fairseq  # noqa: F401  (registers the models, installs the torch.load safe globals)
+
+from fairseq_fixtures import letter_dictionary, make_pretrained, make_stock_ctc
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpts")
+    letter_dictionary(str(d / "dict.ltr.txt"))
+    return d
+
+
+@pytest.fixture(scope="session")
+def w2v_pretrained(ckpt_dir):
+    return make_pretrained(str(ckpt_dir / "w2v.pt"), "wav2vec2")
+
+
+@pytest.fixture(scope="session")
+def hubert_pretrained(ckpt_dir):
+    return make_pretrained(str(ckpt_dir / "hubert.pt"), "hubert", seed=1)
+
+
+@pytest.fixture(scope="session")
+def w2v_large_style(ckpt_dir):
+    """Pre-LN Transformer, LayerNorm CNN with conv bias: the wav2vec2-large layout."""
+    return make_pretrained(
+        str(ckpt_dir / "w2v_large.pt"), "wav2vec2", seed=2, layer_norm_first=True, extractor_mode="layer_norm",
+        conv_bias=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def stock_ctc(ckpt_dir, w2v_pretrained):
+    """(path, model) of fairseq's own wav2vec_ctc fine-tuned from ``w2v_pretrained``."""
+    path = str(ckpt_dir / "stock_ctc.pt")
+    model = make_stock_ctc(w2v_pretrained, path, str(ckpt_dir))
+    return path, model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

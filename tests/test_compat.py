@@ -1,0 +1,62 @@
+"""Each fairseq quirk that compat.py works around is still there (else the workaround can go)."""
+
+import inspect
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hjprune_fairseq import compat
+
+
+def run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_fairseq_torch_load_needs_safe_globals(stock_ctc, w2v_pretrained, hubert_pretrained):
+    from fairseq import checkpoint_utils
+
+    assert "weights_only" not in inspect.getsource(checkpoint_utils.load_checkpoint_to_cpu)
+    # Without the plugin, fairseq cannot load its own HuBERT checkpoint (pickled Dictionary).
+    plain = run(f"from fairseq import checkpoint_utils; checkpoint_utils.load_checkpoint_to_cpu({hubert_pretrained!r})")
+    assert plain.returncode != 0 and "weights_only" in plain.stderr
+    fixed = run(
+        "import hjprune_fairseq; from fairseq import checkpoint_utils; "
+        f"s = checkpoint_utils.load_checkpoint_to_cpu({hubert_pretrained!r}); print(type(s['task_state']['dictionaries'][0]).__name__)"
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stdout.strip() == "Dictionary"
+
+
+def test_numpy_scalars_and_namespace_load(tmp_path):
+    import argparse
+
+    import torch
+
+    path = tmp_path / "meters.pt"
+    torch.save({"args": argparse.Namespace(a=1), "best": np.float64(0.5), "n": np.int64(3)}, path)
+    s = torch.load(path)  # weights_only=True by default; compat.install() ran at import
+    assert s["best"] == 0.5 and s["args"].a == 1
+
+
+def test_no_mask_overlap_still_broken_in_fairseq():
+    from fairseq.data.data_utils import compute_mask_indices
+
+    with pytest.raises(AttributeError, match="int"):
+        compute_mask_indices((2, 50), None, 0.5, 5, no_overlap=True)
+    with pytest.raises(ValueError, match="np.int"):
+        compat.check_no_overlap(True, False)
+    compat.check_no_overlap(False, False)
+
+
+def test_fairseq_import_sets_debug_logging_but_plugin_import_does_not():
+    quirk = run("import logging, fairseq.models; print(logging.getLogger().level)")
+    assert quirk.returncode == 0 and quirk.stdout.strip() == "10"
+    plugin = run("import logging, hjprune_fairseq; r = logging.getLogger(); print(r.level, len(r.handlers))")
+    assert plugin.returncode == 0 and plugin.stdout.strip() == "30 0"
+
+
+def test_torchaudio_never_imported():
+    r = run("import sys, hjprune_fairseq; from hjprune_fairseq.cli import cost, export, bench; print('torchaudio' in sys.modules)")
+    assert r.returncode == 0 and r.stdout.strip() == "False"
