@@ -17,7 +17,7 @@ setup(
         "sentencepiece",
         "tensorboardX",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "pyyaml"]},
     entry_points={
         "console_scripts": [
             "hjprune-cost=hjprune_fairseq.cli.cost:main",

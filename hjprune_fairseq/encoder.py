@@ -13,6 +13,7 @@ every LayerNorm output, and each LayerNorm over the hidden size normalises over 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -85,6 +86,13 @@ class MaskedLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
         return masked_layer_norm(x, keep, self.weight, self.bias, self.eps)
+
+
+def _linear(n_in: int, n_out: int) -> nn.Linear:
+    """nn.Linear that may be empty (a slim layer with no head / FFN unit left)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return nn.Linear(n_in, n_out)
 
 
 def _mul(x: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
@@ -185,10 +193,10 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
         inner = num_heads * head_dim
-        self.q_proj = nn.Linear(embed_dim, inner)
-        self.k_proj = nn.Linear(embed_dim, inner)
-        self.v_proj = nn.Linear(embed_dim, inner)
-        self.out_proj = nn.Linear(inner, embed_dim)
+        self.q_proj = _linear(embed_dim, inner)
+        self.k_proj = _linear(embed_dim, inner)
+        self.v_proj = _linear(embed_dim, inner)
+        self.out_proj = _linear(inner, embed_dim)
 
     def forward(
         self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None, head_gate: Optional[torch.Tensor] = None
@@ -219,8 +227,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, embed_dim: int, ffn_dim: int, activation_dropout: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(embed_dim, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, embed_dim)
+        self.fc1 = _linear(embed_dim, ffn_dim)
+        self.fc2 = _linear(ffn_dim, embed_dim)
         self.dropout = nn.Dropout(activation_dropout)
 
     def forward(self, x: torch.Tensor, unit_gate: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -104,3 +104,33 @@ def batch(lengths: List[int], seed: int = 0):
         source[i, :n] = torch.randn(n, generator=g)
         pad[i, :n] = False
     return source, pad
+
+
+def make_letter_corpus(data_dir: str, splits: Dict[str, int], seed: int = 0) -> str:
+    """Random-noise 16 kHz wavs with random letter transcripts as a wav2vec tsv/ltr dataset.
+
+    Enough to drive fairseq's audio_finetuning task through real training steps; not speech.
+    """
+    import random
+
+    import numpy as np
+    import soundfile as sf
+
+    rng = random.Random(seed)
+    os.makedirs(data_dir, exist_ok=True)
+    letter_dictionary(os.path.join(data_dir, "dict.ltr.txt"))
+    for split, n in splits.items():
+        rows, labels = [], []
+        for i in range(n):
+            samples = rng.randint(8000, 16000)
+            wav = np.random.default_rng(seed * 1000 + i).standard_normal(samples).astype("float32") * 0.1
+            name = f"{split}_{i}.wav"
+            sf.write(os.path.join(data_dir, name), wav, 16000)
+            rows.append(f"{name}\t{samples}")
+            words = ["".join(rng.choice("ETAOINSHRD") for _ in range(rng.randint(2, 5))) for _ in range(rng.randint(1, 3))]
+            labels.append(" ".join(" ".join(w) + " |" for w in words))
+        with open(os.path.join(data_dir, f"{split}.tsv"), "w") as f:
+            f.write(os.path.abspath(data_dir) + "\n" + "\n".join(rows) + "\n")
+        with open(os.path.join(data_dir, f"{split}.ltr"), "w") as f:
+            f.write("\n".join(labels) + "\n")
+    return data_dir

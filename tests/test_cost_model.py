@@ -77,3 +77,24 @@ def test_cli_missing_checkpoint(capsys, tmp_path):
     assert cost_cli.main([str(tmp_path / "nope.pt")]) == 2
     err = capsys.readouterr().err
     assert "nope.pt" in err and "not found" in err
+
+
+def test_exact_at_wav2vec2_base_scale_and_bench_structure():
+    """94 M parameters: counting from masks must still be exact (float64), and the bench's
+    Fig. 5-shaped structure must hit its MACs target."""
+    from hjprune_fairseq.cli.bench import fig5_masks, slim_spec_for
+    from hjprune_fairseq.slim import slim_encoder
+
+    spec = PRESETS["wav2vec2_base"]
+    masks = fig5_masks(spec, 0.6)
+    slim_spec, _ = slim_encoder(spec, Wav2Vec2Encoder(spec).state_dict(), masks)
+    from_masks = cost_model.cost(spec, masks, 10.0, 32)
+    exact = cost_model.cost(slim_spec, None, 10.0, 32)
+    assert from_masks.total_params == exact.total_params == sum(p.numel() for p in Wav2Vec2Encoder(slim_spec).parameters()) + 32 * slim_spec.embed_dim + 32
+    assert from_masks.total_macs == exact.total_macs
+    # Fig. 5 shape: the first conv layer and the top Transformer layer lose the most.
+    assert slim_spec.conv_layers[0][0] < slim_spec.conv_layers[-1][0]
+    assert slim_spec.ffn_dims[-1] < slim_spec.ffn_dims[0] and slim_spec.num_heads[-1] < slim_spec.num_heads[0]
+    half = slim_spec_for(spec, 0.5, 10.0)
+    r = cost_model.report(half, None, 10.0, reference=spec)
+    assert r["macs_sparsity"] == pytest.approx(0.5, abs=0.01)
