@@ -6,5 +6,8 @@ with compat.keep_root_logging():  # importing fairseq reconfigures the root logg
     compat.install()
     # fairseq imports models/ itself under --user-dir; importing here registers them for scripts too.
     from .models import hjprune_ctc  # noqa: E402,F401
+    # fairseq auto-imports only models/ and tasks/ of a user dir.
+    from .criterions import hjprune_ctc as _criterion  # noqa: E402,F401
+    from .optim import hjprune_adamw  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -12,10 +12,11 @@ every LayerNorm output, and each LayerNorm over the hidden size normalises over 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -58,6 +59,21 @@ class MaskingOptions:
     mask_channel_other: float = 0.0
     mask_channel_min_space: int = 1
     mask_channel_before: bool = False
+
+
+@contextlib.contextmanager
+def numpy_seeded_from_torch() -> Iterator[None]:
+    """Run numpy's global RNG from a seed drawn from torch's, then restore numpy's state.
+
+    fairseq reseeds torch at every update (``common.seed + num_updates``) but not numpy, whose global
+    RNG ``compute_mask_indices`` uses: this makes masking reproducible when a run is resumed.
+    """
+    state = np.random.get_state()
+    np.random.seed(int(torch.randint(0, 2**31 - 1, ())))
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def masked_layer_norm(
@@ -332,18 +348,19 @@ class Wav2Vec2Encoder(nn.Module):
             )
             return torch.from_numpy(idx).to(x.device).unsqueeze(1).expand(-1, T, -1)
 
-        if m.mask_channel_prob > 0 and m.mask_channel_before:
-            x = x.masked_fill(channel_mask(), 0.0)
-        if m.mask_prob > 0:
-            idx = compute_mask_indices(
-                (B, T), padding_mask, m.mask_prob, m.mask_length, m.mask_selection, m.mask_other,
-                min_masks=2, no_overlap=False, min_space=m.mask_min_space,
-                require_same_masks=m.require_same_masks, mask_dropout=m.mask_dropout,
-            )
-            time = torch.from_numpy(np.asarray(idx)).to(x.device).unsqueeze(-1)
-            x = torch.where(time, self.mask_emb.to(x.dtype), x)
-        if m.mask_channel_prob > 0 and not m.mask_channel_before:
-            x = x.masked_fill(channel_mask(), 0.0)
+        with numpy_seeded_from_torch():
+            if m.mask_channel_prob > 0 and m.mask_channel_before:
+                x = x.masked_fill(channel_mask(), 0.0)
+            if m.mask_prob > 0:
+                idx = compute_mask_indices(
+                    (B, T), padding_mask, m.mask_prob, m.mask_length, m.mask_selection, m.mask_other,
+                    min_masks=2, no_overlap=False, min_space=m.mask_min_space,
+                    require_same_masks=m.require_same_masks, mask_dropout=m.mask_dropout,
+                )
+                time = torch.from_numpy(np.asarray(idx)).to(x.device).unsqueeze(-1)
+                x = torch.where(time, self.mask_emb.to(x.dtype), x)
+            if m.mask_channel_prob > 0 and not m.mask_channel_before:
+                x = x.masked_fill(channel_mask(), 0.0)
         return x
 
     def extract_cnn(self, source: torch.Tensor, gates: GateMasks) -> torch.Tensor:
@@ -385,7 +402,7 @@ class Wav2Vec2Encoder(nn.Module):
 
         outputs: List[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
-            if self.training and self.layerdrop > 0 and np.random.random() < self.layerdrop:
+            if self.training and self.layerdrop > 0 and torch.rand(()).item() < self.layerdrop:
                 continue
             x = layer(
                 x, frame_pad,

@@ -22,6 +22,7 @@ BETA = 2.0 / 3.0  # temperature
 LIMIT_L = -0.1  # stretch interval (l, r), l < 0 < 1 < r
 LIMIT_R = 1.1
 _EPS = 1e-6
+GATE_GROUP = "hjprune_gate"  # parameter-group tag of log_alpha (hjprune_adamw gives it its own lr)
 
 
 def keep_prob(log_alpha: torch.Tensor, beta: float = BETA, l: float = LIMIT_L, r: float = LIMIT_R) -> torch.Tensor:
@@ -66,7 +67,7 @@ class HardConcrete(nn.Module):
         super().__init__()
         self.shape: Tuple[int, ...] = tuple(int(s) for s in shape)
         self.log_alpha = nn.Parameter(torch.empty(self.shape))
-        self.log_alpha.param_group = "hjprune_gate"
+        self.log_alpha.param_group = GATE_GROUP
         self.init_keep_prob = init_keep_prob
         self.init_std = init_std
         self.reset_parameters()

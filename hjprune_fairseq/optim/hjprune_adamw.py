@@ -1,0 +1,103 @@
+"""``hjprune_adamw``: torch AdamW with the three parameter groups HJ-Pruning needs.
+
+- weights: every model parameter; the learning rate follows fairseq's lr scheduler;
+- gates: HardConcrete ``log_alpha`` (tag ``hjprune_gate``): constant ``gate_lr``, no weight decay;
+- multipliers: the criterion's Lagrange multipliers (tag ``hjprune_lambda``): constant
+  ``lambda_lr``, no weight decay, gradient ASCENT through AdamW's ``maximize`` (a negative lr would
+  be overwritten by fairseq's ``set_lr``, which writes every group).
+
+Only the weights follow the scheduler (``set_lr``) and only they are clipped (``clip_grad_norm``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+import torch
+from fairseq import utils
+from fairseq.dataclass import FairseqDataclass
+from fairseq.optim import FairseqOptimizer, register_optimizer
+from omegaconf import II
+
+from ..hard_concrete import GATE_GROUP
+from ..sparsity import LAMBDA_GROUP
+
+logger = logging.getLogger(__name__)
+ROLE = "hjprune_role"
+
+
+@dataclass
+class HJPruneAdamWConfig(FairseqDataclass):
+    adam_betas: Any = field(default=(0.9, 0.98), metadata={"help": "betas of AdamW (all groups)"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "epsilon of AdamW (all groups)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay of the model weights only"})
+    gate_lr: float = field(default=0.02, metadata={"help": "constant lr of the gates' log_alpha (paper: 0.02 or 0.05)"})
+    lambda_lr: float = field(default=0.02, metadata={"help": "constant lr of the Lagrange multipliers, by gradient ascent (paper: 0.02 or 0.05)"})
+    lr: List[float] = II("optimization.lr")
+
+
+def split_params(params: List[torch.nn.Parameter]) -> Dict[str, List[torch.nn.Parameter]]:
+    groups: Dict[str, List[torch.nn.Parameter]] = {"weights": [], "gates": [], "multipliers": []}
+    for p in params:
+        tag = getattr(p, "param_group", None)
+        groups["gates" if tag == GATE_GROUP else "multipliers" if tag == LAMBDA_GROUP else "weights"].append(p)
+    return groups
+
+
+@register_optimizer("hjprune_adamw", dataclass=HJPruneAdamWConfig)
+class HJPruneAdamW(FairseqOptimizer):
+    def __init__(self, cfg: HJPruneAdamWConfig, params):
+        super().__init__(cfg)
+        params = list(params)
+        if len(params) == 1 and getattr(params[0], "param_group", None) is None and params[0].dim() == 1 and params[0].numel() > 1:
+            raise ValueError(
+                "hjprune_adamw received one flat parameter: fp16/bf16 flattened the model, losing the gate and "
+                "multiplier groups; set common.fp16_no_flatten_grads=true"
+            )
+        if cfg.gate_lr <= 0 or cfg.lambda_lr <= 0:
+            raise ValueError(f"optimizer.gate_lr and optimizer.lambda_lr must be positive, got {cfg.gate_lr}, {cfg.lambda_lr}")
+        groups = split_params(params)
+        self.weight_params = groups["weights"]
+        betas = eval(cfg.adam_betas) if isinstance(cfg.adam_betas, str) else tuple(cfg.adam_betas)
+        param_groups = [{"params": groups["weights"], "lr": cfg.lr[0], "weight_decay": cfg.weight_decay, ROLE: "weights"}]
+        param_groups += [
+            dict(g, params=groups[g[ROLE]]) for g in self._fixed_groups() if groups[g[ROLE]]
+        ]
+        self._optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr[0], betas=betas, eps=cfg.adam_eps)
+        logger.info(
+            "hjprune_adamw: %d weight tensors, %d gate tensors (lr %g), %d multiplier tensors (lr %g, ascent)",
+            len(groups["weights"]), len(groups["gates"]), cfg.gate_lr, len(groups["multipliers"]), cfg.lambda_lr,
+        )
+
+    def _fixed_groups(self) -> List[Dict[str, Any]]:
+        """Settings of the groups the scheduler does not drive (re-applied after loading a state)."""
+        return [
+            {ROLE: "gates", "lr": self.cfg.gate_lr, "weight_decay": 0.0, "maximize": False},
+            {ROLE: "multipliers", "lr": self.cfg.lambda_lr, "weight_decay": 0.0, "maximize": True},
+        ]
+
+    @property
+    def optimizer_config(self) -> Dict[str, Any]:
+        return {"lr": self.cfg.lr[0], "weight_decay": self.cfg.weight_decay, "eps": self.cfg.adam_eps}
+
+    def get_lr(self) -> float:
+        return self.param_groups[0]["lr"]
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.param_groups:
+            if group[ROLE] == "weights":
+                group["lr"] = lr
+
+    def load_state_dict(self, state_dict, optimizer_overrides=None) -> None:
+        super().load_state_dict(state_dict, optimizer_overrides)
+        # The current config wins over the checkpoint for the fixed groups (fairseq's convention).
+        fixed = {g[ROLE]: g for g in self._fixed_groups()}
+        for group in self.param_groups:
+            if group[ROLE] in fixed:
+                group.update(fixed[group[ROLE]])
+
+    def clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
+        """Clip (and report the norm of) the model weights only; gates and multipliers are untouched."""
+        return utils.clip_grad_norm_(self.weight_params, max_norm, aggregate_norm_fn)

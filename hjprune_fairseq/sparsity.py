@@ -1,0 +1,179 @@
+"""The sparsity constraint of HJ-Pruning, shared by every hjprune criterion.
+
+Augmented Lagrangian (Eq. 5-6, CoFiPruning): the criterion adds
+
+    g = lambda1 * (s - t) + lambda2 * (s - t)^2            (one pair per constrained quantity)
+
+minimised over weights and log_alpha and MAXIMISED over the multipliers (gradient ascent, done by the
+``hjprune_adamw`` optimizer). ``s`` is an expected sparsity from the one cost model, ``t`` rises
+linearly from 0 to its final value over ``sparsity_warmup_updates`` and then holds.
+
+Modes (Sec. 3): ``size`` overall encoder parameters (CNN + Transformer); ``sep_size`` CNN and
+Transformer parameters, each with its own target and multiplier pair (Eq. 9); ``macs`` encoder
+MACs at a virtual input length; ``transformer_only`` the baseline: the CNN is not gated and ``s`` is
+the Transformer's parameter sparsity. "Transformer" is everything but the CNN (see cost_model).
+Sparsity is measured against the dense structure of the model being pruned (its ``spec``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from torch import nn
+
+from . import cost_model
+from .cost_model import Cost
+
+SPARSITY_MODES = ChoiceEnum(["size", "sep_size", "macs", "transformer_only"])
+LAMBDA_GROUP = "hjprune_lambda"
+
+
+@dataclass
+class SparsityConfig(FairseqDataclass):
+    """Fields every hjprune criterion adds to its task loss's config."""
+
+    sparsity_mode: SPARSITY_MODES = field(
+        default="macs", metadata={"help": "what s measures: size | sep_size | macs | transformer_only"}
+    )
+    target_sparsity: Optional[float] = field(
+        default=None, metadata={"help": "final target in [0, 1) for size, macs and transformer_only"}
+    )
+    target_cnn_sparsity: Optional[float] = field(
+        default=None, metadata={"help": "sep_size: final target of the CNN's parameter sparsity"}
+    )
+    target_transformer_sparsity: Optional[float] = field(
+        default=None, metadata={"help": "sep_size: final target of the Transformer's parameter sparsity"}
+    )
+    sparsity_warmup_updates: int = field(
+        default=0, metadata={"help": "updates over which the target rises linearly from 0 (paper: first 5 of 30 epochs)"}
+    )
+    macs_seconds: float = field(
+        default=10.0, metadata={"help": "virtual input length (s) at which MACs are counted (macs mode, logs)"}
+    )
+
+
+def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
+    """{constrained quantity: final target}; raises ValueError on a bad combination."""
+    mode = str(cfg.sparsity_mode)
+    if mode == "sep_size":
+        missing = [k for k in ("target_cnn_sparsity", "target_transformer_sparsity") if getattr(cfg, k) is None]
+        if missing:
+            raise ValueError(f"criterion.sparsity_mode=sep_size needs criterion.{' and criterion.'.join(missing)}")
+        targets = {"cnn": cfg.target_cnn_sparsity, "transformer": cfg.target_transformer_sparsity}
+    else:
+        if cfg.target_sparsity is None:
+            raise ValueError(f"criterion.sparsity_mode={mode} needs criterion.target_sparsity")
+        targets = {mode: cfg.target_sparsity}
+    for name, t in targets.items():
+        if not 0.0 <= float(t) < 1.0:
+            raise ValueError(f"target sparsity for {name} must be in [0, 1), got {t}")
+    if cfg.macs_seconds <= 0:
+        raise ValueError(f"criterion.macs_seconds must be positive, got {cfg.macs_seconds}")
+    if cfg.sparsity_warmup_updates < 0:
+        raise ValueError(f"criterion.sparsity_warmup_updates must be >= 0, got {cfg.sparsity_warmup_updates}")
+    return {k: float(v) for k, v in targets.items()}
+
+
+def sparsities(mode: str, expected: Cost, dense: Cost) -> Dict[str, torch.Tensor]:
+    """The constrained sparsities of ``mode``, from expected and dense costs."""
+    if mode == "size":
+        return {"size": 1 - expected.encoder_params / dense.encoder_params}
+    if mode == "macs":
+        return {"macs": 1 - expected.encoder_macs / dense.encoder_macs}
+    if mode == "transformer_only":
+        return {"transformer_only": 1 - expected.transformer_params / dense.transformer_params}
+    return {
+        "cnn": 1 - expected.params["cnn"] / dense.params["cnn"],
+        "transformer": 1 - expected.transformer_params / dense.transformer_params,
+    }
+
+
+class SparsityConstraint(nn.Module):
+    """Holds the Lagrange multipliers and computes the penalty and its log values for a gated model."""
+
+    def __init__(self, mode: str, targets: Dict[str, float], warmup_updates: int, seconds: float):
+        super().__init__()
+        self.mode = mode
+        self.names: List[str] = list(targets)
+        self.register_buffer("final_targets", torch.tensor([targets[n] for n in self.names], dtype=torch.float64),
+                             persistent=False)
+        self.warmup_updates = warmup_updates
+        self.seconds = seconds
+        # lambda1, lambda2 per constrained quantity; both start at 0 (Sec. 2.2).
+        self.lambda1 = nn.Parameter(torch.zeros(len(self.names), dtype=torch.float64))
+        self.lambda2 = nn.Parameter(torch.zeros(len(self.names), dtype=torch.float64))
+        self.lambda1.param_group = LAMBDA_GROUP
+        self.lambda2.param_group = LAMBDA_GROUP
+
+    @classmethod
+    def from_config(cls, cfg: SparsityConfig) -> "SparsityConstraint":
+        return cls(str(cfg.sparsity_mode), targets_from_config(cfg), cfg.sparsity_warmup_updates, cfg.macs_seconds)
+
+    def check_model(self, model) -> None:
+        gates = getattr(model, "gates", None)
+        if gates is None:
+            raise ValueError("the hjprune criteria need a gated model (model._name=hjprune_wav2vec_ctc with a prune_* group on)")
+        if self.mode == "transformer_only" and gates.conv is not None:
+            raise ValueError("sparsity_mode=transformer_only is the baseline that keeps the CNN: set model.prune_conv=false")
+        if self.mode == "sep_size" and gates.conv is None:
+            raise ValueError("sparsity_mode=sep_size constrains the CNN: set model.prune_conv=true")
+
+    def target(self, num_updates: int) -> torch.Tensor:
+        if self.warmup_updates <= 0:
+            return self.final_targets
+        return self.final_targets * min(1.0, num_updates / self.warmup_updates)
+
+    def forward(self, model, num_updates: int) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """(penalty, values to log). The penalty is differentiable in log_alpha and the multipliers."""
+        self.check_model(model)
+        dense = cost_model.cost(model.spec, None, self.seconds)
+        expected = cost_model.cost(model.spec, model.gates.keep_probs(), self.seconds)
+        s_all = sparsities(self.mode, expected, dense)
+        s = torch.stack([torch.as_tensor(s_all[n], dtype=torch.float64) for n in self.names])
+        t = self.target(num_updates).to(s.device)
+        gap = s - t
+        penalty = (self.lambda1 * gap + self.lambda2 * gap * gap).sum()
+
+        with torch.no_grad():
+            masks = model.gates.deterministic()
+            fixed = cost_model.cost(model.spec, masks, self.seconds)
+            s_fixed = sparsities(self.mode, fixed, dense)
+            kept = cost_model.counts(model.spec, model.gates.keep_probs())
+        logs: Dict[str, float] = {"penalty": float(penalty.detach())}
+        for i, n in enumerate(self.names):
+            suffix = "" if len(self.names) == 1 else f"_{n}"
+            logs[f"sparsity{suffix}"] = float(s[i])
+            logs[f"target{suffix}"] = float(t[i])
+            logs[f"mask_sparsity{suffix}"] = float(s_fixed[n])
+            logs[f"lambda1{suffix}"] = float(self.lambda1[i])
+            logs[f"lambda2{suffix}"] = float(self.lambda2[i])
+        logs["exp_mparams"] = cost_model.to_float(expected.encoder_params) / 1e6
+        logs["exp_gmacs"] = cost_model.to_float(expected.encoder_macs) / 1e9
+        logs["kept_conv"] = sum(cost_model.to_float(c) for c in kept.conv)
+        logs["kept_heads"] = sum(cost_model.to_float(h) for h in kept.heads)
+        logs["kept_ffn"] = sum(cost_model.to_float(f) for f in kept.ffn)
+        logs["kept_hidden"] = cost_model.to_float(kept.hidden)
+        return penalty, logs
+
+
+LOG_PREFIX = "hjprune_"
+LOG_COUNT = LOG_PREFIX + "n"
+
+
+def add_to_logging_output(logging_output: Dict, logs: Dict[str, float]) -> None:
+    """Values are stored summable (fairseq sums logging outputs across batches and workers)."""
+    for k, v in logs.items():
+        logging_output[LOG_PREFIX + k] = v
+    logging_output[LOG_COUNT] = 1
+
+
+def reduce_logged(logging_outputs: List[Dict]) -> Dict[str, float]:
+    """Mean of every hjprune value over the batches (and workers) that logged one."""
+    n = sum(log.get(LOG_COUNT, 0) for log in logging_outputs)
+    if not n:
+        return {}
+    keys = {k for log in logging_outputs for k in log if k.startswith(LOG_PREFIX) and k != LOG_COUNT}
+    return {k[len(LOG_PREFIX):]: sum(log.get(k, 0.0) for log in logging_outputs) / n for k in sorted(keys)}

@@ -1,0 +1,128 @@
+"""The augmented-Lagrangian sparsity constraint: config checks, schedule, the one cost model, convergence."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from hjprune_fairseq import cost_model
+from hjprune_fairseq.gates import EncoderGates
+from hjprune_fairseq.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
+from hjprune_fairseq.sparsity import SparsityConfig, SparsityConstraint, reduce_logged, add_to_logging_output
+from hjprune_fairseq.spec import PRESETS
+
+MODES = {
+    "macs": dict(target_sparsity=0.4),
+    "size": dict(target_sparsity=0.5),
+    "sep_size": dict(target_cnn_sparsity=0.5, target_transformer_sparsity=0.3),
+    "transformer_only": dict(target_sparsity=0.4),
+}
+
+
+class GatedStub(torch.nn.Module):
+    """Just the gates of the 'tiny' preset: what the constraint reads from a model."""
+
+    def __init__(self, conv=True):
+        super().__init__()
+        self.spec = PRESETS["tiny"]
+        self.gates = EncoderGates(self.spec, conv=conv)
+
+
+def constraint(mode="macs", **kw):
+    kw.setdefault("sparsity_mode", mode)
+    return SparsityConstraint.from_config(OmegaConf.structured(SparsityConfig(**kw)))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(), "needs criterion.target_sparsity"),
+    (dict(target_sparsity=1.0), r"must be in \[0, 1\)"),
+    (dict(target_sparsity=-0.1), r"must be in \[0, 1\)"),
+    (dict(sparsity_mode="sep_size", target_cnn_sparsity=0.5), "needs criterion.target_transformer_sparsity"),
+    (dict(target_sparsity=0.3, macs_seconds=0.0), "macs_seconds must be positive"),
+    (dict(target_sparsity=0.3, sparsity_warmup_updates=-1), "warmup_updates must be >= 0"),
+])
+def test_bad_config(kw, message):
+    with pytest.raises(ValueError, match=message):
+        constraint(**kw)
+
+
+def test_mode_and_model_must_agree():
+    with pytest.raises(ValueError, match="set model.prune_conv=false"):
+        constraint("transformer_only", target_sparsity=0.3)(GatedStub(conv=True), 0)
+    with pytest.raises(ValueError, match="set model.prune_conv=true"):
+        constraint("sep_size", **MODES["sep_size"])(GatedStub(conv=False), 0)
+    stub = GatedStub()
+    stub.gates = None
+    with pytest.raises(ValueError, match="need a gated model"):
+        constraint(target_sparsity=0.3)(stub, 0)
+
+
+def test_target_warms_up_linearly_then_holds():
+    c = constraint(target_sparsity=0.4, sparsity_warmup_updates=100)
+    assert [round(float(c.target(n)), 6) for n in (0, 25, 100, 500)] == [0.0, 0.1, 0.4, 0.4]
+    assert float(constraint(target_sparsity=0.4).target(0)) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_sparsity_comes_from_the_cost_model(mode):
+    m = GatedStub(conv=mode != "transformer_only")
+    with torch.no_grad():
+        for p in m.gates.parameters():
+            p.normal_(0.0, 2.0)
+    c = constraint(mode, **MODES[mode])
+    _, logs = c(m, 10**6)
+    exp = cost_model.cost(m.spec, m.gates.keep_probs(), 10.0)
+    dense = cost_model.cost(m.spec, None, 10.0)
+    independent = {
+        "macs": {"": 1 - exp.encoder_macs / dense.encoder_macs},
+        "size": {"": 1 - exp.encoder_params / dense.encoder_params},
+        "transformer_only": {"": 1 - (exp.encoder_params - exp.params["cnn"]) / (dense.encoder_params - dense.params["cnn"])},
+        "sep_size": {"_cnn": 1 - exp.params["cnn"] / dense.params["cnn"],
+                     "_transformer": 1 - (exp.encoder_params - exp.params["cnn"]) / (dense.encoder_params - dense.params["cnn"])},
+    }[mode]
+    for suffix, value in independent.items():
+        assert logs["sparsity" + suffix] == pytest.approx(float(value), abs=1e-9)
+
+
+def test_penalty_gradients_point_the_right_way():
+    """Too little sparsity: lambda1's gradient is negative (ascent lowers it), and minimising the
+    penalty then lowers log_alpha (prunes more)."""
+    m = GatedStub()
+    c = constraint(target_sparsity=0.5)
+    with torch.no_grad():
+        c.lambda1.fill_(-1.0)
+    penalty, logs = c(m, 0)
+    assert logs["sparsity"] < 0.5
+    penalty.backward()
+    assert c.lambda1.grad.item() == pytest.approx(logs["sparsity"] - 0.5)
+    assert c.lambda2.grad.item() == pytest.approx((logs["sparsity"] - 0.5) ** 2)
+    assert all((p.grad > 0).all() for p in m.gates.parameters())  # descent decreases log_alpha
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_constraint_alone_reaches_its_target(mode):
+    """Driven by hjprune_adamw (ascent on the multipliers) the expected sparsity settles on the target."""
+    torch.manual_seed(0)
+    m = GatedStub(conv=mode != "transformer_only")
+    c = constraint(mode, sparsity_warmup_updates=100, **MODES[mode])
+    opt = HJPruneAdamW(OmegaConf.structured(HJPruneAdamWConfig(lr=[1e-4], gate_lr=0.05, lambda_lr=0.05)),
+                       list(m.parameters()) + list(c.parameters()))
+    for step in range(500):
+        penalty, logs = c(m, step)
+        opt.zero_grad()
+        penalty.backward()
+        opt.step()
+    for key in [k for k in logs if k.startswith("sparsity")]:
+        target = logs[key.replace("sparsity", "target")]
+        assert logs[key] == pytest.approx(target, abs=0.01), key
+        assert logs["mask_" + key] == pytest.approx(target, abs=0.025), key
+
+
+def test_logged_values_are_summable():
+    outs = []
+    for v in (0.2, 0.4):
+        o = {}
+        add_to_logging_output(o, {"sparsity": v})
+        outs.append(o)
+    summed = {k: sum(o[k] for o in outs) for k in outs[0]}  # what fairseq does across workers
+    assert reduce_logged([summed])["sparsity"] == pytest.approx(0.3)
+    assert reduce_logged(outs)["sparsity"] == pytest.approx(0.3)
