@@ -62,16 +62,19 @@ class MaskingOptions:
 
 
 @contextlib.contextmanager
-def numpy_seeded_from_torch() -> Iterator[None]:
-    """Run numpy's global RNG from a seed drawn from torch's, then restore numpy's state.
+def numpy_seeded_from_torch() -> Iterator[int]:
+    """Yield a seed drawn from torch's RNG and run numpy's global RNG from it, then restore numpy.
 
-    fairseq reseeds torch at every update (``common.seed + num_updates``) but not numpy, whose global
-    RNG ``compute_mask_indices`` uses: this makes masking reproducible when a run is resumed.
+    fairseq reseeds torch at every update (``common.seed + num_updates``) but not numpy.
+    ``compute_mask_indices`` draws from numpy's global RNG and, unless given seed/epoch/indices, from
+    ``np.random.default_rng(None)`` (OS entropy): with both seeded from torch, masking is
+    reproducible and a resumed run continues exactly as an uninterrupted one.
     """
+    seed = int(torch.randint(0, 2**31 - 1, ()))
     state = np.random.get_state()
-    np.random.seed(int(torch.randint(0, 2**31 - 1, ())))
+    np.random.seed(seed)
     try:
-        yield
+        yield seed
     finally:
         np.random.set_state(state)
 
@@ -340,27 +343,30 @@ class Wav2Vec2Encoder(nn.Module):
 
         m = self.masking
         B, T, C = x.shape
+        rows = torch.arange(B)
 
-        def channel_mask() -> torch.Tensor:
+        def channel_mask(seed: int) -> torch.Tensor:
             idx = compute_mask_indices(
                 (B, C), None, m.mask_channel_prob, m.mask_channel_length, m.mask_channel_selection,
                 m.mask_channel_other, no_overlap=False, min_space=m.mask_channel_min_space,
+                seed=seed, epoch=1, indices=rows,
             )
             return torch.from_numpy(idx).to(x.device).unsqueeze(1).expand(-1, T, -1)
 
-        with numpy_seeded_from_torch():
+        with numpy_seeded_from_torch() as seed:
             if m.mask_channel_prob > 0 and m.mask_channel_before:
-                x = x.masked_fill(channel_mask(), 0.0)
+                x = x.masked_fill(channel_mask(seed + 1), 0.0)
             if m.mask_prob > 0:
                 idx = compute_mask_indices(
                     (B, T), padding_mask, m.mask_prob, m.mask_length, m.mask_selection, m.mask_other,
                     min_masks=2, no_overlap=False, min_space=m.mask_min_space,
                     require_same_masks=m.require_same_masks, mask_dropout=m.mask_dropout,
+                    seed=seed, epoch=1, indices=rows,
                 )
                 time = torch.from_numpy(np.asarray(idx)).to(x.device).unsqueeze(-1)
                 x = torch.where(time, self.mask_emb.to(x.dtype), x)
             if m.mask_channel_prob > 0 and not m.mask_channel_before:
-                x = x.masked_fill(channel_mask(), 0.0)
+                x = x.masked_fill(channel_mask(seed + 1), 0.0)
         return x
 
     def extract_cnn(self, source: torch.Tensor, gates: GateMasks) -> torch.Tensor:

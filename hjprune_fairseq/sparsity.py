@@ -98,8 +98,8 @@ class SparsityConstraint(nn.Module):
         super().__init__()
         self.mode = mode
         self.names: List[str] = list(targets)
-        self.register_buffer("final_targets", torch.tensor([targets[n] for n in self.names], dtype=torch.float64),
-                             persistent=False)
+        # Plain floats: fairseq's .half() under fp16 would round a tensor target (0.4 -> 0.39990).
+        self.final_targets: List[float] = [targets[n] for n in self.names]
         self.warmup_updates = warmup_updates
         self.seconds = seconds
         # lambda1, lambda2 per constrained quantity; both start at 0 (Sec. 2.2).
@@ -122,9 +122,9 @@ class SparsityConstraint(nn.Module):
             raise ValueError("sparsity_mode=sep_size constrains the CNN: set model.prune_conv=true")
 
     def target(self, num_updates: int) -> torch.Tensor:
-        if self.warmup_updates <= 0:
-            return self.final_targets
-        return self.final_targets * min(1.0, num_updates / self.warmup_updates)
+        """Linear warm-up from 0 to the final targets over ``warmup_updates``, then constant."""
+        ramp = 1.0 if self.warmup_updates <= 0 else min(1.0, num_updates / self.warmup_updates)
+        return torch.tensor([t * ramp for t in self.final_targets], dtype=torch.float64)
 
     def forward(self, model, num_updates: int) -> Tuple[torch.Tensor, Dict[str, float]]:
         """(penalty, values to log). The penalty is differentiable in log_alpha and the multipliers."""

@@ -9,6 +9,8 @@ import torch
 from fairseq.data import Dictionary
 from omegaconf import OmegaConf
 
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+USER_DIR = os.path.join(os.path.dirname(EXAMPLES), "hjprune_fairseq")
 LETTERS = list("ETAOINSHRDLUCMWFGYPBVKJXQZ'") + ["|"]
 
 TINY_MODEL = dict(
@@ -134,3 +136,29 @@ def make_letter_corpus(data_dir: str, splits: Dict[str, int], seed: int = 0) -> 
         with open(os.path.join(data_dir, f"{split}.ltr"), "w") as f:
             f.write("\n".join(labels) + "\n")
     return data_dir
+
+
+def compose_like_fairseq(config_dir: str, name: str, overrides: List[str]):
+    """The config fairseq_cli.hydra_train builds from ``--config-dir DIR --config-name NAME overrides``."""
+    from fairseq.dataclass.initialize import add_defaults, hydra_init
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    hydra_init(name)
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name=name, overrides=overrides)
+    add_defaults(cfg)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def hydra_train(config_dir: str, name: str, overrides: List[str], cwd: str, timeout: int = 600):
+    """Run the fairseq-hydra-train console script; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train")
+    return subprocess.run([exe, "--config-dir", config_dir, "--config-name", name, *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,107 @@
+"""The prune stage under fairseq's own training loop: logging, resume, two processes."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, make_letter_corpus
+
+TINY = os.path.join(EXAMPLES, "tiny")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_letter_corpus(str(tmp_path_factory.mktemp("prune_corpus")), {"train": 8, "valid": 4})
+
+
+def overrides(corpus, w2v, save_dir, max_update, mode="macs", **extra):
+    o = {
+        "common.user_dir": USER_DIR, "task.data": corpus, "model.w2v_path": w2v, "checkpoint.save_dir": str(save_dir),
+        "optimization.max_update": max_update, "dataset.max_tokens": 64000, "common.log_interval": 1,
+        "criterion.sparsity_warmup_updates": 4, "model.apply_mask": "true", "+model.mask_prob": 0.2,
+        "+model.mask_length": 2, "+model.dropout": 0.1, "dataset.validate_interval_updates": 0, "mode": mode,
+    }
+    o.update(extra)
+    return [f"{k}={v}" for k, v in o.items()]
+
+
+def run(tmp_path, args):
+    r = hydra_train(TINY, "prune", args, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+def pruning_state(path):
+    s = torch.load(path, weights_only=False)
+    state = {k: v for k, v in s["model"].items() if k.startswith("gates.")}
+    state.update({f"criterion.{k}": v for k, v in s["criterion"].items()})
+    return state, s["optimizer_history"][-1]["num_updates"]
+
+
+def test_logs_to_progress_bar_and_tensorboard(tmp_path, corpus, w2v_pretrained):
+    tb = tmp_path / "tb"
+    r = run(tmp_path, overrides(corpus, w2v_pretrained, tmp_path / "ck", 4, **{"common.tensorboard_logdir": str(tb)}))
+    log = r.stdout + r.stderr
+    for key in ("sparsity=", "target=", "lambda1=", "lambda2=", "exp_mparams=", "exp_gmacs=", "kept_conv=",
+                "kept_heads=", "kept_ffn=", "kept_hidden=", "mask_sparsity="):
+        assert key in log, key
+    events = [os.path.join(d, f) for d, _, fs in os.walk(tb) for f in fs if f.startswith("events")]
+    assert events
+    blob = b"".join(open(e, "rb").read() for e in events)
+    assert b"sparsity" in blob and b"lambda1" in blob and b"kept_heads" in blob
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, corpus, w2v_pretrained):
+    """Stop after 6 updates, resume from checkpoint_last.pt to 12: identical to 12 straight updates.
+
+    The stop is max_update=6; the lr schedule is given in steps so it does not depend on max_update
+    (tri_stage's phase_ratio would scale with it), as it would not for a run killed mid-way.
+    """
+    schedule = {"lr_scheduler.phase_ratio": "null", "+lr_scheduler.warmup_steps": 3, "+lr_scheduler.hold_steps": 3,
+                "+lr_scheduler.decay_steps": 6}
+    straight = tmp_path / "straight"
+    run(tmp_path, overrides(corpus, w2v_pretrained, straight, 12, **schedule))
+    resumed = tmp_path / "resumed"
+    run(tmp_path, overrides(corpus, w2v_pretrained, resumed, 6, **schedule))
+    half, n = pruning_state(resumed / "checkpoint_last.pt")
+    assert n == 6
+    run(tmp_path, overrides(corpus, w2v_pretrained, resumed, 12, **schedule))  # picks up checkpoint_last.pt
+    a, na = pruning_state(straight / "checkpoint_last.pt")
+    b, nb = pruning_state(resumed / "checkpoint_last.pt")
+    assert na == nb == 12
+    assert a.keys() == b.keys() and "criterion.sparsity.lambda1" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert any(not torch.equal(half[k], a[k]) for k in a)  # the second half did train
+    assert a["criterion.sparsity.lambda1"].abs().sum() > 0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_keep_gates_and_multipliers_identical(tmp_path, corpus, w2v_pretrained):
+    port = free_port()
+    driver = os.path.join(os.path.dirname(__file__), "ddp_driver.py")
+    args = overrides(corpus, w2v_pretrained, tmp_path / "ddp", 6, mode="sep_size")
+    procs = [
+        subprocess.Popen([sys.executable, driver, str(r), "2", str(port), str(tmp_path / f"rank{r}.pt"), TINY, "prune", *args],
+                         cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(__file__)))
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert r0["num_updates"] == r1["num_updates"] == 6
+    assert set(r0) == set(r1) and "criterion.sparsity.lambda1" in r0
+    assert r0["criterion.sparsity.lambda1"].shape == (2,)  # sep_size: one pair per quantity
+    for k in r0:
+        if k != "num_updates":
+            assert torch.equal(r0[k], r1[k]), k
+    assert r0["criterion.sparsity.lambda1"].abs().sum() > 0
