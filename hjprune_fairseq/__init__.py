@@ -9,5 +9,6 @@ with compat.keep_root_logging():  # importing fairseq reconfigures the root logg
     # fairseq auto-imports only models/ and tasks/ of a user dir.
     from .criterions import hjprune_ctc as _criterion  # noqa: E402,F401
     from .optim import hjprune_adamw  # noqa: E402,F401
+    from .tasks import hjprune_audio  # noqa: E402,F401
 
 __version__ = "0.1.0"

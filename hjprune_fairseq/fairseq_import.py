@@ -184,7 +184,8 @@ def read_checkpoint(path: str) -> ImportedCheckpoint:
     if isinstance(arch, str) and arch.startswith(PLUGIN_PREFIX):
         spec_d = _get(model_cfg, "encoder_spec")
         if spec_d is None:
-            raise ValueError(f"{path}: {arch} checkpoint lacks model.encoder_spec")
+            raise ValueError(f"{path}: {arch} checkpoint lacks model.encoder_spec (train with "
+                             "task._name=hjprune_audio_finetuning, which stores it in the checkpoint)")
         spec = EncoderSpec.from_dict(dict(spec_d))
         enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
         gates = {k[len("gates."):]: v for k, v in sd.items() if k.startswith("gates.")} or None
