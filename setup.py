@@ -23,6 +23,7 @@ setup(
             "hjprune-cost=hjprune_fairseq.cli.cost:main",
             "hjprune-export=hjprune_fairseq.cli.export:main",
             "hjprune-bench=hjprune_fairseq.cli.bench:main",
+            "hjprune-bench-train=hjprune_fairseq.cli.bench_train:main",
         ]
     },
 )

@@ -197,3 +197,37 @@ def read_checkpoint(path: str) -> ImportedCheckpoint:
         f"{path}: unsupported architecture {arch!r} (expected one of "
         f"{sorted(PRETRAINED) + sorted(FINETUNED_CTC)} or an hjprune_* checkpoint)"
     )
+
+
+def fairseq_model_config(spec: EncoderSpec) -> Dict[str, Any]:
+    """The fairseq ``Wav2Vec2Config`` fields of a dense (uniform) spec: the inverse of spec_from_fairseq_cfg."""
+    if len(set(spec.num_heads)) != 1 or len(set(spec.ffn_dims)) != 1 or len(set(spec.pos_conv_groups)) != 1:
+        raise ValueError("only a dense encoder (same sizes in every layer) has a fairseq wav2vec2 config")
+    return dict(
+        conv_feature_layers=repr([tuple(c) for c in spec.conv_layers]), conv_bias=spec.conv_bias,
+        extractor_mode=spec.extractor_mode, encoder_layers=spec.num_layers, encoder_embed_dim=spec.embed_dim,
+        encoder_ffn_embed_dim=spec.ffn_dims[0], encoder_attention_heads=spec.num_heads[0],
+        conv_pos=spec.pos_conv_kernel, conv_pos_groups=len(spec.pos_conv_groups),
+        layer_norm_first=spec.layer_norm_first,
+    )
+
+
+def write_random_wav2vec2(spec: EncoderSpec, path: str, seed: int = 0) -> str:
+    """A randomly initialised fairseq ``wav2vec2`` pre-training checkpoint of ``spec``, in the format
+    fairseq's trainer writes (for benchmarks; real users bring their own)."""
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(seed)
+    cfg = OmegaConf.structured(Wav2Vec2Config(**fairseq_model_config(spec)))
+    model = Wav2Vec2Model(cfg)
+    model_cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    model_cfg["_name"] = "wav2vec2"
+    torch.save({
+        "args": None,
+        "cfg": {"model": model_cfg, "task": {"_name": "audio_pretraining", "normalize": False}},
+        "model": model.state_dict(),
+        "optimizer_history": [{"criterion_name": "wav2vec", "optimizer_name": "adam", "lr_scheduler_state": {}, "num_updates": 0}],
+        "extra_state": {}, "last_optimizer_state": None,
+    }, path)
+    return path

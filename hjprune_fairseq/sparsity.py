@@ -145,11 +145,11 @@ class SparsityConstraint(nn.Module):
         logs: Dict[str, float] = {"penalty": float(penalty.detach())}
         for i, n in enumerate(self.names):
             suffix = "" if len(self.names) == 1 else f"_{n}"
-            logs[f"sparsity{suffix}"] = float(s[i])
+            logs[f"sparsity{suffix}"] = float(s[i].detach())
             logs[f"target{suffix}"] = float(t[i])
             logs[f"mask_sparsity{suffix}"] = float(s_fixed[n])
-            logs[f"lambda1{suffix}"] = float(self.lambda1[i])
-            logs[f"lambda2{suffix}"] = float(self.lambda2[i])
+            logs[f"lambda1{suffix}"] = float(self.lambda1[i].detach())
+            logs[f"lambda2{suffix}"] = float(self.lambda2[i].detach())
         logs["exp_mparams"] = cost_model.to_float(expected.encoder_params) / 1e6
         logs["exp_gmacs"] = cost_model.to_float(expected.encoder_macs) / 1e9
         logs["kept_conv"] = sum(cost_model.to_float(c) for c in kept.conv)

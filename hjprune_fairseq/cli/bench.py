@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 
 from .. import cost_model
 from ..encoder import GateMasks, Wav2Vec2Encoder
 from ..spec import PRESETS, EncoderSpec
+from .timing import add_timing_args, apply_threads, median_times
 
 
 def _keep_top(n: int, frac: float, g: torch.Generator) -> torch.Tensor:
@@ -60,20 +59,6 @@ def slim_spec_for(spec: EncoderSpec, macs_sparsity: float, seconds: float, seed:
     return slim_encoder(spec, state, masks, source="bench")[0]
 
 
-def time_models(models: Dict[str, torch.nn.Module], wav: torch.Tensor, repeats: int, warmup: int) -> Dict[str, float]:
-    times: Dict[str, List[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for m in models.values():
-                m(wav)
-        for _ in range(repeats):
-            for k, m in models.items():  # alternate so drifts in machine load hit both alike
-                t0 = time.perf_counter()
-                m(wav)
-                times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(
         prog="hjprune-bench",
@@ -84,22 +69,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--preset", choices=sorted(PRESETS), default="wav2vec2_base", help="architecture (default: wav2vec2_base)")
     p.add_argument("--seconds", type=float, default=10.0, help="input length in seconds (default: 10)")
     p.add_argument("--macs-sparsity", type=float, default=0.5, help="fraction of MACs the slim model drops (default: 0.5)")
-    p.add_argument("--repeats", type=int, default=7, help="timed runs per model; the median is reported (default: 7)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs per model first (default: 2)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, input and which units are pruned")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_timing_args(p, "runs")
     a = p.parse_args(argv)
     if not 0.0 < a.macs_sparsity < 1.0:
         p.error(f"--macs-sparsity must be in (0, 1), got {a.macs_sparsity}")
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
+    apply_threads(a.threads)
     torch.manual_seed(a.seed)
     dense_spec = PRESETS[a.preset]
     slim_spec = slim_spec_for(dense_spec, a.macs_sparsity, a.seconds, a.seed)
     models = {"dense": Wav2Vec2Encoder(dense_spec).eval(), "slim": Wav2Vec2Encoder(slim_spec).eval()}
     wav = torch.randn(1, int(a.seconds * cost_model.SAMPLE_RATE))
-    lat = time_models(models, wav, a.repeats, a.warmup)
+    with torch.inference_mode():
+        lat = median_times({k: (lambda i, m=m: m(wav)) for k, m in models.items()}, a.repeats, a.warmup)
     dense_c, slim_c = cost_model.cost(dense_spec, None, a.seconds), cost_model.cost(slim_spec, None, a.seconds)
     mac_ratio = cost_model.to_float(dense_c.encoder_macs) / cost_model.to_float(slim_c.encoder_macs)
     speedup = lat["dense"] / lat["slim"]
