@@ -25,7 +25,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from torch import nn
 
 from . import cost_model
-from .cost_model import Cost
+from .cost_model import sparsities
 
 SPARSITY_MODES = ChoiceEnum(["size", "sep_size", "macs", "transformer_only"])
 LAMBDA_GROUP = "hjprune_lambda"
@@ -75,20 +75,6 @@ def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
     if cfg.sparsity_warmup_updates < 0:
         raise ValueError(f"criterion.sparsity_warmup_updates must be >= 0, got {cfg.sparsity_warmup_updates}")
     return {k: float(v) for k, v in targets.items()}
-
-
-def sparsities(mode: str, expected: Cost, dense: Cost) -> Dict[str, torch.Tensor]:
-    """The constrained sparsities of ``mode``, from expected and dense costs."""
-    if mode == "size":
-        return {"size": 1 - expected.encoder_params / dense.encoder_params}
-    if mode == "macs":
-        return {"macs": 1 - expected.encoder_macs / dense.encoder_macs}
-    if mode == "transformer_only":
-        return {"transformer_only": 1 - expected.transformer_params / dense.transformer_params}
-    return {
-        "cnn": 1 - expected.params["cnn"] / dense.params["cnn"],
-        "transformer": 1 - expected.transformer_params / dense.transformer_params,
-    }
 
 
 class SparsityConstraint(nn.Module):

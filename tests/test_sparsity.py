@@ -126,3 +126,39 @@ def test_logged_values_are_summable():
     summed = {k: sum(o[k] for o in outs) for k in outs[0]}  # what fairseq does across workers
     assert reduce_logged([summed])["sparsity"] == pytest.approx(0.3)
     assert reduce_logged(outs)["sparsity"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_penalty_keeps_its_weight_after_division_by_sample_size(batch_size, w2v_pretrained):
+    """fairseq divides all gradients by sample_size after backward: the multipliers' gradients must
+    then be exactly d(penalty)/d(lambda) = (s - t), (s - t)^2, whatever the batch."""
+    from fairseq.criterions import build_criterion
+    from fairseq_fixtures import batch, letter_dictionary
+    from helpers import gated_model
+
+    class Task:
+        target_dictionary = letter_dictionary()
+
+    model = gated_model(w2v_pretrained).train()
+    criterion = build_criterion(OmegaConf.create({
+        "_name": "hjprune_ctc", "zero_infinity": True, "sentence_avg": True, "post_process": "letter",
+        "sparsity_mode": "macs", "target_sparsity": 0.3}), Task())
+    source, pad = batch([12000] * batch_size, seed=batch_size)
+    sample = {"net_input": {"source": source, "padding_mask": pad},
+              "target": torch.randint(4, 20, (batch_size, 5)), "target_lengths": torch.full((batch_size,), 5),
+              "ntokens": 5 * batch_size, "id": torch.arange(batch_size)}
+    loss, sample_size, log = criterion(model, sample)
+    loss.backward()
+    assert sample_size == batch_size
+    gap = log["hjprune_sparsity"] - 0.3
+    assert criterion.sparsity.lambda1.grad.item() / sample_size == pytest.approx(gap, rel=1e-6)
+    assert criterion.sparsity.lambda2.grad.item() / sample_size == pytest.approx(gap ** 2, rel=1e-6)
+    # In validation the penalty is logged but the loss is the plain CTC loss.
+    from fairseq.criterions.ctc import CtcCriterion
+
+    model.eval()
+    with torch.no_grad():
+        loss_eval, _, log_eval = criterion(model, sample)
+        plain, _, _ = CtcCriterion.forward(criterion, model, sample)
+    assert "hjprune_sparsity" in log_eval and log_eval["hjprune_penalty"] != 0
+    assert loss_eval.item() == plain.item()

@@ -30,7 +30,8 @@ def describe(source: str, seconds: float) -> Dict:
             r = cost_model.report(model.spec, model.gates.deterministic(), seconds, vocab, ref)
             r["kind"] = "gated (deterministic masks)"
             expected = cost_model.report(model.spec, model.gates.keep_probs(), seconds, vocab, ref)
-            r["expected"] = {k: expected[k] for k in ("encoder_gmacs", "size_sparsity", "macs_sparsity")}
+            r["expected"] = {k: expected[k] for k in ("encoder_gmacs", "size_sparsity", "macs_sparsity",
+                                                      "cnn_size_sparsity", "transformer_size_sparsity")}
         else:
             r = cost_model.report(model.spec, None, seconds, vocab, model.reference_spec)
             r["kind"] = "slim" if arch == "hjprune_slim_ctc" else "dense"
@@ -47,7 +48,8 @@ def format_table(r: Dict) -> str:
     lines = [
         f"{r['source']} ({r['kind']}), {r['seconds']:g} s -> {r['frames']} frames",
         f"params {r['params']:,}  (encoder {r['encoder_params']:,})   GMACs {r['gmacs']:.3f}  (encoder {r['encoder_gmacs']:.3f})",
-        f"size sparsity {r['size_sparsity']:.4f}   MACs sparsity {r['macs_sparsity']:.4f}   CNN MACs share {r['cnn_macs_share']:.3f}",
+        f"sparsity: size {r['size_sparsity']:.4f}  MACs {r['macs_sparsity']:.4f}  CNN size {r['cnn_size_sparsity']:.4f}  "
+        f"Transformer size {r['transformer_size_sparsity']:.4f}   CNN MACs share {r['cnn_macs_share']:.3f}",
         "",
         f"{'component':<10} {'params':>14} {'GMACs':>10}",
     ]
