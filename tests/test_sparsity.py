@@ -158,6 +158,7 @@ def test_penalty_keeps_its_weight_after_division_by_sample_size(batch_size, w2v_
 
     model.eval()
     with torch.no_grad():
+        criterion.sparsity.lambda1.fill_(2.0)
         loss_eval, _, log_eval = criterion(model, sample)
         plain, _, _ = CtcCriterion.forward(criterion, model, sample)
     assert "hjprune_sparsity" in log_eval and log_eval["hjprune_penalty"] != 0
