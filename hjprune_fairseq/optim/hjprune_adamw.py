@@ -6,7 +6,11 @@
   ``lambda_lr``, no weight decay, gradient ASCENT through AdamW's ``maximize`` (a negative lr would
   be overwritten by fairseq's ``set_lr``, which writes every group).
 
-Only the weights follow the scheduler (``set_lr``) and only they are clipped (``clip_grad_norm``).
+The scheduler drives the weights' lr. With ``fixed_lrs_follow_schedule`` (default) the gate and
+multiplier lrs keep their own values but follow the schedule's SHAPE: ``gate_lr * lr / peak_lr``,
+as a torch scheduler scales every group (DPHuBERT's recipe). Decaying them at the end of pruning lets
+the min-max game settle on the target instead of oscillating around it. Only the weights are
+clipped (``clip_grad_norm``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ class HJPruneAdamWConfig(FairseqDataclass):
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay of the model weights only"})
     gate_lr: float = field(default=0.02, metadata={"help": "constant lr of the gates' log_alpha (paper: 0.02 or 0.05)"})
     lambda_lr: float = field(default=0.02, metadata={"help": "constant lr of the Lagrange multipliers, by gradient ascent (paper: 0.02 or 0.05)"})
+    fixed_lrs_follow_schedule: bool = field(
+        default=True, metadata={"help": "scale gate_lr and lambda_lr by lr / peak lr at every scheduler step "
+                                        "(false: keep them constant)"}
+    )
     lr: List[float] = II("optimization.lr")
 
 
@@ -86,17 +94,20 @@ class HJPruneAdamW(FairseqOptimizer):
         return self.param_groups[0]["lr"]
 
     def set_lr(self, lr: float) -> None:
+        scale = lr / self.cfg.lr[0] if self.cfg.fixed_lrs_follow_schedule else 1.0
+        fixed = {g[ROLE]: g["lr"] for g in self._fixed_groups()}
         for group in self.param_groups:
-            if group[ROLE] == "weights":
-                group["lr"] = lr
+            group["lr"] = lr if group[ROLE] == "weights" else fixed[group[ROLE]] * scale
 
     def load_state_dict(self, state_dict, optimizer_overrides=None) -> None:
         super().load_state_dict(state_dict, optimizer_overrides)
-        # The current config wins over the checkpoint for the fixed groups (fairseq's convention).
+        # The current config wins over the checkpoint for the fixed groups (fairseq's convention);
+        # the lr scheduler then sets every group's lr for the current update.
         fixed = {g[ROLE]: g for g in self._fixed_groups()}
         for group in self.param_groups:
             if group[ROLE] in fixed:
                 group.update(fixed[group[ROLE]])
+        self.set_lr(self.param_groups[0]["lr"])
 
     def clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
         """Clip (and report the norm of) the model weights only; gates and multipliers are untouched."""
