@@ -1,0 +1,77 @@
+"""Acceptance run of the prune stage (issue 3), not part of the test suite (minutes on 2 cores).
+
+    .venv/bin/python tests/acceptance_prune_modes.py OUT_DIR
+
+A fairseq wav2vec2 checkpoint with the 'tiny' preset's dimensions and a generated-audio corpus are
+made in OUT_DIR; the model is fine-tuned briefly (examples/tiny/finetune.yaml), then pruned in each
+sparsity mode with examples/tiny/prune.yaml, exported with hjprune-export and measured with
+hjprune-cost. Prints, per mode, the target, the expected sparsity at the end of pruning (from the
+gates of checkpoint_last.pt), the deterministic masks' sparsity and the slim model's measured one.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, make_letter_corpus, make_pretrained
+
+import hjprune_fairseq  # noqa: F401
+from hjprune_fairseq import cost_model
+from hjprune_fairseq.checkpoints import load_model
+from hjprune_fairseq.spec import PRESETS
+
+TINY = os.path.join(EXAMPLES, "tiny")
+MODES = {"macs": ["macs"], "size": ["size"], "sep_size": ["cnn", "transformer"], "transformer_only": ["transformer_only"]}
+REPORT_KEY = {"macs": "macs_sparsity", "size": "size_sparsity", "cnn": "cnn_size_sparsity",
+              "transformer": "transformer_size_sparsity", "transformer_only": "transformer_size_sparsity"}
+
+
+def run(out, name, overrides):
+    r = hydra_train(TINY, name, [f"common.user_dir={USER_DIR}", f"task.data={out}/data", "dataset.max_tokens=100000",
+                                 "common.log_interval=100", *overrides], cwd=out)
+    if r.returncode:
+        sys.exit(r.stderr[-3000:])
+
+
+def main(out):
+    os.makedirs(out, exist_ok=True)
+    bin_dir = os.path.dirname(sys.executable)
+    if not os.path.exists(f"{out}/pre.pt"):
+        make_letter_corpus(f"{out}/data", {"train": 160, "valid": 16})
+        spec = PRESETS["tiny"]
+        make_pretrained(f"{out}/pre.pt", conv_feature_layers=repr(spec.conv_layers), encoder_layers=spec.num_layers,
+                        encoder_embed_dim=spec.embed_dim, encoder_ffn_embed_dim=spec.ffn_dims[0],
+                        encoder_attention_heads=spec.num_heads[0], conv_pos=spec.pos_conv_kernel,
+                        conv_pos_groups=len(spec.pos_conv_groups), final_dim=64)
+        run(out, "finetune", [f"model.w2v_path={out}/pre.pt", "optimization.max_update=150", "checkpoint.save_dir=ck/finetune"])
+    rows = []
+    for mode, names in MODES.items():
+        ck = f"{out}/ck/prune_{mode}"
+        run(out, "prune", [f"mode={mode}", f"model.w2v_path={out}/ck/finetune/checkpoint_last.pt", f"checkpoint.save_dir={ck}"])
+        model, state = load_model(f"{ck}/checkpoint_last.pt")
+        crit = state["cfg"]["criterion"]
+        targets = {"cnn": crit["target_cnn_sparsity"], "transformer": crit["target_transformer_sparsity"]} if mode == "sep_size" \
+            else {mode: crit["target_sparsity"]}
+        seconds = crit["macs_seconds"]
+        dense = cost_model.cost(model.spec, None, seconds)
+        expected = cost_model.sparsities(mode, cost_model.cost(model.spec, model.gates.keep_probs(), seconds), dense)
+        masked = cost_model.sparsities(mode, cost_model.cost(model.spec, model.gates.deterministic(), seconds), dense)
+        slim = f"{out}/slim_{mode}.pt"
+        subprocess.run([f"{bin_dir}/hjprune-export", f"{ck}/checkpoint_last.pt", slim, "--overwrite"], check=True,
+                       capture_output=True)
+        measured = json.loads(subprocess.run([f"{bin_dir}/hjprune-cost", slim, "--json", "--seconds", str(seconds)],
+                                             check=True, capture_output=True, text=True).stdout)
+        for n in names:
+            rows.append((mode, n, targets[n], cost_model.to_float(expected[n]), cost_model.to_float(masked[n]),
+                         measured[REPORT_KEY[n]], state["optimizer_history"][-1]["num_updates"]))
+    print(f"{'mode':<17}{'quantity':<17}{'target':>7}{'expected':>10}{'masks':>8}{'slim':>8}{'|exp-t|':>9}{'|slim-t|':>9}  updates")
+    for mode, n, t, e, m, s, u in rows:
+        print(f"{mode:<17}{n:<17}{t:>7.3f}{e:>10.4f}{m:>8.4f}{s:>8.4f}{abs(e - t):>9.4f}{abs(s - t):>9.4f}  {u}")
+    ok = all(abs(e - t) <= 0.01 and abs(s - t) <= 0.02 for _, _, t, e, _, s, _ in rows)
+    print("acceptance (expected within 0.01, slim within 0.02 of target):", "met" if ok else "NOT met")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "acceptance_out")))
