@@ -11,6 +11,7 @@ gates of checkpoint_last.pt), the deterministic masks' sparsity and the slim mod
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -48,6 +49,7 @@ def main(out):
     rows = []
     for mode, names in MODES.items():
         ck = f"{out}/ck/prune_{mode}"
+        shutil.rmtree(ck, ignore_errors=True)  # fairseq would resume from an earlier run's checkpoint_last.pt
         run(out, "prune", [f"mode={mode}", f"model.w2v_path={out}/ck/finetune/checkpoint_last.pt", f"checkpoint.save_dir={ck}"])
         model, state = load_model(f"{ck}/checkpoint_last.pt")
         crit = state["cfg"]["criterion"]

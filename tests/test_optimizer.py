@@ -22,10 +22,14 @@ def test_groups_and_set_lr():
     opt, w, la, lam = setup()
     roles = [(g["hjprune_role"], g["lr"], g["weight_decay"], g["maximize"]) for g in opt.param_groups]
     assert roles == [("weights", 1e-3, 0.1, False), ("gates", 0.05, 0.0, False), ("multipliers", 0.02, 0.0, True)]
-    opt.set_lr(5e-4)  # half the peak lr: the fixed groups follow the schedule's shape
+    opt.set_lr(5e-4)  # warming up: the fixed groups keep their rates
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 0.05, 0.02])
+    opt.set_lr(1e-3)
+    opt.set_lr(5e-4)  # past the peak, at half of it: the fixed groups follow the decay
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 0.025, 0.01])
     assert opt.get_lr() == 5e-4
     const, *_ = setup(fixed_lrs_follow_schedule=False)
+    const.set_lr(1e-3)
     const.set_lr(5e-4)
     assert [g["lr"] for g in const.param_groups] == [5e-4, 0.05, 0.02]
 
@@ -56,11 +60,14 @@ def test_state_round_trip_keeps_configured_fixed_lrs():
     for p in (w, la, lam):
         p.grad = torch.ones_like(p)
     opt.step()
+    opt.set_lr(1e-3)  # past the peak: saved with the state
     state = opt.state_dict()
     opt2, *_ = setup()
     opt2.cfg.gate_lr = 0.03  # a new run may change the gate lr: the current config wins
     opt2.load_state_dict(state)
     assert [g["lr"] for g in opt2.param_groups][1:] == pytest.approx([0.03, 0.02])
+    opt2.set_lr(2e-4)  # the restored run knows it is past the peak
+    assert [g["lr"] for g in opt2.param_groups][1:] == pytest.approx([0.006, 0.004])
     assert opt2.param_groups[2]["maximize"] is True
     assert set(opt2.optimizer.state) and all(s["step"] == 1 for s in opt2.optimizer.state.values())
 

@@ -172,7 +172,8 @@ class HJPruneCtcModel(BaseFairseqModel):
                 )
             self.proj.load_state_dict(ckpt.head_state)
         if ckpt.gate_state is not None and self.gates is not None:
-            missing, unexpected = self.gates.load_state_dict(ckpt.gate_state, strict=False)
+            # Gate groups the checkpoint lacks keep their initial values; unknown ones are an error.
+            _, unexpected = self.gates.load_state_dict(ckpt.gate_state, strict=False)
             if unexpected:
                 raise ValueError(f"{ckpt.path}: gates {unexpected} do not exist in this model (gate groups differ)")
         logger.info("initialised %s from %s (%s checkpoint, %s)", type(self).__name__, ckpt.path, ckpt.kind, ckpt.arch)
@@ -197,7 +198,7 @@ class HJPruneCtcModel(BaseFairseqModel):
         with torch.no_grad() if frozen else contextlib.nullcontext():
             x, frame_pad, _ = self.encoder(source, padding_mask, masks, mask=self.apply_mask and self.training)
         x = self.proj(self.final_dropout(x))
-        return {"encoder_out": x.transpose(0, 1), "padding_mask": frame_pad, "gates": masks}
+        return {"encoder_out": x.transpose(0, 1), "padding_mask": frame_pad}
 
     def get_logits(self, net_output: Dict[str, Any], normalize: bool = False) -> torch.Tensor:
         """T x B x V logits; padded frames forced to blank (as fairseq's Wav2VecCtc)."""

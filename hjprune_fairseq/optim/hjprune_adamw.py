@@ -7,10 +7,10 @@
   be overwritten by fairseq's ``set_lr``, which writes every group).
 
 The scheduler drives the weights' lr. With ``fixed_lrs_follow_schedule`` (default) the gate and
-multiplier lrs keep their own values but follow the schedule's SHAPE: ``gate_lr * lr / peak_lr``,
-as a torch scheduler scales every group (DPHuBERT's recipe). Decaying them at the end of pruning lets
-the min-max game settle on the target instead of oscillating around it. Only the weights are
-clipped (``clip_grad_norm``).
+multiplier lrs follow the schedule's DECAY once it has passed its peak: ``gate_lr * lr / peak_lr``
+(as a torch scheduler scales every group, DPHuBERT's recipe), so the min-max game settles on the
+target instead of oscillating around it. They are not slowed during the lr warm-up, when the target
+sparsity rises and the gates must keep up with it. Only the weights are clipped (``clip_grad_norm``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..sparsity import LAMBDA_GROUP
 
 logger = logging.getLogger(__name__)
 ROLE = "hjprune_role"
+PAST_PEAK = "hjprune_past_peak"  # kept in the weights group, so it is saved with the optimizer state
 
 
 @dataclass
@@ -40,8 +41,8 @@ class HJPruneAdamWConfig(FairseqDataclass):
     gate_lr: float = field(default=0.02, metadata={"help": "constant lr of the gates' log_alpha (paper: 0.02 or 0.05)"})
     lambda_lr: float = field(default=0.02, metadata={"help": "constant lr of the Lagrange multipliers, by gradient ascent (paper: 0.02 or 0.05)"})
     fixed_lrs_follow_schedule: bool = field(
-        default=True, metadata={"help": "scale gate_lr and lambda_lr by lr / peak lr at every scheduler step "
-                                        "(false: keep them constant)"}
+        default=True, metadata={"help": "once the lr schedule has passed its peak, scale gate_lr and lambda_lr by "
+                                        "lr / peak lr (false: keep them constant)"}
     )
     lr: List[float] = II("optimization.lr")
 
@@ -69,7 +70,8 @@ class HJPruneAdamW(FairseqOptimizer):
         groups = split_params(params)
         self.weight_params = groups["weights"]
         betas = eval(cfg.adam_betas) if isinstance(cfg.adam_betas, str) else tuple(cfg.adam_betas)
-        param_groups = [{"params": groups["weights"], "lr": cfg.lr[0], "weight_decay": cfg.weight_decay, ROLE: "weights"}]
+        param_groups = [{"params": groups["weights"], "lr": cfg.lr[0], "weight_decay": cfg.weight_decay, ROLE: "weights",
+                         PAST_PEAK: False}]
         param_groups += [
             dict(g, params=groups[g[ROLE]]) for g in self._fixed_groups() if groups[g[ROLE]]
         ]
@@ -94,7 +96,10 @@ class HJPruneAdamW(FairseqOptimizer):
         return self.param_groups[0]["lr"]
 
     def set_lr(self, lr: float) -> None:
-        scale = lr / self.cfg.lr[0] if self.cfg.fixed_lrs_follow_schedule else 1.0
+        peak = self.cfg.lr[0]
+        weights = self.param_groups[0]
+        weights[PAST_PEAK] = weights.get(PAST_PEAK, False) or lr >= peak * (1 - 1e-6)
+        scale = lr / peak if self.cfg.fixed_lrs_follow_schedule and weights[PAST_PEAK] else 1.0
         fixed = {g[ROLE]: g["lr"] for g in self._fixed_groups()}
         for group in self.param_groups:
             group["lr"] = lr if group[ROLE] == "weights" else fixed[group[ROLE]] * scale
