@@ -121,8 +121,10 @@ def _mul(x: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
 class ConvFeatureExtractor(nn.Module):
     """fairseq's ``ConvFeatureExtractionModel`` with a gate per output channel of every layer.
 
-    Layer i: conv -> dropout -> norm -> GELU -> x * gate_i. Pruning output channel c of layer i
-    also removes input channel c of layer i+1 (its input is zero), and of the feature projection.
+    Layer i: conv -> dropout -> norm -> GELU, its output channels scaled by gate_i. Pruning output
+    channel c of layer i also removes input channel c of layer i+1, and of the feature projection.
+    The scaling is applied to the NEXT conv's weights (W[:, c, :] * gate_i[c], the same product),
+    not to the activations, which are largest in the first layers; the last layer scales its output.
     """
 
     def __init__(self, conv_layers: Sequence[Tuple[int, int, int]], conv_bias: bool, mode: str, dropout: float = 0.0):
@@ -145,17 +147,20 @@ class ConvFeatureExtractor(nn.Module):
     def forward(self, wav: torch.Tensor, channel_gates: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
         """wav (B, S) -> features (B, C_last, T)."""
         x = wav.unsqueeze(1)
+        previous: Optional[torch.Tensor] = None  # gate of the previous layer's output channels
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             gate = None if channel_gates is None else channel_gates[i]
-            x = self.dropout(conv(x))
+            weight = conv.weight if previous is None else conv.weight * previous.to(conv.weight.dtype).view(1, -1, 1)
+            x = self.dropout(F.conv1d(x, weight, conv.bias, conv.stride))
             if isinstance(norm, MaskedLayerNorm):
                 x = norm(x.transpose(1, 2), gate).transpose(1, 2)
             elif isinstance(norm, nn.GroupNorm):
                 # One group per channel: channels are normalised independently (fp32 as fairseq).
                 x = F.group_norm(x.float(), norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).type_as(x)
             x = F.gelu(x)
-            if gate is not None:
-                x = x * gate.to(x.dtype).unsqueeze(-1)
+            previous = gate
+        if previous is not None:
+            x = x * previous.to(x.dtype).unsqueeze(-1)
         return x
 
 

@@ -75,7 +75,8 @@ class HJPruneAdamW(FairseqOptimizer):
         param_groups += [
             dict(g, params=groups[g[ROLE]]) for g in self._fixed_groups() if groups[g[ROLE]]
         ]
-        self._optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr[0], betas=betas, eps=cfg.adam_eps)
+        # foreach: one multi-tensor update per group (torch's per-tensor loop is the CPU default).
+        self._optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr[0], betas=betas, eps=cfg.adam_eps, foreach=True)
         logger.info(
             "hjprune_adamw: %d weight tensors, %d gate tensors (lr %g), %d multiplier tensors (lr %g, ascent)",
             len(groups["weights"]), len(groups["gates"]), cfg.gate_lr, len(groups["multipliers"]), cfg.lambda_lr,
