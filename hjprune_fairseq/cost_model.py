@@ -22,7 +22,7 @@ log_alpha. Input channels of conv i are the kept output channels of conv i-1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 

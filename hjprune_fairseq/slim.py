@@ -14,7 +14,7 @@ residual path: the block reduces to its output bias, as in the masked model.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 

@@ -9,7 +9,7 @@ has the kept sizes of every layer. The spec is stored in every checkpoint this p
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
 EXTRACTOR_MODES = ("default", "layer_norm")

@@ -17,7 +17,7 @@ import sys
 
 from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, make_letter_corpus, make_pretrained
 
-import hjprune_fairseq  # noqa: F401
+import hjprune_fairseq  # noqa: F401  (registers the hjprune classes)
 from hjprune_fairseq import cost_model
 from hjprune_fairseq.checkpoints import load_model
 from hjprune_fairseq.spec import PRESETS

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from helpers import VOCAB, gated_model, randomize_gates
 
 from hjprune_fairseq import cost_model

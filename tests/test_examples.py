@@ -9,7 +9,6 @@ import torch
 import yaml
 from omegaconf import open_dict
 
-import hjprune_fairseq
 from hjprune_fairseq.checkpoints import export_slim
 
 from fairseq_fixtures import EXAMPLES as ROOT

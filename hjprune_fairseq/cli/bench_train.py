@@ -58,7 +58,7 @@ def build(kind: str, w2v_path: str, mode: str):
     from fairseq.criterions import build_criterion
     from omegaconf import OmegaConf
 
-    import hjprune_fairseq  # noqa: F401  registers the hjprune classes
+    import hjprune_fairseq  # noqa: F401  (registers the hjprune classes)
     from ..models.hjprune_ctc import HJPruneGatedCtc, HJPruneGatedCtcConfig
 
     task = _Task()

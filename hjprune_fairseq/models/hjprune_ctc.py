@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from fairseq import utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
@@ -31,6 +30,7 @@ from ..spec import EncoderSpec
 logger = logging.getLogger(__name__)
 
 MASK_SELECTION = ChoiceEnum(["static", "uniform", "normal", "poisson"])
+BLANK_MODE = ChoiceEnum(["add", "set"])
 
 
 @dataclass
@@ -78,7 +78,7 @@ class HJPruneCtcConfig(FairseqDataclass):
     mask_channel_min_space: int = field(default=1, metadata={"help": "min space between channel spans"})
     mask_channel_before: bool = field(default=False, metadata={"help": "mask channels before time steps"})
     blank_weight: float = field(default=0.0, metadata={"help": "added to (or set as) the blank logit at decoding"})
-    blank_mode: ChoiceEnum(["add", "set"]) = field(default="add", metadata={"help": "how blank_weight applies"})
+    blank_mode: BLANK_MODE = field(default="add", metadata={"help": "how blank_weight applies"})
 
 
 @dataclass
