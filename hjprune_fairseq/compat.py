@@ -12,6 +12,10 @@ Each workaround has a test in ``tests/test_compat.py`` that fails loudly when th
 3. ``fairseq/models/wav2vec/wav2vec2_classification.py`` calls ``logging.basicConfig(level=DEBUG)``
    at import, and importing ``fairseq.models`` imports it: :func:`keep_root_logging` undoes that side
    effect around the plugin's first fairseq import, so a library import does not reconfigure logging.
+4. ``fairseq.data.data_utils.batch_by_size`` DROPS the last batch when its size is not a multiple of
+   ``required_batch_size_multiple`` (default 8): validation and fairseq-generate silently skip up to
+   7 utterances, so WER and accuracy cover a subset. The plugin's tasks batch with a multiple of 1
+   (:func:`batch_multiple_that_keeps_every_utterance`).
 """
 
 from __future__ import annotations
@@ -69,3 +73,13 @@ def keep_root_logging() -> Iterator[None]:
             if h not in handlers:
                 root.removeHandler(h)
         root.setLevel(level)
+
+
+def batch_multiple_that_keeps_every_utterance(requested: int) -> int:
+    """The ``required_batch_size_multiple`` to use instead of ``requested`` (quirk 4): always 1."""
+    if requested != 1:
+        logger.warning(
+            "required_batch_size_multiple=%d would make fairseq drop the last batch of every epoch and "
+            "of every evaluation (fairseq-fixed 0.12.3.1); using 1 so no utterance is skipped", requested,
+        )
+    return 1

@@ -15,7 +15,6 @@ the Transformer's parameter sparsity. "Transformer" is everything but the CNN (s
 Sparsity is measured against the dense structure of the model being pruned (its ``spec``).
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple

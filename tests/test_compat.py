@@ -60,3 +60,14 @@ def test_fairseq_import_sets_debug_logging_but_plugin_import_does_not():
 def test_torchaudio_never_imported():
     r = run("import sys, hjprune_fairseq; from hjprune_fairseq.cli import cost, export, bench; print('torchaudio' in sys.modules)")
     assert r.returncode == 0 and r.stdout.strip() == "False"
+
+
+def test_fairseq_batching_drops_the_last_batch_but_the_task_does_not():
+    """Quirk 4: 13 utterances, required_batch_size_multiple=8 -> fairseq keeps 8."""
+    from fairseq.data import data_utils
+
+    sizes = np.arange(10000, 10013, dtype=np.int64)
+    kept = data_utils.batch_by_size(np.arange(13, dtype=np.int64), lambda i: sizes[i], num_tokens_vec=sizes,
+                                    max_tokens=10**6, required_batch_size_multiple=8)
+    assert sum(len(b) for b in kept) == 8
+    assert compat.batch_multiple_that_keeps_every_utterance(8) == 1

@@ -1,6 +1,5 @@
 """``hjprune_ctc``: fairseq's CTC loss plus the HJ-Pruning sparsity constraint (sparsity.py)."""
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 

@@ -7,7 +7,6 @@ Both initialise from ``w2v_path``: a fairseq wav2vec2/HuBERT pre-training checkp
 stored in ``encoder_spec`` so saved checkpoints load without ``w2v_path``. Only this module reads cfg.
 """
 
-from __future__ import annotations
 
 import contextlib
 import logging

@@ -13,7 +13,6 @@ target instead of oscillating around it. They are not slowed during the lr warm-
 sparsity rises and the gates must keep up with it. Only the weights are clipped (``clip_grad_norm``).
 """
 
-from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field

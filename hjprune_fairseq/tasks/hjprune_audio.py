@@ -1,36 +1,87 @@
 """``hjprune_audio_finetuning``: fairseq's audio_finetuning task (wav2vec tsv manifests + labels) for
-hjprune models.
+hjprune models, with three additions:
 
-fairseq's ``build_model`` configures the model from a merged COPY of ``cfg.model``, so what the
-model learns while building (its ``encoder_spec``, read from ``w2v_path``) would not reach the
-config the trainer saves. The stock task copies back only ``w2v_args``; this task copies back the
-hjprune fields, which makes every checkpoint it trains self-contained (loadable without w2v_path).
+- fairseq's ``build_model`` configures the model from a merged COPY of ``cfg.model``, so what the
+  model learns while building (its ``encoder_spec``, read from ``w2v_path``) would not reach the
+  config the trainer saves. The stock task copies back only ``w2v_args``; this task copies back the
+  hjprune fields, which makes every checkpoint it trains self-contained (loadable without w2v_path);
+- every split is checked before use (data_checks): audio files, label line counts, symbols;
+- ``build_generator`` returns greedy CTC decoding, so fairseq-generate works with CTC models
+  (hjprune gated or slim, and stock wav2vec_ctc);
+- batches keep every utterance (compat quirk 4: fairseq drops the last batch otherwise).
 """
 
-from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from typing import Optional
 
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
+
+from .. import compat, data_checks
+from ..ctc_decoding import GreedyCTCGenerator
 
 PROPAGATED = ("encoder_spec", "reference_spec")
 
 
 @dataclass
 class HJPruneAudioFinetuningConfig(AudioFinetuningConfig):
-    pass
+    # fairseq-generate builds the target dictionary before it reads the checkpoint: give a default.
+    labels: Optional[str] = field(
+        default="ltr", metadata={"help": "label file extension: {split}.{labels} and dict.{labels}.txt (default: ltr)"}
+    )
+    check_audio: bool = field(
+        default=True, metadata={"help": "open every manifest row's audio before use (mono, sample rate, length); "
+                                        "false skips it for very large manifests (labels are always checked)"}
+    )
+
+
+def check_split(data: str, split: str, labels: str, dictionary, check_audio: bool, sample_rate: int, single: bool) -> None:
+    """The manifest and label checks of one split (ValueError naming file and line)."""
+    manifest = os.path.join(data, f"{split}.tsv")
+    rows = data_checks.read_manifest(manifest, check_audio, sample_rate)
+    data_checks.read_labels(os.path.join(data, f"{split}.{labels}"), len(rows), manifest,
+                            data_checks.dictionary_symbols(dictionary), single=single)
+
+
+def propagate_model_fields(model, model_cfg) -> None:
+    built = getattr(model, "cfg", None)
+    if built is not None:
+        with open_dict(model_cfg):
+            for key in PROPAGATED:
+                if getattr(built, key, None) is not None:
+                    model_cfg[key] = built[key]
 
 
 @register_task("hjprune_audio_finetuning", dataclass=HJPruneAudioFinetuningConfig)
 class HJPruneAudioFinetuningTask(AudioFinetuningTask):
+    def complete_task_cfg(self, task_cfg):
+        """fairseq-generate passes the checkpoint's saved task section, which an older fairseq may have
+        written without fields this one reads: fill them from this task's config (saved values win)."""
+        if task_cfg is None or task_cfg is self.cfg:
+            return self.cfg
+        saved = OmegaConf.to_container(task_cfg, resolve=True) if OmegaConf.is_config(task_cfg) else dict(task_cfg)
+        return OmegaConf.merge(self.cfg, {k: v for k, v in saved.items() if k in self.cfg and k != "_name"})
+
+    def load_dataset(self, split: str, task_cfg=None, **kwargs):
+        task_cfg = self.complete_task_cfg(task_cfg)
+        if task_cfg.multi_corpus_keys is None:
+            check_split(self.cfg.data, split, task_cfg.labels, self.target_dictionary, self.cfg.check_audio,
+                        task_cfg.sample_rate, single=False)
+        super().load_dataset(split, task_cfg, **kwargs)
+
     def build_model(self, model_cfg, from_checkpoint=False):
         model = super().build_model(model_cfg, from_checkpoint)
-        built = getattr(model, "cfg", None)
-        if built is not None:
-            with open_dict(model_cfg):
-                for key in PROPAGATED:
-                    if getattr(built, key, None) is not None:
-                        model_cfg[key] = built[key]
+        propagate_model_fields(model, model_cfg)
         return model
+
+    def build_generator(self, models, args, **kwargs):
+        return GreedyCTCGenerator(self.target_dictionary)
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        # fairseq would silently drop the last batch of a split (compat quirk 4).
+        requested = kwargs.get("required_batch_size_multiple", 1)
+        kwargs["required_batch_size_multiple"] = compat.batch_multiple_that_keeps_every_utterance(requested)
+        return super().get_batch_iterator(dataset, *args, **kwargs)
