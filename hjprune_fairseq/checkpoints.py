@@ -10,10 +10,15 @@ import torch
 from omegaconf import OmegaConf
 
 from .fairseq_import import load_state
+from .models.hjprune_cls import CLASSIFIERS, HJPruneGatedCls, HJPruneSlimCls
 from .models.hjprune_ctc import HJPruneCtcModel, HJPruneGatedCtc, HJPruneSlimCtc
 from .slim import slim_encoder, slim_head
 
-MODEL_CLASSES = {"hjprune_wav2vec_ctc": HJPruneGatedCtc, "hjprune_slim_ctc": HJPruneSlimCtc}
+MODEL_CLASSES = {
+    "hjprune_wav2vec_ctc": HJPruneGatedCtc, "hjprune_slim_ctc": HJPruneSlimCtc,
+    "hjprune_wav2vec_cls": HJPruneGatedCls, "hjprune_slim_cls": HJPruneSlimCls,
+}
+SLIM_OF = {"hjprune_wav2vec_ctc": "hjprune_slim_ctc", "hjprune_wav2vec_cls": "hjprune_slim_cls"}
 GATE_FIELDS = ("prune_conv", "prune_heads", "prune_ffn", "prune_hidden", "gate_init_keep_prob")
 
 
@@ -50,9 +55,9 @@ def export_slim(gated_path: str, slim_path: str, overwrite: bool = False) -> Dic
     if os.path.exists(slim_path) and not overwrite:
         raise FileExistsError(f"{slim_path}: already exists (pass --overwrite to replace it)")
     state = load_state(gated_path)
-    if _arch(state) != "hjprune_wav2vec_ctc":
+    if _arch(state) not in SLIM_OF:
         raise ValueError(f"{gated_path}: architecture {_arch(state)!r} has no gates to export "
-                         "(expected an hjprune_wav2vec_ctc checkpoint)")
+                         f"(expected one of {sorted(SLIM_OF)})")
     model = model_from_state(state, gated_path)
     masks = model.gates.deterministic() if model.gates is not None else model.gate_masks()
     with torch.no_grad():
@@ -61,7 +66,7 @@ def export_slim(gated_path: str, slim_path: str, overwrite: bool = False) -> Dic
     model_cfg = OmegaConf.to_container(state["cfg"]["model"], resolve=False, enum_to_str=True)
     for k in GATE_FIELDS:
         model_cfg.pop(k, None)
-    model_cfg["_name"] = "hjprune_slim_ctc"
+    model_cfg["_name"] = SLIM_OF[_arch(state)]
     model_cfg["encoder_spec"] = spec.to_dict()
     model_cfg["reference_spec"] = model.reference_spec.to_dict()
     cfg = OmegaConf.to_container(state["cfg"], resolve=False, enum_to_str=True)

@@ -14,7 +14,8 @@ Eq. 10-12; biases, norms, activations and softmax cost no MACs):
 - ffn: MAC = 2*T*d*d_int (Eq. 11); params include the final LayerNorm.
 - other: feature LayerNorm, feature projection (MAC = T * C_last * d), mask embedding, encoder
   LayerNorm.
-- head: the task's output layer (MAC = T * d * V), reported apart from the encoder.
+- head: the task's output layer, reported apart from the encoder: MAC = T * d * V for a per-frame
+  (CTC) head, d * V for an utterance classifier (``head_per_frame=False``).
 Kept counts are sums of keep values (expected L0, Eq. 3), so every quantity is differentiable in
 log_alpha. Input channels of conv i are the kept output channels of conv i-1.
 """
@@ -115,7 +116,7 @@ def frames_for(spec: EncoderSpec, seconds: float, sample_rate: int = SAMPLE_RATE
 
 def cost(
     spec: EncoderSpec, keep: Optional[GateMasks] = None, seconds: float = 10.0, vocab_size: int = 0,
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int = SAMPLE_RATE, head_per_frame: bool = True,
 ) -> Cost:
     """Params and MACs of the encoder (plus a ``vocab_size`` output head) at ``seconds`` of audio."""
     c = counts(spec, keep)
@@ -155,7 +156,7 @@ def cost(
     }
     return Cost(
         params=params, macs=macs, head_params=(d * vocab_size + vocab_size) if vocab_size else 0,
-        head_macs=T * d * vocab_size, frames=T,
+        head_macs=(T if head_per_frame else 1) * d * vocab_size, frames=T,
         layer_macs={"cnn": cnn_m, "attention": att_m, "ffn": ffn_m},
     )
 
@@ -186,15 +187,15 @@ def to_float(x: Number) -> float:
 
 def report(
     spec: EncoderSpec, keep: Optional[GateMasks] = None, seconds: float = 10.0, vocab_size: int = 0,
-    reference: Optional[EncoderSpec] = None,
+    reference: Optional[EncoderSpec] = None, head_per_frame: bool = True,
 ) -> Dict:
     """A JSON-ready summary: totals, per component, per layer (kept units and GMACs).
 
     Sparsities compare the encoder with ``reference`` (the unpruned encoder; default: ``spec``).
     """
-    c = cost(spec, keep, seconds, vocab_size)
+    c = cost(spec, keep, seconds, vocab_size, head_per_frame=head_per_frame)
     k = counts(spec, keep)
-    dense = cost(reference or spec, None, seconds, vocab_size)
+    dense = cost(reference or spec, None, seconds, vocab_size, head_per_frame=head_per_frame)
     g = 1e9
     return {
         "seconds": seconds,

@@ -26,7 +26,7 @@ from torch import nn
 from . import cost_model
 from .cost_model import sparsities
 
-SPARSITY_MODES = ChoiceEnum(["size", "sep_size", "macs", "transformer_only"])
+SPARSITY_MODES = ChoiceEnum(["none", "size", "sep_size", "macs", "transformer_only"])
 LAMBDA_GROUP = "hjprune_lambda"
 
 
@@ -35,7 +35,8 @@ class SparsityConfig(FairseqDataclass):
     """Fields every hjprune criterion adds to its task loss's config."""
 
     sparsity_mode: SPARSITY_MODES = field(
-        default="macs", metadata={"help": "what s measures: size | sep_size | macs | transformer_only"}
+        default="none", metadata={"help": "what s measures: size | sep_size | macs | transformer_only; none: no "
+                                          "constraint (the plain task loss, for fine-tuning stages)"}
     )
     target_sparsity: Optional[float] = field(
         default=None, metadata={"help": "final target in [0, 1) for size, macs and transformer_only"}
@@ -57,6 +58,8 @@ class SparsityConfig(FairseqDataclass):
 def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
     """{constrained quantity: final target}; raises ValueError on a bad combination."""
     mode = str(cfg.sparsity_mode)
+    if mode == "none":
+        return {}
     if mode == "sep_size":
         missing = [k for k in ("target_cnn_sparsity", "target_transformer_sparsity") if getattr(cfg, k) is None]
         if missing:
@@ -94,8 +97,12 @@ class SparsityConstraint(nn.Module):
         self.lambda2.param_group = LAMBDA_GROUP
 
     @classmethod
-    def from_config(cls, cfg: SparsityConfig) -> "SparsityConstraint":
-        return cls(str(cfg.sparsity_mode), targets_from_config(cfg), cfg.sparsity_warmup_updates, cfg.macs_seconds)
+    def from_config(cls, cfg: SparsityConfig) -> Optional["SparsityConstraint"]:
+        """The constraint of ``cfg``; None for sparsity_mode=none."""
+        targets = targets_from_config(cfg)
+        if not targets:
+            return None
+        return cls(str(cfg.sparsity_mode), targets, cfg.sparsity_warmup_updates, cfg.macs_seconds)
 
     def check_model(self, model) -> None:
         gates = getattr(model, "gates", None)

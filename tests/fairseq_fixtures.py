@@ -162,3 +162,20 @@ def hydra_train(config_dir: str, name: str, overrides: List[str], cwd: str, time
     exe = os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train")
     return subprocess.run([exe, "--config-dir", config_dir, "--config-name", name, *overrides], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+INTENTS = ["alarm_set", "weather_query", "music_play", "calendar_set"]
+
+
+def make_intent_corpus(data_dir: str, splits: Dict[str, int], seed: int = 0) -> str:
+    """Random-noise wavs with random intents: {split}.tsv, {split}.label, dict.label.txt."""
+    import random
+
+    make_letter_corpus(data_dir, splits, seed)  # the audio and manifests
+    rng = random.Random(seed)
+    with open(os.path.join(data_dir, "dict.label.txt"), "w") as f:
+        f.writelines(f"{i} 1\n" for i in INTENTS)
+    for split, n in splits.items():
+        with open(os.path.join(data_dir, f"{split}.label"), "w") as f:
+            f.writelines(rng.choice(INTENTS) + "\n" for _ in range(n))
+    return data_dir

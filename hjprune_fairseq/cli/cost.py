@@ -17,7 +17,8 @@ def describe(source: str, seconds: float) -> Dict:
         r = cost_model.report(PRESETS[source], None, seconds)
         r.update(source=source, kind="preset")
         return r
-    from ..checkpoints import MODEL_CLASSES, model_from_state
+    from ..checkpoints import MODEL_CLASSES, SLIM_OF, model_from_state
+    from ..models.hjprune_cls import CLASSIFIERS
     from ..fairseq_import import load_state, read_checkpoint
 
     state = load_state(source)
@@ -25,16 +26,17 @@ def describe(source: str, seconds: float) -> Dict:
     if arch in MODEL_CLASSES:
         model = model_from_state(state, source)
         vocab = model.proj.out_features
+        per_frame = arch not in CLASSIFIERS
+        ref = model.reference_spec
         if model.gates is not None:
-            ref = model.reference_spec
-            r = cost_model.report(model.spec, model.gates.deterministic(), seconds, vocab, ref)
+            r = cost_model.report(model.spec, model.gates.deterministic(), seconds, vocab, ref, per_frame)
             r["kind"] = "gated (deterministic masks)"
-            expected = cost_model.report(model.spec, model.gates.keep_probs(), seconds, vocab, ref)
+            expected = cost_model.report(model.spec, model.gates.keep_probs(), seconds, vocab, ref, per_frame)
             r["expected"] = {k: expected[k] for k in ("encoder_gmacs", "size_sparsity", "macs_sparsity",
                                                       "cnn_size_sparsity", "transformer_size_sparsity")}
         else:
-            r = cost_model.report(model.spec, None, seconds, vocab, model.reference_spec)
-            r["kind"] = "slim" if arch == "hjprune_slim_ctc" else "dense"
+            r = cost_model.report(model.spec, None, seconds, vocab, ref, per_frame)
+            r["kind"] = "dense" if arch in SLIM_OF else "slim"
     else:
         ckpt = read_checkpoint(source)
         vocab = 0 if ckpt.head_state is None else ckpt.head_state["weight"].shape[0]

@@ -2,6 +2,7 @@
 
 
 from dataclasses import dataclass
+from typing import Optional
 
 from fairseq import metrics
 from fairseq.criterions import register_criterion
@@ -20,12 +21,15 @@ class SparsityPenaltyMixin:
 
     The penalty is added as ``penalty * sample_size`` because the trainer divides all gradients by
     sample_size after backward: so the constraint keeps its weight whatever the batch size. In
-    validation the penalty is logged but not added (the loss stays the task loss).
+    validation the penalty is logged but not added (the loss stays the task loss). With
+    sparsity_mode=none there is no constraint and the loss is the task loss.
     """
 
-    sparsity: SparsityConstraint
+    sparsity: Optional[SparsityConstraint]
 
     def add_penalty(self, model, loss, sample_size, logging_output):
+        if self.sparsity is None:
+            return loss
         penalty, logs = self.sparsity(model, getattr(model, "num_updates", 0))
         add_to_logging_output(logging_output, logs)
         if model.training:

@@ -191,11 +191,15 @@ class HJPruneCtcModel(BaseFairseqModel):
     def gate_masks(self) -> GateMasks:
         return self.gates() if self.gates is not None else GateMasks()
 
-    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict[str, Any]:
-        masks = self.gate_masks()
+    def encode(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]):
+        """(B, T, d) encoder output and (B, T) frame padding, with this forward's gate values."""
         frozen = self.training and self.num_updates < self.freeze_finetune_updates
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            x, frame_pad, _ = self.encoder(source, padding_mask, masks, mask=self.apply_mask and self.training)
+            x, frame_pad, _ = self.encoder(source, padding_mask, self.gate_masks(), mask=self.apply_mask and self.training)
+        return x, frame_pad
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict[str, Any]:
+        x, frame_pad = self.encode(source, padding_mask)
         x = self.proj(self.final_dropout(x))
         return {"encoder_out": x.transpose(0, 1), "padding_mask": frame_pad}
 

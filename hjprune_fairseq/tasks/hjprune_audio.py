@@ -1,4 +1,4 @@
-"""``hjprune_audio_finetuning``: fairseq's audio_finetuning task (wav2vec tsv manifests + labels) for
+"""``hjprune_audio_finetuning`` (and ``hjprune_audio_classification``): fairseq's audio_finetuning task (wav2vec tsv manifests + labels) for
 hjprune models, with three additions:
 
 - fairseq's ``build_model`` configures the model from a merged COPY of ``cfg.model``, so what the
@@ -21,7 +21,7 @@ from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetunin
 from omegaconf import OmegaConf, open_dict
 
 from .. import compat, data_checks
-from ..ctc_decoding import GreedyCTCGenerator
+from ..decoding import ClassifierGenerator, GreedyCTCGenerator
 
 PROPAGATED = ("encoder_spec", "reference_spec")
 
@@ -57,6 +57,7 @@ def propagate_model_fields(model, model_cfg) -> None:
 
 @register_task("hjprune_audio_finetuning", dataclass=HJPruneAudioFinetuningConfig)
 class HJPruneAudioFinetuningTask(AudioFinetuningTask):
+    SINGLE_LABEL = False  # one symbol per label line (utterance classification)
     def complete_task_cfg(self, task_cfg):
         """fairseq-generate passes the checkpoint's saved task section, which an older fairseq may have
         written without fields this one reads: fill them from this task's config (saved values win)."""
@@ -69,7 +70,7 @@ class HJPruneAudioFinetuningTask(AudioFinetuningTask):
         task_cfg = self.complete_task_cfg(task_cfg)
         if task_cfg.multi_corpus_keys is None:
             check_split(self.cfg.data, split, task_cfg.labels, self.target_dictionary, self.cfg.check_audio,
-                        task_cfg.sample_rate, single=False)
+                        task_cfg.sample_rate, single=self.SINGLE_LABEL)
         super().load_dataset(split, task_cfg, **kwargs)
 
     def build_model(self, model_cfg, from_checkpoint=False):
@@ -85,3 +86,23 @@ class HJPruneAudioFinetuningTask(AudioFinetuningTask):
         requested = kwargs.get("required_batch_size_multiple", 1)
         kwargs["required_batch_size_multiple"] = compat.batch_multiple_that_keeps_every_utterance(requested)
         return super().get_batch_iterator(dataset, *args, **kwargs)
+
+
+@dataclass
+class HJPruneAudioClassificationConfig(HJPruneAudioFinetuningConfig):
+    labels: Optional[str] = field(
+        default="label", metadata={"help": "label file extension: {split}.{labels} (one label, e.g. an intent, "
+                                           "per line) and dict.{labels}.txt (default: label)"}
+    )
+
+
+@register_task("hjprune_audio_classification", dataclass=HJPruneAudioClassificationConfig)
+class HJPruneAudioClassificationTask(HJPruneAudioFinetuningTask):
+    """Utterance classification (SLURP-style intents): wav2vec tsv manifests, ``{split}.label`` with
+    one label per line, ``dict.label.txt``. fairseq-generate prints the predicted label of every
+    utterance; ``--scoring hjprune_accuracy`` adds the accuracy line."""
+
+    SINGLE_LABEL = True
+
+    def build_generator(self, models, args, **kwargs):
+        return ClassifierGenerator(self.target_dictionary)

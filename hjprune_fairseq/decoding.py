@@ -1,4 +1,5 @@
-"""Greedy CTC decoding in the form fairseq-generate expects from ``task.build_generator``.
+"""Decoding in the form fairseq-generate expects from ``task.build_generator``: greedy CTC for
+speech recognition, argmax for utterance classification.
 
 ``generate(models, sample)`` returns, per utterance, one hypothesis dict with ``tokens`` (the
 collapsed, blank-free label sequence), ``score`` (log-probability of the best path), ``alignment``
@@ -44,3 +45,18 @@ class GreedyCTCGenerator:
                 "positional_scores": s[keep].cpu(),
             }])
         return hypos
+
+
+class ClassifierGenerator:
+    """One hypothesis per utterance: the most probable class (a label-dictionary index)."""
+
+    def __init__(self, tgt_dict):
+        self.tgt_dict = tgt_dict
+        self.symbols_to_strip_from_output = {tgt_dict.bos(), tgt_dict.eos(), tgt_dict.pad()}
+
+    @torch.no_grad()
+    def generate(self, models, sample: Dict, **kwargs) -> List[List[Dict]]:
+        lprobs = sum(m.get_normalized_probs(m(**sample["net_input"]), log_probs=True) for m in models) / len(models)
+        best, label = lprobs.max(-1)
+        return [[{"tokens": label[b:b + 1].cpu(), "score": best[b].cpu(), "alignment": None,
+                  "positional_scores": best[b:b + 1].cpu()}] for b in range(label.size(0))]
