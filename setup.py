@@ -24,6 +24,7 @@ setup(
             "hjprune-export=hjprune_fairseq.cli.export:main",
             "hjprune-bench=hjprune_fairseq.cli.bench:main",
             "hjprune-bench-train=hjprune_fairseq.cli.bench_train:main",
+            "hjprune-spm=manifests.sentencepiece_labels:main",
         ]
     },
 )

@@ -14,13 +14,13 @@ from helpers import gated_model, randomize_gates
 from hjprune_fairseq.checkpoints import export_slim
 
 
-def save(model, path, data):
+def save(model, path, data, labels="ltr"):
     """A checkpoint as fairseq's trainer writes it, trained with hjprune_audio_finetuning."""
     from omegaconf import OmegaConf
 
     from hjprune_fairseq.tasks.hjprune_audio import HJPruneAudioFinetuningConfig
 
-    task = OmegaConf.structured(HJPruneAudioFinetuningConfig(data=data, normalize=False, labels="ltr", tpu=False, seed=1))
+    task = OmegaConf.structured(HJPruneAudioFinetuningConfig(data=data, normalize=False, labels=labels, tpu=False, seed=1))
     task._name = "hjprune_audio_finetuning"
     cfg = {"model": OmegaConf.to_container(model.cfg, resolve=True, enum_to_str=True),
            "task": OmegaConf.to_container(task, resolve=True, enum_to_str=True)}
@@ -53,10 +53,10 @@ def generate(data, path, *extra):
                            "--max-tokens", "1000000", *extra], capture_output=True, text=True, timeout=300)
 
 
-def independent_wer(stdout):
+def independent_wer(stdout, expected=6):
     refs = dict(re.findall(r"^T-(\d+)\t(.*)$", stdout, re.M))
     hyps = {i: h for i, _, h in re.findall(r"^D-(\d+)\t(\S+)\t(.*)$", stdout, re.M)}
-    assert refs.keys() == hyps.keys() and len(refs) == 6
+    assert refs.keys() == hyps.keys() and len(refs) == expected
     errors = sum(editdistance.eval(refs[i].split(), hyps[i].split()) for i in refs)
     return 100.0 * errors / sum(len(r.split()) for r in refs.values()), refs, hyps
 

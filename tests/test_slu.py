@@ -61,3 +61,20 @@ def test_generate_prints_intents_and_accuracy(slu, kind):
     printed = re.search(r"^Generate test with beam=\d+: Accuracy: ([0-9.]+) \((\d+)/(\d+)\)$", r.stdout, re.M)
     assert printed and float(printed.group(1)) == pytest.approx(100.0 * correct / 5, abs=0.005)
     assert (int(printed.group(2)), int(printed.group(3))) == (correct, 5)
+
+
+def test_unknown_intent_is_reported_before_decoding(tmp_path):
+    from fairseq import tasks
+    from omegaconf import OmegaConf
+
+    from hjprune_fairseq.tasks.hjprune_audio import HJPruneAudioClassificationConfig
+
+    data = make_intent_corpus(str(tmp_path / "d"), {"test": 3})
+    lines = open(os.path.join(data, "test.label")).read().splitlines()
+    lines[2] = "book_flight"
+    open(os.path.join(data, "test.label"), "w").write("\n".join(lines) + "\n")
+    cfg = OmegaConf.structured(HJPruneAudioClassificationConfig(data=data, normalize=False, tpu=False, seed=1))
+    cfg._name = "hjprune_audio_classification"
+    task = tasks.setup_task(cfg)
+    with pytest.raises(ValueError, match=r"test\.label:3: intent \['book_flight'\] not in the dictionary"):
+        task.load_dataset("test")

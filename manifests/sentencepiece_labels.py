@@ -1,0 +1,94 @@
+"""hjprune-spm: sentencepiece targets for wav2vec CTC fine-tuning.
+
+Trains a sentencepiece model on the training split's word transcripts and writes, for every split,
+``{split}.{ext}`` (space-separated pieces, one line per manifest row) and ``dict.{ext}.txt``. Train
+with ``task.labels={ext}``, decode with ``fairseq-generate ... --labels {ext} --post-process
+sentencepiece`` to get words back. Word transcripts come from ``{split}.wrd`` or, where that is
+missing, from the letter labels ``{split}.ltr`` ("H E L L O | W O R L D |").
+"""
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+from typing import Dict, List, Optional
+
+
+def read_words(data: str, split: str) -> List[str]:
+    """One word transcript per manifest row, from {split}.wrd or {split}.ltr."""
+    wrd, ltr = os.path.join(data, f"{split}.wrd"), os.path.join(data, f"{split}.ltr")
+    if os.path.isfile(wrd):
+        path, lines = wrd, open(wrd).read().splitlines()
+    elif os.path.isfile(ltr):
+        path = ltr
+        lines = [" ".join("".join(line.split()).replace("|", " ").split()) for line in open(ltr).read().splitlines()]
+    else:
+        raise FileNotFoundError(f"{wrd}: not found (nor {ltr}); expected word or letter transcripts of split {split!r}")
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise ValueError(f"{path}:{n}: empty transcript (expected at least one word)")
+    return lines
+
+
+def build(data: str, splits: List[str], train_split: str, ext: str, vocab_size: int, model_type: str) -> Dict[str, int]:
+    """Train on ``train_split`` and write labels for ``splits``; returns {split: lines written}."""
+    import sentencepiece as spm
+
+    words = {s: read_words(data, s) for s in splits}
+    prefix = os.path.join(data, f"spm_{ext}")
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\n".join(words[train_split]) + "\n")
+        corpus = f.name
+    try:
+        spm.SentencePieceTrainer.train(
+            input=corpus, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
+            character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0, hard_vocab_limit=False, minloglevel=2,
+        )
+    finally:
+        os.remove(corpus)
+    sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
+    pieces = {s: [" ".join(sp.encode(line, out_type=str)) for line in lines] for s, lines in words.items()}
+    counts = collections.Counter(p for line in pieces[train_split] for p in line.split())
+    for s, lines in pieces.items():  # symbols of other splits too, so none is unknown to the dictionary
+        counts.update({p: 0 for line in lines for p in line.split() if p not in counts})
+    written = {}
+    for s, lines in pieces.items():
+        _write(os.path.join(data, f"{s}.{ext}"), lines)
+        written[s] = len(lines)
+    _write(os.path.join(data, f"dict.{ext}.txt"), [f"{p} {c}" for p, c in counts.most_common()])
+    return written
+
+
+def _write(path: str, lines: List[str]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)  # no half-written label file
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="hjprune-spm", description=__doc__.split("\n\n")[0])
+    p.add_argument("data", help="folder with the manifests and {split}.wrd or {split}.ltr transcripts")
+    p.add_argument("--splits", nargs="+", default=["train", "valid"], help="splits to label (default: train valid)")
+    p.add_argument("--train-split", default="train", help="split the model is trained on (default: train)")
+    p.add_argument("--ext", default="spm", help="label extension: {split}.EXT, dict.EXT.txt (default: spm)")
+    p.add_argument("--vocab-size", type=int, default=256, help="sentencepiece vocabulary size (default: 256)")
+    p.add_argument("--model-type", choices=["unigram", "bpe", "char", "word"], default="unigram",
+                   help="sentencepiece model type (default: unigram)")
+    a = p.parse_args(argv)
+    if a.train_split not in a.splits:
+        p.error(f"--train-split {a.train_split!r} must be one of --splits {a.splits}")
+    try:
+        written = build(a.data, a.splits, a.train_split, a.ext, a.vocab_size, a.model_type)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"hjprune-spm: error: {e}", file=sys.stderr)
+        return 2
+    for s, n in written.items():
+        print(f"{os.path.join(a.data, s + '.' + a.ext)}: {n} lines")
+    print(f"{os.path.join(a.data, 'dict.' + a.ext + '.txt')}, {os.path.join(a.data, 'spm_' + a.ext + '.model')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
