@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 from typing import Iterator
 
@@ -78,8 +79,13 @@ def keep_root_logging() -> Iterator[None]:
 def batch_multiple_that_keeps_every_utterance(requested: int) -> int:
     """The ``required_batch_size_multiple`` to use instead of ``requested`` (quirk 4): always 1."""
     if requested != 1:
-        logger.warning(
-            "required_batch_size_multiple=%d would make fairseq drop the last batch of every epoch and "
-            "of every evaluation (fairseq-fixed 0.12.3.1); using 1 so no utterance is skipped", requested,
-        )
+        _warn_batch_multiple(requested)
     return 1
+
+
+@functools.lru_cache(maxsize=None)  # once per value: fairseq asks for an iterator every epoch
+def _warn_batch_multiple(requested: int) -> None:
+    logger.warning(
+        "required_batch_size_multiple=%d would make fairseq drop the last batch of every epoch and of "
+        "every evaluation (fairseq-fixed 0.12.3.1); using 1 so no utterance is skipped", requested,
+    )
