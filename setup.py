@@ -16,6 +16,8 @@ setup(
         "editdistance",  # likewise (WER)
         "sentencepiece",
         "tensorboardX",
+        "scipy",  # resampling of the synthetic speech
+        "espeakng-loader",  # eSpeak NG library and voices for hjprune-synth (no system package)
     ],
     extras_require={"test": ["pytest", "pyyaml"]},
     entry_points={
@@ -25,6 +27,7 @@ setup(
             "hjprune-bench=hjprune_fairseq.cli.bench:main",
             "hjprune-bench-train=hjprune_fairseq.cli.bench_train:main",
             "hjprune-spm=manifests.sentencepiece_labels:main",
+            "hjprune-synth=manifests.synth:main",
         ]
     },
 )
