@@ -35,6 +35,7 @@ class Espeak:
                 import espeakng_loader
 
                 Espeak._lib = ctypes.CDLL(espeakng_loader.get_library_path())
+                Espeak._libc = ctypes.CDLL(None)  # the process's C library, whose rand() eSpeak NG uses
                 Espeak._callback = _CALLBACK(Espeak._collect)  # keep a reference: C holds the pointer
                 self._initialise()
 
@@ -54,11 +55,16 @@ class Espeak:
             Espeak._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0
 
-    def synthesize(self, text: str, voice: str, rate: int = 160, pitch: int = 50) -> np.ndarray:
+    def synthesize(self, text: str, voice: str, rate: int = 160, pitch: int = 50, seed: int = 0) -> np.ndarray:
+        """``seed`` seeds the noise eSpeak NG mixes in (its own generator and C's rand(), which it
+        also draws from). Reproducible audio needs that AND the same sequence of earlier utterances
+        in the process (module docstring)."""
         from scipy.signal import resample_poly
 
         with Espeak._lock:
             lib = Espeak._lib
+            Espeak._libc.srand(ctypes.c_uint(seed & 0xFFFFFFFF))
+            lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
             if lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise ValueError(f"eSpeak NG has no voice {voice!r}")
             lib.espeak_SetParameter(_ESPEAK_RATE, int(rate), 0)

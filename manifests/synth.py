@@ -120,7 +120,7 @@ def plan(task: str, sizes: Dict[str, int], seed: int, unseen_fraction: float) ->
                 used.append((intent, text))
             voices, rates = (TEST_VOICES, TEST_RATES) if test else (TRAIN_VOICES, TRAIN_RATES)
             rows.append({"text": text, "intent": intent, "voice": rng.choice(voices), "rate": rng.choice(rates),
-                         "pitch": rng.choice(PITCHES), "seen": seen})
+                         "pitch": rng.choice(PITCHES), "seen": seen, "seed": rng.randrange(2**31)})
         if test:
             rng.shuffle(rows)
         out[split] = rows
@@ -139,7 +139,7 @@ def synthesize_split(root: str, split: str, rows: List[dict]) -> List[int]:
     os.makedirs(os.path.join(root, "wav", split), exist_ok=True)
     lengths = []
     for i, r in enumerate(rows):
-        wav = engine.synthesize(r["text"], r["voice"], r["rate"], r["pitch"])
+        wav = engine.synthesize(r["text"], r["voice"], r["rate"], r["pitch"], seed=r["seed"])
         sf.write(os.path.join(root, wav_path(split, i)), wav, SAMPLE_RATE, subtype="PCM_16")
         lengths.append(len(wav))
     return lengths
