@@ -28,6 +28,9 @@ setup(
             "hjprune-bench-train=hjprune_fairseq.cli.bench_train:main",
             "hjprune-spm=manifests.sentencepiece_labels:main",
             "hjprune-synth=manifests.synth:main",
+            "hjprune-manifest=manifests.tools:manifest_main",
+            "hjprune-labels=manifests.tools:labels_main",
+            "hjprune-validate=manifests.tools:validate_main",
         ]
     },
 )

@@ -1,0 +1,200 @@
+"""Manifest tools for wav2vec-style datasets (LibriSpeech layout included).
+
+- ``hjprune-manifest ROOT DEST``: index the audio under ROOT (recursive, by extension) into
+  ``DEST/train.tsv`` and ``DEST/valid.tsv`` with a seeded split. Unreadable, non-audio, stereo or
+  wrongly sampled files are listed (one line each) and skipped.
+- ``hjprune-labels DEST``: transcripts for the manifests' rows from LibriSpeech ``*.trans.txt``
+  files beside the audio (``ID TEXT`` per line): ``{split}.wrd``, ``{split}.ltr`` and
+  ``dict.ltr.txt`` (letters of the training split, or checked against ``--dict``).
+- ``hjprune-validate DATA``: every problem of the manifests and labels, one line each.
+
+Nothing is half-written: outputs go to a temporary file that replaces the target at the end.
+Adapted in spirit from fairseq's ``examples/wav2vec/wav2vec_manifest.py`` and ``libri_labels.py``.
+"""
+
+import argparse
+import collections
+import os
+import random
+import sys
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from hjprune_fairseq.data_checks import SAMPLE_RATE, audio_problem, label_problems, manifest_problems, manifest_rows
+from .synth import letters
+
+LETTERS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+
+
+def _write(path: str, lines: Iterable[str]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def build_manifest(root: str, dest: str, exts: Sequence[str], valid_percent: float, seed: int,
+                   sample_rate: int = SAMPLE_RATE, overwrite: bool = False, log=None) -> Dict[str, int]:
+    import soundfile as sf
+
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: folder not found")
+    if not 0.0 <= valid_percent < 1.0:
+        raise ValueError(f"--valid-percent must be in [0, 1), got {valid_percent}")
+    if os.path.exists(os.path.join(dest, "train.tsv")) and not overwrite:
+        raise FileExistsError(f"{dest}: already holds train.tsv (pass --overwrite to replace it)")
+    root = os.path.abspath(root)
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                   if f.lower().endswith(tuple("." + e.lower().lstrip(".") for e in exts)))
+    rng = random.Random(seed)
+    rows: Dict[str, List[str]] = {"train": [root], "valid": [root]}
+    skipped = 0
+    for path in files:
+        problem = audio_problem(path, None, sample_rate)
+        if problem:
+            print(f"skipped: {problem}", file=log or sys.stderr)
+            skipped += 1
+            continue
+        split = "valid" if rng.random() < valid_percent else "train"
+        rows[split].append(f"{os.path.relpath(path, root)}\t{sf.info(path).frames}")
+    if len(rows["train"]) + len(rows["valid"]) == 2:
+        raise ValueError(f"{root}: no usable audio with extension {list(exts)} ({skipped} skipped)")
+    os.makedirs(dest, exist_ok=True)
+    for split, lines in rows.items():
+        _write(os.path.join(dest, f"{split}.tsv"), lines)
+    return {"train": len(rows["train"]) - 1, "valid": len(rows["valid"]) - 1, "skipped": skipped}
+
+
+def librispeech_transcripts(folder: str, cache: Dict[str, Dict[str, tuple]]) -> Dict[str, tuple]:
+    """{utterance id: (text, trans file, line)} of the ``*.trans.txt`` files in ``folder``."""
+    if folder not in cache:
+        found: Dict[str, tuple] = {}
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".trans.txt"):
+                path = os.path.join(folder, name)
+                for n, line in enumerate(open(path).read().splitlines(), start=1):
+                    uid, _, text = line.strip().partition(" ")
+                    found[uid] = (text.strip(), path, n)
+        cache[folder] = found
+    return cache[folder]
+
+
+def write_labels(dest: str, splits: Sequence[str], dict_path: Optional[str] = None) -> Dict[str, int]:
+    """{split}.wrd / {split}.ltr for every manifest row, and dict.ltr.txt."""
+    cache: Dict[str, Dict[str, tuple]] = {}
+    known = None
+    if dict_path:
+        if not os.path.isfile(dict_path):
+            raise FileNotFoundError(f"{dict_path}: dictionary not found")
+        known = {line.split()[0] for line in open(dict_path).read().splitlines() if line.strip()}
+    out: Dict[str, tuple] = {}
+    counts: collections.Counter = collections.Counter()
+    for split in splits:
+        manifest = os.path.join(dest, f"{split}.tsv")
+        wrd, ltr = [], []
+        for n, audio, _ in manifest_rows(manifest):
+            uid = os.path.basename(audio).split(".")[0]
+            entry = librispeech_transcripts(os.path.dirname(audio), cache).get(uid)
+            if entry is None:
+                raise ValueError(f"{manifest}:{n}: no transcript for {uid} in a *.trans.txt beside {audio}")
+            text, trans, line = entry
+            if not text:
+                raise ValueError(f"{trans}:{line}: empty transcript for {uid}")
+            allowed = known if known is not None else LETTERS | {" "}
+            bad = sorted({c for c in text.upper().replace(" ", "") if c not in allowed})
+            if bad:
+                raise ValueError(f"{trans}:{line}: characters {bad} outside the dictionary")
+            wrd.append(text.upper())
+            ltr.append(letters(text))
+            if split == splits[0]:  # counts from the training split
+                counts.update(ltr[-1].split())
+            else:  # symbols only the other splits have enter with count 0, so none is unknown
+                counts.update({c: 0 for c in ltr[-1].split()})
+        out[split] = (wrd, ltr)
+    for split, (wrd, ltr) in out.items():  # only once every split is known good
+        _write(os.path.join(dest, f"{split}.wrd"), wrd)
+        _write(os.path.join(dest, f"{split}.ltr"), ltr)
+    if not dict_path:
+        _write(os.path.join(dest, "dict.ltr.txt"), [f"{c} {k}" for c, k in sorted(counts.items(), key=lambda x: (-x[1], x[0]))])
+    return {s: len(w) for s, (w, _) in out.items()}
+
+
+def validate(data: str, splits: Sequence[str], labels: Optional[str], sample_rate: int = SAMPLE_RATE) -> List[str]:
+    """Every problem found, one line each (empty when the dataset is fine)."""
+    problems: List[str] = []
+    symbols = None
+    if labels:
+        dict_path = os.path.join(data, f"dict.{labels}.txt")
+        if os.path.isfile(dict_path):
+            symbols = {line.split()[0] for line in open(dict_path).read().splitlines() if line.strip()}
+        else:
+            problems.append(f"{dict_path}: dictionary not found")
+    for split in splits:
+        manifest = os.path.join(data, f"{split}.tsv")
+        try:
+            problems += list(manifest_problems(manifest, sample_rate))
+            rows = len(manifest_rows(manifest))
+        except (ValueError, FileNotFoundError) as e:
+            problems.append(str(e))
+            continue
+        if labels:
+            problems += list(label_problems(os.path.join(data, f"{split}.{labels}"), rows, manifest, symbols,
+                                            single=labels == "label"))
+    return problems
+
+
+def _run(fn) -> int:
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def manifest_main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="hjprune-manifest", description="Index audio into wav2vec tsv manifests.")
+    p.add_argument("root", help="folder searched recursively for audio")
+    p.add_argument("dest", help="folder for train.tsv and valid.tsv")
+    p.add_argument("--ext", nargs="+", default=["flac", "wav"], help="audio extensions (default: flac wav)")
+    p.add_argument("--valid-percent", type=float, default=0.01, help="share of files put in valid (default: 0.01)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default: 42)")
+    p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="required sample rate (default: 16000)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing manifests in DEST")
+    a = p.parse_args(argv)
+
+    def go() -> int:
+        r = build_manifest(a.root, a.dest, a.ext, a.valid_percent, a.seed, a.sample_rate, a.overwrite)
+        print(f"{a.dest}: train {r['train']}, valid {r['valid']} files; {r['skipped']} skipped")
+        return 0
+
+    return _run(go)
+
+
+def labels_main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="hjprune-labels",
+                                description="Letter and word labels from LibriSpeech *.trans.txt files beside the audio.")
+    p.add_argument("dest", help="folder with the manifests")
+    p.add_argument("--splits", nargs="+", default=["train", "valid"],
+                   help="manifests to label; the first one makes dict.ltr.txt (default: train valid)")
+    p.add_argument("--dict", help="check against this dict.ltr.txt instead of writing one")
+    a = p.parse_args(argv)
+
+    def go() -> int:
+        r = write_labels(a.dest, a.splits, a.dict)
+        print(", ".join(f"{s}: {n} transcripts" for s, n in r.items()))
+        return 0
+
+    return _run(go)
+
+
+def validate_main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="hjprune-validate", description="List every problem of a wav2vec dataset.")
+    p.add_argument("data", help="folder with {split}.tsv, {split}.{labels}, dict.{labels}.txt")
+    p.add_argument("--splits", nargs="+", default=["train", "valid"], help="splits to check (default: train valid)")
+    p.add_argument("--labels", default="ltr", help="label extension to check; '' for manifests only (default: ltr)")
+    p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="required sample rate (default: 16000)")
+    a = p.parse_args(argv)
+    problems = validate(a.data, a.splits, a.labels or None, a.sample_rate)
+    for line in problems:
+        print(line)
+    print(f"{len(problems)} problem(s) in {a.data}", file=sys.stderr)
+    return 1 if problems else 0
