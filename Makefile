@@ -20,8 +20,7 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 demo: setup
-	$(BIN)/hjprune-cost --preset wav2vec2_base --seconds 10
-	$(BIN)/hjprune-bench --preset wav2vec2_base --seconds 10 --macs-sparsity 0.5 --repeats 3
+	$(BIN)/hjprune-demo --out demo_out/asr --overwrite
 
 bench: setup
 	$(BIN)/hjprune-bench --preset wav2vec2_base --seconds 10 --macs-sparsity 0.5 --json

@@ -18,6 +18,7 @@ setup(
         "tensorboardX",
         "scipy",  # resampling of the synthetic speech
         "espeakng-loader",  # eSpeak NG library and voices for hjprune-synth (no system package)
+        "matplotlib",  # the demo report's plots
     ],
     extras_require={"test": ["pytest", "pyyaml"]},
     entry_points={
@@ -26,6 +27,7 @@ setup(
             "hjprune-export=hjprune_fairseq.cli.export:main",
             "hjprune-bench=hjprune_fairseq.cli.bench:main",
             "hjprune-bench-train=hjprune_fairseq.cli.bench_train:main",
+            "hjprune-demo=hjprune_fairseq.cli.demo:main",
             "hjprune-spm=manifests.sentencepiece_labels:main",
             "hjprune-synth=manifests.synth:main",
             "hjprune-manifest=manifests.tools:manifest_main",

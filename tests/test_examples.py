@@ -39,6 +39,7 @@ def slim_ckpt(tmp_path_factory, w2v_pretrained):
 def test_every_yaml_is_covered():
     files = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "**", "*.yaml"), recursive=True)}
     covered = {f"{s}/{stage}.yaml" for s, stage, _ in CASES} | {f"{s}/mode/{m}.yaml" for s in SETS for m in MODES}
+    covered.add("tiny/pretrain.yaml")  # test_pretrain_config_builds
     assert files == covered
     assert set(MODES) == {"macs", "size", "sep_size", "transformer_only"}
 
@@ -73,3 +74,19 @@ def test_example_builds(config_set, stage, mode, w2v_pretrained, slim_ckpt, tmp_
         assert (model.gates.conv is None) == (mode == "transformer_only")
     else:
         assert model.gates is None
+
+
+def test_pretrain_config_builds_the_tiny_preset(tmp_path):
+    """examples/tiny/pretrain.yaml is stock fairseq wav2vec2 pre-training of the 'tiny' preset."""
+    from fairseq import models
+    from fairseq.criterions import build_criterion
+
+    from hjprune_fairseq.fairseq_import import spec_from_fairseq_cfg
+    from hjprune_fairseq.spec import PRESETS
+
+    cfg = compose_like_fairseq(os.path.join(ROOT, "tiny"), "pretrain", [f"common.user_dir={USER_DIR}", f"task.data={tmp_path}"])
+    assert cfg.task._name == "audio_pretraining" and cfg.model._name == "wav2vec2"
+    assert spec_from_fairseq_cfg(cfg.model, "wav2vec2", "pretrain.yaml") == PRESETS["tiny"]
+    model = models.build_model(cfg.model, _Task())
+    build_criterion(cfg.criterion, _Task())
+    assert sum(p.numel() for p in model.parameters()) > 2_000_000

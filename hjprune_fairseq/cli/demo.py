@@ -1,0 +1,273 @@
+"""hjprune-demo: the whole HJ-Pruning story on a synthetic corpus, on CPU, with a report.
+
+Stages (each one the real tool, its output in OUT/logs/STAGE.log): synthesise the corpus
+(hjprune-synth) -> pre-train a tiny wav2vec2 with stock fairseq (examples/tiny/pretrain.yaml) ->
+fine-tune (finetune.yaml) -> prune with ``macs`` (prune.yaml) -> hjprune-export -> fine-tune the slim
+model (final.yaml) -> decode the test split with fairseq-generate -> time both models on CPU ->
+report.md, report.json and PNG plots. ``--sweep`` then prunes the fine-tuned model with every
+sparsity mode at three budgets (the paper's Fig. 1).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLES = os.path.join(REPO, "examples")
+USER_DIR = os.path.join(REPO, "hjprune_fairseq")
+
+
+@dataclass
+class Budget:
+    """Corpus sizes and updates per stage."""
+
+    train: int
+    valid: int
+    test: int
+    pretrain: int
+    finetune: int
+    prune: int
+    warmup: int
+    final: int
+
+
+FULL = Budget(train=1500, valid=100, test=200, pretrain=100, finetune=600, prune=600, warmup=200, final=300)
+QUICK = Budget(train=80, valid=10, test=20, pretrain=10, finetune=30, prune=30, warmup=10, final=20)
+SWEEP = {  # (mode, overrides) per point: about 20, 40 and 60 % fewer MACs for each method
+    "macs": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
+    "sep_size": [[f"criterion.target_cnn_sparsity={c}", f"criterion.target_transformer_sparsity={t}"]
+                 for c, t in ((0.3, 0.1), (0.6, 0.2), (0.85, 0.35))],
+    "size": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
+    "transformer_only": [["criterion.target_sparsity=0.3"], ["criterion.target_sparsity=0.5"], ["criterion.target_sparsity=0.7"]],
+}
+
+
+class Demo:
+    def __init__(self, out: str, task: str, budget: Budget):
+        self.out, self.task, self.budget = out, task, budget
+        self.data = os.path.join(out, "data")
+        self.config_dir = os.path.join(EXAMPLES, "tiny_slu" if task == "slu" else "tiny")
+        self.timings: Dict[str, float] = {}
+        os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+
+    def step(self, name: str, cmd: List[str]) -> None:
+        t0 = time.time()
+        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+        log = os.path.join(self.out, "logs", f"{name}.log")
+        with open(log, "w") as f:
+            r = subprocess.run(cmd, cwd=self.out, stdout=f, stderr=subprocess.STDOUT)
+        self.timings[name] = round(time.time() - t0, 1)
+        if r.returncode:
+            tail = open(log).read().splitlines()[-15:]
+            raise RuntimeError(f"stage {name} failed (exit {r.returncode}); end of {log}:\n" + "\n".join(tail))
+        print(f"[{time.strftime('%H:%M:%S')}] {name} done in {self.timings[name]} s", flush=True)
+
+    def train(self, name: str, config_dir: str, config: str, overrides: Sequence[str]) -> str:
+        save = os.path.join(self.out, "checkpoints", name)
+        shutil.rmtree(save, ignore_errors=True)
+        exe = os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train")
+        self.step(name, [exe, "--config-dir", config_dir, "--config-name", config, f"common.user_dir={USER_DIR}",
+                         f"task.data={self.data}", f"checkpoint.save_dir={save}", *overrides])
+        return save
+
+    # ---- stages ---------------------------------------------------------------------------------
+    def synthesise(self) -> None:
+        t0 = time.time()
+        print(f"[{time.strftime('%H:%M:%S')}] synthesise {self.task} corpus ...", flush=True)
+        from manifests.synth import write_corpus
+
+        b = self.budget
+        sizes = write_corpus(self.data, self.task, {"train": b.train, "valid": b.valid, "test": b.test}, overwrite=True)
+        self.timings["synthesise"] = round(time.time() - t0, 1)
+        print(f"[{time.strftime('%H:%M:%S')}] corpus: {sizes}", flush=True)
+
+    def pipeline(self) -> Dict:
+        b = self.budget
+        self.synthesise()
+        pre = self.train("pretrain", os.path.join(EXAMPLES, "tiny"), "pretrain", [f"optimization.max_update={b.pretrain}"])
+        ft = self.train("finetune", self.config_dir, "finetune", [
+            f"model.w2v_path={pre}/checkpoint_last.pt", f"optimization.max_update={b.finetune}"])
+        models = [self.evaluate("unpruned", f"{ft}/checkpoint_best.pt", "none")]
+        models.append(self.prune_point("macs", ["criterion.target_sparsity=0.4"], f"{ft}/checkpoint_best.pt", "macs_40"))
+        return {"models": models, "finetuned": f"{ft}/checkpoint_best.pt"}
+
+    def prune_point(self, mode: str, overrides: List[str], finetuned: str, name: str) -> Dict:
+        b = self.budget
+        pr = self.train(f"prune_{name}", self.config_dir, "prune", [
+            f"mode={mode}", *overrides, f"model.w2v_path={finetuned}", f"optimization.max_update={b.prune}",
+            f"criterion.sparsity_warmup_updates={b.warmup}"])
+        slim = os.path.join(self.out, f"slim_{name}.pt")
+        self.step(f"export_{name}", [os.path.join(os.path.dirname(sys.executable), "hjprune-export"),
+                                     f"{pr}/checkpoint_last.pt", slim, "--overwrite"])
+        fin = self.train(f"final_{name}", self.config_dir, "final", [f"model.w2v_path={slim}", f"optimization.max_update={b.final}"])
+        return self.evaluate(name, f"{fin}/checkpoint_best.pt", mode)
+
+    def evaluate(self, name: str, ckpt: str, mode: str) -> Dict:
+        """Decode the test split with fairseq-generate; cost, per-layer sizes and latency."""
+        from .cost import describe
+
+        exe = os.path.join(os.path.dirname(sys.executable), "fairseq-generate")
+        if self.task == "slu":
+            extra = ["--task", "hjprune_audio_classification", "--scoring", "hjprune_accuracy"]
+        else:
+            extra = ["--task", "hjprune_audio_finetuning", "--post-process", "letter", "--scoring", "wer"]
+        log = os.path.join(self.out, "logs", f"decode_{name}.log")
+        self.step(f"decode_{name}", [exe, self.data, "--user-dir", USER_DIR, "--path", ckpt, "--gen-subset", "test",
+                                     "--max-tokens", "2000000", "--results-path", os.path.join(self.out, "decode", name),
+                                     *extra])
+        hyps, refs = parse_generate(os.path.join(self.out, "decode", name, "generate-test.txt"))
+        seen = [l.split("\t")[4] == "1" for l in open(os.path.join(self.data, "test.meta.tsv")).read().splitlines()[1:]]
+        cost = describe(ckpt, 10.0)
+        r = {"name": name, "mode": mode, "checkpoint": ckpt, "gmacs": cost["encoder_gmacs"], "params": cost["encoder_params"],
+             "macs_sparsity": cost["macs_sparsity"], "size_sparsity": cost["size_sparsity"], "layers": cost["layers"],
+             "latency_s": latency(ckpt)}
+        ids = sorted(refs)
+        if self.task == "slu":
+            r["accuracy"] = accuracy(refs, hyps, ids)
+            r["accuracy_seen"] = accuracy(refs, hyps, [i for i in ids if seen[i]])
+            r["accuracy_unseen"] = accuracy(refs, hyps, [i for i in ids if not seen[i]])
+        else:
+            r["wer"] = wer(refs, hyps, ids)
+            r["wer_seen"] = wer(refs, hyps, [i for i in ids if seen[i]])
+            r["wer_unseen"] = wer(refs, hyps, [i for i in ids if not seen[i]])
+        print(f"    {name}: " + ", ".join(f"{k} {r[k]:.3f}" for k in ("gmacs", "latency_s", "wer", "accuracy") if k in r), flush=True)
+        return r
+
+
+def parse_generate(path: str):
+    text = open(path).read()
+    refs = {int(i): t for i, t in re.findall(r"^T-(\d+)\t(.*)$", text, re.M)}
+    hyps = {int(i): h for i, _, h in re.findall(r"^D-(\d+)\t(\S+)\t(.*)$", text, re.M)}
+    if refs.keys() != hyps.keys() or not refs:
+        raise RuntimeError(f"{path}: fairseq-generate output lacks T-/D- lines for some utterances")
+    return hyps, refs
+
+
+def wer(refs: Dict[int, str], hyps: Dict[int, str], ids: List[int]) -> float:
+    import editdistance
+
+    words = sum(len(refs[i].split()) for i in ids)
+    return 100.0 * sum(editdistance.eval(refs[i].split(), hyps[i].split()) for i in ids) / words if words else float("nan")
+
+
+def accuracy(refs: Dict[int, str], hyps: Dict[int, str], ids: List[int]) -> float:
+    return 100.0 * sum(refs[i] == hyps[i] for i in ids) / len(ids) if ids else float("nan")
+
+
+def latency(ckpt: str, seconds: float = 10.0, repeats: int = 5) -> float:
+    """Median CPU time of one forward pass on ``seconds`` of audio."""
+    import torch
+
+    from ..checkpoints import load_model
+
+    model, _ = load_model(ckpt)
+    wav = torch.randn(1, int(seconds * 16000))
+    times = []
+    with torch.inference_mode():
+        model(source=wav)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(source=wav)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def write_report(out: str, task: str, result: Dict, timings: Dict[str, float], budget: Budget) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "accuracy" if task == "slu" else "wer"
+    models = result["models"]
+    json.dump({"task": task, "budget": budget.__dict__, "timings_s": timings, "models": models},
+              open(os.path.join(out, "report.json"), "w"), indent=2)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode in dict.fromkeys(m["mode"] for m in models):
+        pts = sorted((m["gmacs"], m[metric]) for m in models if m["mode"] == mode)
+        ax.plot(*zip(*pts), "o-" if len(pts) > 1 else "*", label=mode, markersize=8)
+    ax.set_xlabel("GMACs (10 s input)")
+    ax.set_ylabel("WER (%)" if metric == "wer" else "accuracy (%)")
+    ax.set_title(f"{metric.upper() if metric == 'wer' else 'Accuracy'} vs computation (cf. paper Fig. 1/2)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, f"{metric}_vs_gmacs.png"), dpi=100)
+
+    pruned = [m for m in models if m["mode"] != "none"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key, title in zip(axes, ("conv_channels", "heads", "ffn_units"), ("CNN channels", "attention heads", "FFN units")):
+        for m in [models[0]] + pruned:
+            ax.plot(range(1, len(m["layers"][key]) + 1), m["layers"][key], "o-", label=m["name"])
+        ax.set_title(f"kept {title} per layer (cf. Fig. 5)")
+        ax.set_xlabel("layer")
+        ax.set_ylim(bottom=0)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "kept_per_layer.png"), dpi=100)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([m["name"] for m in models], [m["latency_s"] for m in models])
+    ax.set_ylabel("CPU latency, 10 s input (s)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "latency.png"), dpi=100)
+    plt.close("all")
+
+    base = models[0]
+    rows = [f"| {m['name']} | {m['mode']} | {m['gmacs']:.3f} | {m['params']:,} | {m['macs_sparsity']:.3f} | "
+            f"{m[metric]:.2f} | {m[metric + '_seen']:.2f} | {m[metric + '_unseen']:.2f} | {m['latency_s']:.3f} | "
+            f"{base['latency_s'] / m['latency_s']:.2f}x |" for m in models]
+    name = "WER %" if metric == "wer" else "accuracy %"
+    md = [f"# hjprune-demo report ({task})", "",
+          f"Synthetic eSpeak NG corpus: {budget.train} train / {budget.valid} valid / {budget.test} test utterances; the test "
+          "voices and rates are unseen in training; 'seen' / 'unseen' split the test sentences by whether they occur in "
+          "training.", "",
+          f"| model | mode | GMACs | params | MACs sparsity | {name} | seen | unseen | latency s | speed-up |",
+          "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+          f"![{metric} vs GMACs]({metric}_vs_gmacs.png)", "", "![kept units per layer](kept_per_layer.png)", "",
+          "![latency](latency.png)", "", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())]
+    open(os.path.join(out, "report.md"), "w").write("\n".join(md) + "\n")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="hjprune-demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=["asr", "slu"], default="asr", help="speech recognition or intent classification")
+    p.add_argument("--out", help="output folder (default: demo_out/TASK)")
+    p.add_argument("--quick", action="store_true", help="tiny budgets (a test run, minutes)")
+    p.add_argument("--sweep", action="store_true", help="also prune with every mode at three budgets (paper Fig. 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in the folder")
+    a = p.parse_args(argv)
+    out = os.path.abspath(a.out or os.path.join("demo_out", a.task))
+    if os.path.exists(os.path.join(out, "report.json")) or os.path.exists(os.path.join(out, "checkpoints")):
+        if not a.overwrite:
+            print(f"hjprune-demo: error: {out} already holds results (pass --overwrite to replace them)", file=sys.stderr)
+            return 2
+        shutil.rmtree(out)
+    budget = QUICK if a.quick else FULL
+    demo = Demo(out, a.task, budget)
+    t0 = time.time()
+    try:
+        result = demo.pipeline()
+        if a.sweep:
+            for mode, points in SWEEP.items():
+                for k, overrides in enumerate(points):
+                    result["models"].append(demo.prune_point(mode, overrides, result["finetuned"], f"{mode}_{k + 1}"))
+        write_report(out, a.task, result, demo.timings, budget)
+    except RuntimeError as e:
+        print(f"hjprune-demo: error: {e}", file=sys.stderr)
+        return 1
+    print(f"report: {os.path.join(out, 'report.md')} ({time.time() - t0:.0f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
