@@ -46,13 +46,14 @@ ASR_TEMPLATES = [
 ]
 
 SLU_WORDS = {
-    "time": "six am|seven thirty|eight fifteen|nine pm|noon|midnight".split("|"),
-    "city": "paris london tokyo berlin madrid boston".split(),
-    "day": "today|tomorrow|on monday|on friday|this weekend".split("|"),
-    "genre": "jazz rock classical pop folk".split(),
-    "person": "anna peter maria john lucy".split(),
-    "room": "kitchen bedroom office garage hallway".split(),
-    "topic": "sports|science|business|world|technology".split("|"),
+    "time": "six am|seven thirty|eight fifteen|nine pm|noon|midnight|five forty five|ten am|eleven thirty|"
+            "four pm|half past two|quarter to nine".split("|"),
+    "city": "paris london tokyo berlin madrid boston chicago sydney rome dublin oslo cairo".split(),
+    "day": "today|tomorrow|on monday|on friday|this weekend|on tuesday|next week|tonight".split("|"),
+    "genre": "jazz rock classical pop folk blues reggae country".split(),
+    "person": "anna peter maria john lucy david emma paul sarah tom".split(),
+    "room": "kitchen bedroom office garage hallway bathroom attic basement".split(),
+    "topic": "sports|science|business|world|technology|health|music|weather".split("|"),
 }
 SLU_TEMPLATES: List[Tuple[str, str]] = [
     ("alarm_set", "set an alarm for {time}"), ("alarm_set", "wake me up at {time} {day}"),

@@ -77,3 +77,15 @@ def test_refusals(corpora, capsys, tmp_path):
     assert synth.main([str(tmp_path / "x"), "--unseen-fraction", "0.2"]) == 2
     assert "--unseen-fraction must be in [1/3, 1]" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
+
+
+@pytest.mark.parametrize("task", ["asr", "slu"])
+def test_demo_sizes_can_be_planned(task):
+    """The grammars make enough distinct sentences for the demo's full corpus (plan only, no audio)."""
+    from hjprune_fairseq.cli.demo import FULL
+
+    sizes = {"train": FULL.train, "valid": FULL.valid, "test": FULL.test}
+    rows = synth.plan(task, sizes, seed=1, unseen_fraction=0.5)
+    assert {s: len(r) for s, r in rows.items()} == sizes
+    train = {r["text"] for r in rows["train"]}
+    assert sum(r["text"] not in train for r in rows["test"]) == FULL.test // 2

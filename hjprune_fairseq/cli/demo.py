@@ -262,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for k, overrides in enumerate(points):
                     result["models"].append(demo.prune_point(mode, overrides, result["finetuned"], f"{mode}_{k + 1}"))
         write_report(out, a.task, result, demo.timings, budget)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, FileExistsError) as e:
         print(f"hjprune-demo: error: {e}", file=sys.stderr)
         return 1
     print(f"report: {os.path.join(out, 'report.md')} ({time.time() - t0:.0f} s in all)")
