@@ -22,14 +22,15 @@ SLIM_OF = {"hjprune_wav2vec_ctc": "hjprune_slim_ctc", "hjprune_wav2vec_cls": "hj
 GATE_FIELDS = ("prune_conv", "prune_heads", "prune_ffn", "prune_hidden", "gate_init_keep_prob")
 
 
-def _arch(state: Dict[str, Any]) -> Any:
+def arch_of(state: Dict[str, Any]) -> Any:
+    """The model name (cfg.model._name) of a loaded checkpoint, or None."""
     cfg = state.get("cfg") or {}
     return (cfg.get("model") or {}).get("_name")
 
 
 def model_from_state(state: Dict[str, Any], path: str) -> HJPruneCtcModel:
     """Rebuild an hjprune model from a loaded checkpoint (its cfg.model and weights)."""
-    arch = _arch(state)
+    arch = arch_of(state)
     if arch not in MODEL_CLASSES:
         raise ValueError(f"{path}: architecture {arch!r} is not an hjprune model (expected one of {sorted(MODEL_CLASSES)})")
     cls = MODEL_CLASSES[arch]
@@ -55,8 +56,8 @@ def export_slim(gated_path: str, slim_path: str, overwrite: bool = False) -> Dic
     if os.path.exists(slim_path) and not overwrite:
         raise FileExistsError(f"{slim_path}: already exists (pass --overwrite to replace it)")
     state = load_state(gated_path)
-    if _arch(state) not in SLIM_OF:
-        raise ValueError(f"{gated_path}: architecture {_arch(state)!r} has no gates to export "
+    if arch_of(state) not in SLIM_OF:
+        raise ValueError(f"{gated_path}: architecture {arch_of(state)!r} has no gates to export "
                          f"(expected one of {sorted(SLIM_OF)})")
     model = model_from_state(state, gated_path)
     masks = model.gates.deterministic() if model.gates is not None else model.gate_masks()
@@ -66,7 +67,7 @@ def export_slim(gated_path: str, slim_path: str, overwrite: bool = False) -> Dic
     model_cfg = OmegaConf.to_container(state["cfg"]["model"], resolve=False, enum_to_str=True)
     for k in GATE_FIELDS:
         model_cfg.pop(k, None)
-    model_cfg["_name"] = SLIM_OF[_arch(state)]
+    model_cfg["_name"] = SLIM_OF[arch_of(state)]
     model_cfg["encoder_spec"] = spec.to_dict()
     model_cfg["reference_spec"] = model.reference_spec.to_dict()
     cfg = OmegaConf.to_container(state["cfg"], resolve=False, enum_to_str=True)

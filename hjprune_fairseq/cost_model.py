@@ -58,6 +58,7 @@ class Cost:
     head_params: Number
     head_macs: Number
     frames: int
+    counts: Counts  # the kept units the cost was computed from
     layer_macs: Dict[str, List[Number]] = field(default_factory=dict)
 
     @property
@@ -156,7 +157,7 @@ def cost(
     }
     return Cost(
         params=params, macs=macs, head_params=(d * vocab_size + vocab_size) if vocab_size else 0,
-        head_macs=(T if head_per_frame else 1) * d * vocab_size, frames=T,
+        head_macs=(T if head_per_frame else 1) * d * vocab_size, frames=T, counts=c,
         layer_macs={"cnn": cnn_m, "attention": att_m, "ffn": ffn_m},
     )
 
@@ -194,7 +195,7 @@ def report(
     Sparsities compare the encoder with ``reference`` (the unpruned encoder; default: ``spec``).
     """
     c = cost(spec, keep, seconds, vocab_size, head_per_frame=head_per_frame)
-    k = counts(spec, keep)
+    k = c.counts
     dense = cost(reference or spec, None, seconds, vocab_size, head_per_frame=head_per_frame)
     g = 1e9
     return {

@@ -123,6 +123,7 @@ class SparsityConstraint(nn.Module):
         self.check_model(model)
         dense = cost_model.cost(model.spec, None, self.seconds)
         expected = cost_model.cost(model.spec, model.gates.keep_probs(), self.seconds)
+        kept = expected.counts
         s_all = sparsities(self.mode, expected, dense)
         s = torch.stack([torch.as_tensor(s_all[n], dtype=torch.float64) for n in self.names])
         t = self.target(num_updates).to(s.device)
@@ -133,7 +134,6 @@ class SparsityConstraint(nn.Module):
             masks = model.gates.deterministic()
             fixed = cost_model.cost(model.spec, masks, self.seconds)
             s_fixed = sparsities(self.mode, fixed, dense)
-            kept = cost_model.counts(model.spec, model.gates.keep_probs())
         logs: Dict[str, float] = {"penalty": float(penalty.detach())}
         for i, n in enumerate(self.names):
             suffix = "" if len(self.names) == 1 else f"_{n}"

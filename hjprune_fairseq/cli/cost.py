@@ -17,12 +17,12 @@ def describe(source: str, seconds: float) -> Dict:
         r = cost_model.report(PRESETS[source], None, seconds)
         r.update(source=source, kind="preset")
         return r
-    from ..checkpoints import MODEL_CLASSES, SLIM_OF, model_from_state
+    from ..checkpoints import MODEL_CLASSES, SLIM_OF, arch_of, model_from_state
     from ..models.hjprune_cls import CLASSIFIERS
     from ..fairseq_import import load_state, read_checkpoint
 
     state = load_state(source)
-    arch = (state["cfg"].get("model") or {}).get("_name")
+    arch = arch_of(state)
     if arch in MODEL_CLASSES:
         model = model_from_state(state, source)
         vocab = model.proj.out_features

@@ -119,7 +119,6 @@ class Demo:
             extra = ["--task", "hjprune_audio_classification", "--scoring", "hjprune_accuracy"]
         else:
             extra = ["--task", "hjprune_audio_finetuning", "--post-process", "letter", "--scoring", "wer"]
-        log = os.path.join(self.out, "logs", f"decode_{name}.log")
         self.step(f"decode_{name}", [exe, self.data, "--user-dir", USER_DIR, "--path", ckpt, "--gen-subset", "test",
                                      "--max-tokens", "2000000", "--results-path", os.path.join(self.out, "decode", name),
                                      *extra])
