@@ -14,6 +14,8 @@ import sys
 import tempfile
 from typing import Dict, List, Optional
 
+from .tools import write_lines
+
 
 def read_words(data: str, split: str) -> List[str]:
     """One word transcript per manifest row, from {split}.wrd or {split}.ltr."""
@@ -54,17 +56,10 @@ def build(data: str, splits: List[str], train_split: str, ext: str, vocab_size: 
         counts.update({p: 0 for line in lines for p in line.split() if p not in counts})
     written = {}
     for s, lines in pieces.items():
-        _write(os.path.join(data, f"{s}.{ext}"), lines)
+        write_lines(os.path.join(data, f"{s}.{ext}"), lines)
         written[s] = len(lines)
-    _write(os.path.join(data, f"dict.{ext}.txt"), [f"{p} {c}" for p, c in counts.most_common()])
+    write_lines(os.path.join(data, f"dict.{ext}.txt"), [f"{p} {c}" for p, c in counts.most_common()])
     return written
-
-
-def _write(path: str, lines: List[str]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)  # no half-written label file
 
 
 def main(argv: Optional[List[str]] = None) -> int:

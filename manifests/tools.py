@@ -25,7 +25,8 @@ from .synth import letters
 LETTERS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
 
 
-def _write(path: str, lines: Iterable[str]) -> None:
+def write_lines(path: str, lines: Iterable[str]) -> None:
+    """Write through a temporary file that replaces ``path`` at the end: never a half-written file."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -60,7 +61,7 @@ def build_manifest(root: str, dest: str, exts: Sequence[str], valid_percent: flo
         raise ValueError(f"{root}: no usable audio with extension {list(exts)} ({skipped} skipped)")
     os.makedirs(dest, exist_ok=True)
     for split, lines in rows.items():
-        _write(os.path.join(dest, f"{split}.tsv"), lines)
+        write_lines(os.path.join(dest, f"{split}.tsv"), lines)
     return {"train": len(rows["train"]) - 1, "valid": len(rows["valid"]) - 1, "skipped": skipped}
 
 
@@ -111,10 +112,10 @@ def write_labels(dest: str, splits: Sequence[str], dict_path: Optional[str] = No
                 counts.update({c: 0 for c in ltr[-1].split()})
         out[split] = (wrd, ltr)
     for split, (wrd, ltr) in out.items():  # only once every split is known good
-        _write(os.path.join(dest, f"{split}.wrd"), wrd)
-        _write(os.path.join(dest, f"{split}.ltr"), ltr)
+        write_lines(os.path.join(dest, f"{split}.wrd"), wrd)
+        write_lines(os.path.join(dest, f"{split}.ltr"), ltr)
     if not dict_path:
-        _write(os.path.join(dest, "dict.ltr.txt"), [f"{c} {k}" for c, k in sorted(counts.items(), key=lambda x: (-x[1], x[0]))])
+        write_lines(os.path.join(dest, "dict.ltr.txt"), [f"{c} {k}" for c, k in sorted(counts.items(), key=lambda x: (-x[1], x[0]))])
     return {s: len(w) for s, (w, _) in out.items()}
 
 

@@ -179,3 +179,15 @@ def make_intent_corpus(data_dir: str, splits: Dict[str, int], seed: int = 0) -> 
         with open(os.path.join(data_dir, f"{split}.label"), "w") as f:
             f.writelines(rng.choice(INTENTS) + "\n" for _ in range(n))
     return data_dir
+
+
+def save_like_trainer(model, path, data: str = "unused", labels: str = "ltr") -> str:
+    """An hjprune model's checkpoint as fairseq's trainer writes it (cfg as plain containers, the
+    full hjprune_audio_finetuning task section)."""
+    from hjprune_fairseq.tasks.hjprune_audio import HJPruneAudioFinetuningConfig
+
+    task = OmegaConf.structured(HJPruneAudioFinetuningConfig(data=data, normalize=False, labels=labels, tpu=False, seed=1))
+    task._name = "hjprune_audio_finetuning"
+    torch.save(_state(OmegaConf.to_container(model.cfg, resolve=True, enum_to_str=True),
+                      OmegaConf.to_container(task, resolve=True, enum_to_str=True), model.state_dict()), path)
+    return str(path)

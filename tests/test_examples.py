@@ -28,10 +28,11 @@ class _Task:
 
 @pytest.fixture(scope="module")
 def slim_ckpt(tmp_path_factory, w2v_pretrained):
-    from test_slim import pruned_model, save_gated
+    from fairseq_fixtures import save_like_trainer
+    from test_slim import pruned_model
 
     d = tmp_path_factory.mktemp("ex")
-    gated = save_gated(pruned_model(w2v_pretrained), d / "gated.pt")
+    gated = save_like_trainer(pruned_model(w2v_pretrained), d / "gated.pt")
     export_slim(gated, str(d / "slim.pt"))
     return str(d / "slim.pt")
 

@@ -8,26 +8,10 @@ import sys
 import editdistance
 import pytest
 import torch
-from fairseq_fixtures import USER_DIR, make_letter_corpus
+from fairseq_fixtures import USER_DIR, make_letter_corpus, save_like_trainer
 from helpers import gated_model, randomize_gates
 
 from hjprune_fairseq.checkpoints import export_slim
-
-
-def save(model, path, data, labels="ltr"):
-    """A checkpoint as fairseq's trainer writes it, trained with hjprune_audio_finetuning."""
-    from omegaconf import OmegaConf
-
-    from hjprune_fairseq.tasks.hjprune_audio import HJPruneAudioFinetuningConfig
-
-    task = OmegaConf.structured(HJPruneAudioFinetuningConfig(data=data, normalize=False, labels=labels, tpu=False, seed=1))
-    task._name = "hjprune_audio_finetuning"
-    cfg = {"model": OmegaConf.to_container(model.cfg, resolve=True, enum_to_str=True),
-           "task": OmegaConf.to_container(task, resolve=True, enum_to_str=True)}
-    torch.save({"args": None, "cfg": cfg, "model": model.state_dict(), "extra_state": {},
-                "optimizer_history": [{"criterion_name": "ctc", "optimizer_name": "x", "lr_scheduler_state": {},
-                                       "num_updates": 1}], "last_optimizer_state": None}, path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +25,7 @@ def checkpoints(tmp_path_factory, data, w2v_pretrained, stock_ctc):
     torch.manual_seed(0)
     m = gated_model(w2v_pretrained)
     randomize_gates(m, mean=3.0, std=2.0)
-    gated = save(m, d / "gated.pt", data)
+    gated = save_like_trainer(m, d / "gated.pt", data)
     export_slim(gated, str(d / "slim.pt"))
     return {"gated": gated, "slim": str(d / "slim.pt"), "stock": stock_ctc[0]}
 

@@ -43,13 +43,14 @@ def test_missing_split_and_empty_transcript(data, capsys):
 
 def test_fairseq_generate_post_process_sentencepiece(data, w2v_pretrained, tmp_path):
     from helpers import gated_model
-    from test_generate import independent_wer, save
+    from fairseq_fixtures import save_like_trainer
+    from test_generate import independent_wer
 
     assert spm_labels.main([data, "--splits", "train", "test", "--vocab-size", "30"]) == 0
     vocab = len(Dictionary.load(os.path.join(data, "dict.spm.txt")))
     model = gated_model(w2v_pretrained)
     model.proj = torch.nn.Linear(model.proj.in_features, vocab)
-    ckpt = save(model, tmp_path / "spm.pt", data, labels="spm")
+    ckpt = save_like_trainer(model, tmp_path / "spm.pt", data, labels="spm")
     exe = os.path.join(os.path.dirname(sys.executable), "fairseq-generate")
     r = subprocess.run([exe, data, "--user-dir", USER_DIR, "--task", "hjprune_audio_finetuning", "--labels", "spm",
                         "--path", ckpt, "--gen-subset", "test", "--post-process", "sentencepiece", "--scoring", "wer",

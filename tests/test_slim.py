@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from fairseq_fixtures import batch
+from fairseq_fixtures import batch, save_like_trainer
 from helpers import VOCAB, gated_model, max_diff, randomize_gates
 from omegaconf import OmegaConf
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -30,21 +30,10 @@ def pruned_model(path):
     return m
 
 
-def save_gated(model, path):
-    """Write the model as fairseq's trainer does (cfg as a plain container)."""
-    cfg = {"model": OmegaConf.to_container(model.cfg, resolve=True, enum_to_str=True),
-           "task": {"_name": "audio_finetuning", "data": "unused", "normalize": False, "labels": "ltr"}}
-    torch.save({"args": None, "cfg": cfg, "model": model.state_dict(),
-                "optimizer_history": [{"criterion_name": "ctc", "optimizer_name": "adam", "lr_scheduler_state": {},
-                                       "num_updates": 5}],
-                "extra_state": {"epoch": 1}, "last_optimizer_state": None}, path)
-    return str(path)
-
-
 @pytest.fixture(params=["w2v_pretrained", "hubert_pretrained", "w2v_large_style"])
 def exported(request, tmp_path):
     gated = pruned_model(request.getfixturevalue(request.param))
-    gated_path = save_gated(gated, tmp_path / "gated.pt")
+    gated_path = save_like_trainer(gated, tmp_path / "gated.pt")
     slim_path = str(tmp_path / "slim.pt")
     export_slim(gated_path, slim_path)
     slim, _ = load_model(slim_path)
@@ -113,7 +102,7 @@ def test_slim_checkpoint_loads_with_fairseq_and_as_w2v_path(exported):
 
 
 def test_export_cli(tmp_path, w2v_pretrained, capsys):
-    gated_path = save_gated(pruned_model(w2v_pretrained), tmp_path / "g.pt")
+    gated_path = save_like_trainer(pruned_model(w2v_pretrained), tmp_path / "g.pt")
     out = tmp_path / "sub" / "s.pt"
     assert export_cli.main([gated_path, str(out)]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -128,7 +117,7 @@ def test_export_refuses_dead_cnn_layer(tmp_path, w2v_pretrained):
     m = gated_model(w2v_pretrained)
     with torch.no_grad():
         m.gates.conv[2].log_alpha.fill_(-20.0)
-    path = save_gated(m, tmp_path / "dead.pt")
+    path = save_like_trainer(m, tmp_path / "dead.pt")
     with pytest.raises(ValueError, match=r"dead\.pt: every output channel of CNN layer 2 is pruned"):
         export_slim(path, str(tmp_path / "s.pt"))
     assert not (tmp_path / "s.pt").exists()
@@ -138,7 +127,7 @@ def test_export_refuses_empty_hidden(tmp_path, w2v_pretrained):
     m = gated_model(w2v_pretrained)
     with torch.no_grad():
         m.gates.hidden.log_alpha.fill_(-20.0)
-    path = save_gated(m, tmp_path / "nohid.pt")
+    path = save_like_trainer(m, tmp_path / "nohid.pt")
     with pytest.raises(ValueError, match="every hidden dimension is pruned"):
         export_slim(path, str(tmp_path / "s.pt"))
 
