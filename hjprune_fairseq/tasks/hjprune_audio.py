@@ -1,5 +1,5 @@
-"""``hjprune_audio_finetuning`` (and ``hjprune_audio_classification``): fairseq's audio_finetuning task (wav2vec tsv manifests + labels) for
-hjprune models, with three additions:
+"""``hjprune_audio_finetuning`` (and ``hjprune_audio_classification``): fairseq's audio_finetuning
+task (wav2vec tsv manifests + labels) for hjprune models, with four additions:
 
 - fairseq's ``build_model`` configures the model from a merged COPY of ``cfg.model``, so what the
   model learns while building (its ``encoder_spec``, read from ``w2v_path``) would not reach the
