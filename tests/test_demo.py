@@ -1,4 +1,6 @@
-"""hjprune-demo --quick: every stage runs and the report is written (budgets too small for accuracy)."""
+"""hjprune-demo --quick --sweep: every stage runs and the report is written (budgets too small for accuracy).
+
+The sweep is cut to two points (run at once), besides the pipeline's macs_40 that it reuses."""
 
 import json
 import os
@@ -11,14 +13,17 @@ from hjprune_fairseq.cli import demo
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "asr")
-    assert demo.main(["--quick", "--out", out]) == 0
+    sweep = {"macs": [["criterion.target_sparsity=0.2"], demo.MAIN_POINT[1]], "size": [["criterion.target_sparsity=0.2"]]}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demo, "SWEEP", sweep)
+        assert demo.main(["--quick", "--sweep", "--jobs", "2", "--out", out]) == 0
     return out
 
 
 def test_quick_demo_writes_the_report(quick):
     r = json.load(open(os.path.join(quick, "report.json")))
     names = [m["name"] for m in r["models"]]
-    assert names == ["unpruned", "macs_40"]
+    assert names == ["unpruned", "macs_40", "macs_1", "size_1"]  # macs at 0.4 is not pruned twice
     for m in r["models"]:
         assert 0 <= m["wer"] and m["latency_s"] > 0 and m["gmacs"] > 0
         assert set(m["layers"]) >= {"conv_channels", "heads", "ffn_units"}
@@ -26,8 +31,10 @@ def test_quick_demo_writes_the_report(quick):
     for png in ("wer_vs_gmacs.png", "kept_per_layer.png", "latency.png"):
         assert open(os.path.join(quick, png), "rb").read(4) == b"\x89PNG"
     md = open(os.path.join(quick, "report.md")).read()
-    assert "| unpruned | none |" in md and "| macs_40 | macs |" in md
-    assert set(r["timings_s"]) >= {"synthesise", "pretrain", "finetune", "prune_macs_40", "final_macs_40"}
+    assert "| unpruned | none |" in md and "| macs_40 | macs |" in md and "| size_1 | size |" in md
+    assert set(r["timings_s"]) >= {"synthesise", "pretrain", "finetune", "prune_macs_40", "final_macs_40",
+                                   "prune_macs_1", "prune_size_1", "sweep", "latency"}
+    assert "'target_sparsity': 0.2," in open(os.path.join(quick, "logs", "prune_size_1.log")).read()
 
 
 def test_refuses_a_folder_with_results(quick, capsys):

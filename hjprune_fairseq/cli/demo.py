@@ -41,6 +41,7 @@ class Budget:
 
 FULL = Budget(train=1500, valid=100, test=200, pretrain=100, finetune=600, prune=600, warmup=200, final=300)
 QUICK = Budget(train=80, valid=10, test=20, pretrain=10, finetune=30, prune=30, warmup=10, final=20)
+MAIN_POINT = ("macs", ["criterion.target_sparsity=0.4"])  # the pipeline's pruned model, named macs_40
 SWEEP = {  # (mode, overrides) per point: about 20, 40 and 60 % fewer MACs for each method
     "macs": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
     "sep_size": [[f"criterion.target_cnn_sparsity={c}", f"criterion.target_transformer_sparsity={t}"]
@@ -51,8 +52,9 @@ SWEEP = {  # (mode, overrides) per point: about 20, 40 and 60 % fewer MACs for e
 
 
 class Demo:
-    def __init__(self, out: str, task: str, budget: Budget):
+    def __init__(self, out: str, task: str, budget: Budget, threads: Optional[int] = None):
         self.out, self.task, self.budget = out, task, budget
+        self.threads = threads  # torch threads per stage (None: torch's default, every core)
         self.data = os.path.join(out, "data")
         self.config_dir = os.path.join(EXAMPLES, "tiny_slu" if task == "slu" else "tiny")
         self.timings: Dict[str, float] = {}
@@ -62,8 +64,11 @@ class Demo:
         t0 = time.time()
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
         log = os.path.join(self.out, "logs", f"{name}.log")
+        env = dict(os.environ)
+        if self.threads:
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         with open(log, "w") as f:
-            r = subprocess.run(cmd, cwd=self.out, stdout=f, stderr=subprocess.STDOUT)
+            r = subprocess.run(cmd, cwd=self.out, stdout=f, stderr=subprocess.STDOUT, env=env)
         self.timings[name] = round(time.time() - t0, 1)
         if r.returncode:
             tail = open(log).read().splitlines()[-15:]
@@ -96,7 +101,7 @@ class Demo:
         ft = self.train("finetune", self.config_dir, "finetune", [
             f"model.w2v_path={pre}/checkpoint_last.pt", f"optimization.max_update={b.finetune}"])
         models = [self.evaluate("unpruned", f"{ft}/checkpoint_best.pt", "none")]
-        models.append(self.prune_point("macs", ["criterion.target_sparsity=0.4"], f"{ft}/checkpoint_best.pt", "macs_40"))
+        models.append(self.prune_point(*MAIN_POINT, f"{ft}/checkpoint_best.pt", "macs_40"))
         return {"models": models, "finetuned": f"{ft}/checkpoint_best.pt"}
 
     def prune_point(self, mode: str, overrides: List[str], finetuned: str, name: str) -> Dict:
@@ -111,7 +116,7 @@ class Demo:
         return self.evaluate(name, f"{fin}/checkpoint_best.pt", mode)
 
     def evaluate(self, name: str, ckpt: str, mode: str) -> Dict:
-        """Decode the test split with fairseq-generate; cost, per-layer sizes and latency."""
+        """Decode the test split with fairseq-generate; cost and per-layer sizes (latency: time_models)."""
         from .cost import describe
 
         exe = os.path.join(os.path.dirname(sys.executable), "fairseq-generate")
@@ -126,8 +131,7 @@ class Demo:
         seen = [l.split("\t")[4] == "1" for l in open(os.path.join(self.data, "test.meta.tsv")).read().splitlines()[1:]]
         cost = describe(ckpt, 10.0)
         r = {"name": name, "mode": mode, "checkpoint": ckpt, "gmacs": cost["encoder_gmacs"], "params": cost["encoder_params"],
-             "macs_sparsity": cost["macs_sparsity"], "size_sparsity": cost["size_sparsity"], "layers": cost["layers"],
-             "latency_s": latency(ckpt)}
+             "macs_sparsity": cost["macs_sparsity"], "size_sparsity": cost["size_sparsity"], "layers": cost["layers"]}
         ids = sorted(refs)
         if self.task == "slu":
             r["accuracy"] = accuracy(refs, hyps, ids)
@@ -137,8 +141,40 @@ class Demo:
             r["wer"] = wer(refs, hyps, ids)
             r["wer_seen"] = wer(refs, hyps, [i for i in ids if seen[i]])
             r["wer_unseen"] = wer(refs, hyps, [i for i in ids if not seen[i]])
-        print(f"    {name}: " + ", ".join(f"{k} {r[k]:.3f}" for k in ("gmacs", "latency_s", "wer", "accuracy") if k in r), flush=True)
+        print(f"    {name}: " + ", ".join(f"{k} {r[k]:.3f}" for k in ("gmacs", "wer", "accuracy") if k in r), flush=True)
         return r
+
+    def sweep(self, result: Dict, jobs: int) -> None:
+        """Every mode at three budgets from the fine-tuned model, ``jobs`` points at a time.
+
+        The pipeline's macs_40 point is the sweep's middle macs point. Each point's stages use
+        cores / jobs torch threads: two one-thread trainings do ~1.4x the updates per second of one
+        two-thread training on 2 cores. Latency is measured afterwards, one model at a time.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        points = [(mode, o, f"{mode}_{k + 1}") for mode, pts in SWEEP.items() for k, o in enumerate(pts)
+                  if (mode, o) != MAIN_POINT]
+        t0 = time.time()
+        self.threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(self.prune_point, mode, o, result["finetuned"], name) for mode, o, name in points]
+            try:
+                result["models"] += [f.result() for f in futures]
+            except BaseException:
+                for f in futures:  # a failed point stops the sweep once the running points end
+                    f.cancel()
+                raise
+        self.threads = None
+        self.timings["sweep"] = round(time.time() - t0, 1)
+
+    def time_models(self, models: List[Dict]) -> None:
+        """CPU latency of every model, measured side by side once training has finished."""
+        t0 = time.time()
+        print(f"[{time.strftime('%H:%M:%S')}] time {len(models)} models on CPU ...", flush=True)
+        for m in models:
+            m["latency_s"] = latency(m["checkpoint"])
+        self.timings["latency"] = round(time.time() - t0, 1)
 
 
 def parse_generate(path: str):
@@ -243,8 +279,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", help="output folder (default: demo_out/TASK)")
     p.add_argument("--quick", action="store_true", help="tiny budgets (a test run, minutes)")
     p.add_argument("--sweep", action="store_true", help="also prune with every mode at three budgets (paper Fig. 1)")
+    p.add_argument("--jobs", type=int, default=2, help="--sweep: points trained at once, each with cores/jobs threads")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in the folder")
     a = p.parse_args(argv)
+    if a.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {a.jobs}")
     out = os.path.abspath(a.out or os.path.join("demo_out", a.task))
     if os.path.exists(os.path.join(out, "report.json")) or os.path.exists(os.path.join(out, "checkpoints")):
         if not a.overwrite:
@@ -257,9 +296,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = demo.pipeline()
         if a.sweep:
-            for mode, points in SWEEP.items():
-                for k, overrides in enumerate(points):
-                    result["models"].append(demo.prune_point(mode, overrides, result["finetuned"], f"{mode}_{k + 1}"))
+            demo.sweep(result, a.jobs)
+        demo.time_models(result["models"])
         write_report(out, a.task, result, demo.timings, budget)
     except (RuntimeError, ValueError, FileExistsError) as e:
         print(f"hjprune-demo: error: {e}", file=sys.stderr)
