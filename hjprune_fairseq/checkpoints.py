@@ -10,14 +10,16 @@ import torch
 from omegaconf import OmegaConf
 
 from .fairseq_import import load_state
-from .models.hjprune_cls import CLASSIFIERS, HJPruneGatedCls, HJPruneSlimCls
-from .models.hjprune_ctc import HJPruneCtcModel, HJPruneGatedCtc, HJPruneSlimCtc
+from .models.hjprune_cls import CLASSIFIERS, HJPruneGatedCls, HJPruneParpCls, HJPruneSlimCls
+from .models.hjprune_ctc import HJPruneCtcModel, HJPruneGatedCtc, HJPruneParpCtc, HJPruneSlimCtc
 from .slim import slim_encoder, slim_head
 
 MODEL_CLASSES = {
     "hjprune_wav2vec_ctc": HJPruneGatedCtc, "hjprune_slim_ctc": HJPruneSlimCtc,
     "hjprune_wav2vec_cls": HJPruneGatedCls, "hjprune_slim_cls": HJPruneSlimCls,
+    "hjprune_parp_ctc": HJPruneParpCtc, "hjprune_parp_cls": HJPruneParpCls,
 }
+PARP = ("hjprune_parp_ctc", "hjprune_parp_cls")  # dense models with unstructured zeros (parp.py)
 SLIM_OF = {"hjprune_wav2vec_ctc": "hjprune_slim_ctc", "hjprune_wav2vec_cls": "hjprune_slim_cls"}
 GATE_FIELDS = ("prune_conv", "prune_heads", "prune_ffn", "prune_hidden", "gate_init_keep_prob")
 

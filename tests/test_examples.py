@@ -16,7 +16,7 @@ from fairseq_fixtures import USER_DIR, compose_like_fairseq, letter_dictionary
 
 SETS = sorted(d for d in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, d)))
 MODES = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, SETS[0], "mode", "*.yaml")))
-CASES = [(s, "finetune", None) for s in SETS] + [(s, "final", None) for s in SETS] + [
+CASES = [(s, stage, None) for stage in ("finetune", "final", "parp") for s in SETS] + [
     (s, "prune", m) for s in SETS for m in MODES
 ]
 
@@ -73,6 +73,10 @@ def test_example_builds(config_set, stage, mode, w2v_pretrained, slim_ckpt, tmp_
         penalty, logs = criterion.sparsity(model, 0)
         assert torch.isfinite(penalty)
         assert (model.gates.conv is None) == (mode == "transformer_only")
+    elif stage == "parp":
+        from hjprune_fairseq.parp import zero_fraction
+
+        assert model.gates is None and zero_fraction(model.encoder) == pytest.approx(cfg.model.parp_sparsity, abs=1e-3)
     else:
         assert model.gates is None
 

@@ -17,7 +17,7 @@ def describe(source: str, seconds: float) -> Dict:
         r = cost_model.report(PRESETS[source], None, seconds)
         r.update(source=source, kind="preset")
         return r
-    from ..checkpoints import MODEL_CLASSES, SLIM_OF, arch_of, model_from_state
+    from ..checkpoints import MODEL_CLASSES, PARP, SLIM_OF, arch_of, model_from_state
     from ..models.hjprune_cls import CLASSIFIERS
     from ..fairseq_import import load_state, read_checkpoint
 
@@ -37,6 +37,15 @@ def describe(source: str, seconds: float) -> Dict:
         else:
             r = cost_model.report(model.spec, None, seconds, vocab, ref, per_frame)
             r["kind"] = "dense" if arch in SLIM_OF else "slim"
+        if arch in PARP:
+            # Unstructured zeros: the structure (and so the MACs of dense kernels) is unchanged.
+            from ..parp import prunable_weights
+
+            zeros = sum(int((w == 0).sum()) for _, w in prunable_weights(model.encoder))
+            r["kind"] = "dense with unstructured zeros (PARP)"
+            r["zero_weights"] = zeros
+            r["nonzero_encoder_params"] = r["encoder_params"] - zeros
+            r["nonzero_size_sparsity"] = zeros / r["encoder_params"]
     else:
         ckpt = read_checkpoint(source)
         vocab = 0 if ckpt.head_state is None else ckpt.head_state["weight"].shape[0]
@@ -55,6 +64,9 @@ def format_table(r: Dict) -> str:
         "",
         f"{'component':<10} {'params':>14} {'GMACs':>10}",
     ]
+    if "zero_weights" in r:
+        lines[3:3] = [f"PARP zeros: {r['zero_weights']:,} weights; nonzero encoder params {r['nonzero_encoder_params']:,} "
+                      f"(sparsity {r['nonzero_size_sparsity']:.4f}); dense kernels run at the dense cost"]
     for name, p in r["params_by_component"].items():
         lines.append(f"{name:<10} {p:>14,} {r['gmacs_by_component'][name]:>10.3f}")
     L = r["layers"]

@@ -14,9 +14,10 @@ from fairseq import utils
 from fairseq.models import register_model
 
 from ..fairseq_import import ImportedCheckpoint
-from .hjprune_ctc import HJPruneCtcConfig, HJPruneGatedCtc, HJPruneGatedCtcConfig, HJPruneSlimCtc
+from ..parp import ParpMixin
+from .hjprune_ctc import HJPruneCtcConfig, HJPruneGatedCtc, HJPruneGatedCtcConfig, HJPruneParpCtcConfig, HJPruneSlimCtc
 
-CLASSIFIERS = ("hjprune_wav2vec_cls", "hjprune_slim_cls")
+CLASSIFIERS = ("hjprune_wav2vec_cls", "hjprune_slim_cls", "hjprune_parp_cls")
 
 
 class ClassificationHead:
@@ -46,6 +47,13 @@ class HJPruneSlimCls(ClassificationHead, HJPruneSlimCtc):
     """The exported (physically pruned) classifier."""
 
     ARCH = "hjprune_slim_cls"
+
+
+@register_model("hjprune_parp_cls", dataclass=HJPruneParpCtcConfig)
+class HJPruneParpCls(ClassificationHead, ParpMixin, HJPruneSlimCtc):
+    """The classifier fine-tuned with PARP's unstructured magnitude pruning (parp.py)."""
+
+    ARCH = "hjprune_parp_cls"
 
 
 @register_model("hjprune_wav2vec_cls", dataclass=HJPruneGatedCtcConfig)

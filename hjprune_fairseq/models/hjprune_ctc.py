@@ -24,6 +24,7 @@ from .. import compat
 from ..encoder import GateMasks, MaskingOptions, Wav2Vec2Encoder
 from ..fairseq_import import ImportedCheckpoint, read_checkpoint
 from ..gates import EncoderGates
+from ..parp import ParpConfig, ParpMixin
 from ..spec import EncoderSpec
 
 logger = logging.getLogger(__name__)
@@ -233,6 +234,18 @@ class HJPruneSlimCtc(HJPruneCtcModel):
     """The physically pruned model written by ``hjprune-export`` (per-layer sizes, no gates)."""
 
     ARCH = "hjprune_slim_ctc"
+
+
+@dataclass
+class HJPruneParpCtcConfig(HJPruneCtcConfig, ParpConfig):
+    pass
+
+
+@register_model("hjprune_parp_ctc", dataclass=HJPruneParpCtcConfig)
+class HJPruneParpCtc(ParpMixin, HJPruneSlimCtc):
+    """The unstructured baseline: the dense model fine-tuned with PARP's magnitude pruning (parp.py)."""
+
+    ARCH = "hjprune_parp_ctc"
 
 
 @register_model("hjprune_wav2vec_ctc", dataclass=HJPruneGatedCtcConfig)

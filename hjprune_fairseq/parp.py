@@ -1,0 +1,131 @@
+"""PARP: Prune, Adjust and Re-Prune (Lai et al., NeurIPS 2021), the unstructured baseline.
+
+Unstructured magnitude pruning of the Transformer's weight matrices (per layer: the query, key,
+value and output projections and the two FFN matrices; biases, LayerNorms, the CNN and the
+positional convolution are kept), inside one fine-tuning run:
+
+1. prune: when the model is built from ``w2v_path``, the ``parp_sparsity`` fraction of those weights
+   with the smallest magnitude is set to zero (per matrix, or with one threshold over all of them);
+2. adjust: fine-tuning updates every weight, the zeroed ones included, so they may come back;
+3. re-prune: every ``parp_interval_updates`` updates, and after the last update, the weights are
+   pruned again to the same target from their current magnitudes.
+
+The model stays dense: the zeros save parameters on disk after compression, but dense kernels run
+at the same speed. Written from the paper's description (Sec. 3 of arXiv:2106.05933); the
+schedule hook is the task's ``optimizer_step`` (``hjprune_audio_finetuning``), so the final prune
+happens before the last checkpoint is written.
+"""
+
+
+import logging
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+import torch
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from omegaconf import II
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+PARP_SCOPES = ChoiceEnum(["layer", "global"])
+PRUNED_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "ffn.fc1", "ffn.fc2")
+
+
+@dataclass
+class ParpConfig(FairseqDataclass):
+    parp_sparsity: float = field(
+        default=0.5, metadata={"help": "fraction of the Transformer's weight-matrix entries set to zero, in [0, 1)"}
+    )
+    parp_scope: PARP_SCOPES = field(
+        default="layer", metadata={"help": "layer: every weight matrix loses the same fraction; global: one "
+                                           "magnitude threshold over all of them"}
+    )
+    parp_interval_updates: int = field(
+        default=50, metadata={"help": "re-prune to parp_sparsity every this many updates (and after the last one)"}
+    )
+    parp_max_update: int = field(
+        default=II("optimization.max_update"), metadata={"help": "the last update, after which the final prune runs"}
+    )
+
+
+def check_config(cfg: ParpConfig) -> None:
+    if not 0.0 <= cfg.parp_sparsity < 1.0:
+        raise ValueError(f"model.parp_sparsity must be in [0, 1), got {cfg.parp_sparsity}")
+    if cfg.parp_interval_updates < 1:
+        raise ValueError(f"model.parp_interval_updates must be >= 1, got {cfg.parp_interval_updates}")
+
+
+def prunable_weights(encoder: nn.Module) -> List[Tuple[str, nn.Parameter]]:
+    """(name, weight) of every pruned matrix, in layer order."""
+    out = []
+    for i, layer in enumerate(encoder.layers):
+        for name in PRUNED_LINEARS:
+            w = layer.get_submodule(name).weight
+            if w.numel():
+                out.append((f"layers.{i}.{name}.weight", w))
+    return out
+
+
+@torch.no_grad()
+def magnitude_prune_(weights: List[torch.Tensor], sparsity: float, scope: str) -> int:
+    """Zero the round(sparsity * n) smallest-magnitude entries (per tensor, or over all); returns how many.
+
+    Ties are broken by position (``topk``), so the count is exact even when many entries are already 0.
+    """
+    if scope == "layer":
+        groups = [[w] for w in weights]
+    elif scope == "global":
+        groups = [weights]
+    else:
+        raise ValueError(f"PARP scope must be 'layer' or 'global', got {scope!r}")
+    zeroed = 0
+    for group in groups:
+        flat = torch.cat([w.detach().abs().reshape(-1).float() for w in group])
+        k = int(round(sparsity * flat.numel()))
+        if k == 0:
+            continue
+        drop = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+        drop[torch.topk(flat, k, largest=False, sorted=False).indices] = True
+        offset = 0
+        for w in group:
+            n = w.numel()
+            w.masked_fill_(drop[offset:offset + n].view_as(w), 0.0)
+            offset += n
+        zeroed += k
+    return zeroed
+
+
+def zero_fraction(encoder: nn.Module) -> float:
+    """Fraction of the pruned matrices' entries that are exactly zero."""
+    weights = [w for _, w in prunable_weights(encoder)]
+    total = sum(w.numel() for w in weights)
+    return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0
+
+
+class ParpMixin:
+    """Adds PARP to an hjprune model class without gates (``hjprune_parp_ctc``, ``hjprune_parp_cls``)."""
+
+    @classmethod
+    def from_config(cls, cfg, vocab_size: int):
+        check_config(cfg)
+        fresh = cfg.encoder_spec is None and not cfg.no_pretrained_weights  # weights come from w2v_path
+        model = super().from_config(cfg, vocab_size)
+        if fresh:
+            model.parp_prune("initial prune")
+        return model
+
+    def parp_prune(self, why: str) -> None:
+        weights = [w for _, w in prunable_weights(self.encoder)]
+        zeroed = magnitude_prune_(weights, self.cfg.parp_sparsity, str(self.cfg.parp_scope))
+        logger.info("PARP %s: %d of %d Transformer weights set to zero (target %.3f, scope %s)", why, zeroed,
+                    sum(w.numel() for w in weights), self.cfg.parp_sparsity, self.cfg.parp_scope)
+
+    def after_update(self, num_updates: int) -> None:
+        """Called by the hjprune tasks after every optimizer step with the new update count."""
+        if self.cfg.parp_max_update <= 0:
+            raise ValueError("PARP needs optimization.max_update > 0: its final prune runs after the last update")
+        if num_updates >= self.cfg.parp_max_update:
+            self.parp_prune(f"final prune at update {num_updates}")
+        elif num_updates % self.cfg.parp_interval_updates == 0:
+            self.parp_prune(f"re-prune at update {num_updates}")
