@@ -21,17 +21,17 @@ GROUPS = ("conv", "heads", "ffn", "hidden")
 class EncoderGates(nn.Module):
     def __init__(
         self, spec: EncoderSpec, conv: bool = True, heads: bool = True, ffn: bool = True, hidden: bool = True,
-        init_keep_prob: float = 0.99,
+        init_keep_prob: float = 0.99, ste: bool = False,
     ):
         super().__init__()
 
         def blocks(sizes: List[int]) -> nn.ModuleList:
-            return nn.ModuleList(HardConcrete((n,), init_keep_prob) for n in sizes)
+            return nn.ModuleList(HardConcrete((n,), init_keep_prob, ste=ste) for n in sizes)
 
         self.conv = blocks([c for c, _, _ in spec.conv_layers]) if conv else None
         self.heads = blocks(spec.num_heads) if heads else None
         self.ffn = blocks(spec.ffn_dims) if ffn else None
-        self.hidden = HardConcrete((spec.embed_dim,), init_keep_prob) if hidden else None
+        self.hidden = HardConcrete((spec.embed_dim,), init_keep_prob, ste=ste) if hidden else None
 
     def enabled(self) -> List[str]:
         return [g for g in GROUPS if getattr(self, g) is not None]
@@ -46,7 +46,8 @@ class EncoderGates(nn.Module):
         )
 
     def forward(self) -> GateMasks:
-        """Samples in training mode, deterministic 0/1 masks in eval mode."""
+        """Samples in training mode (deterministic masks with straight-through gradients under ``ste``),
+        deterministic 0/1 masks in eval mode."""
         return self._collect(lambda g: g())
 
     def keep_probs(self) -> GateMasks:

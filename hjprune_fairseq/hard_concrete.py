@@ -59,17 +59,22 @@ class HardConcrete(nn.Module):
     """A block of HardConcrete gates of shape ``shape`` (e.g. (layers, heads)).
 
     In training mode ``forward()`` draws one sample per unit (shared by the whole batch, as in
-    CoFi/DPHuBERT); in eval mode it returns the deterministic 0/1 mask. ``log_alpha`` carries the
-    parameter-group tag ``hjprune_gate`` so the optimizer can give it its own learning rate.
+    CoFi/DPHuBERT); in eval mode it returns the deterministic 0/1 mask. With ``ste`` (straight-through
+    estimator, Wang et al., Interspeech 2023) training forwards the deterministic mask too, and the
+    gradient reaches ``log_alpha`` as if through the sample: what is trained is what is exported.
+    ``log_alpha`` carries the parameter-group tag ``hjprune_gate`` so the optimizer can give it its
+    own learning rate.
     """
 
-    def __init__(self, shape: Sequence[int], init_keep_prob: float = 0.99, init_std: float = 0.01) -> None:
+    def __init__(self, shape: Sequence[int], init_keep_prob: float = 0.99, init_std: float = 0.01,
+                 ste: bool = False) -> None:
         super().__init__()
         self.shape: Tuple[int, ...] = tuple(int(s) for s in shape)
         self.log_alpha = nn.Parameter(torch.empty(self.shape))
         self.log_alpha.param_group = GATE_GROUP
         self.init_keep_prob = init_keep_prob
         self.init_std = init_std
+        self.ste = ste
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -86,9 +91,12 @@ class HardConcrete(nn.Module):
         return deterministic_mask(self.log_alpha)
 
     def forward(self) -> torch.Tensor:
-        if self.training:
-            return sample(self.log_alpha)
-        return self.deterministic_mask()
+        if not self.training:
+            return self.deterministic_mask()
+        z = sample(self.log_alpha)
+        if self.ste:
+            return self.deterministic_mask() + (z - z.detach())  # value: the mask; gradient: the sample's
+        return z
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}, init_keep_prob={self.init_keep_prob}"
+        return f"shape={self.shape}, init_keep_prob={self.init_keep_prob}, ste={self.ste}"

@@ -141,3 +141,31 @@ def test_export_refuses_non_gated_and_missing(tmp_path, stock_ctc):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="garbage.pt: not a readable fairseq checkpoint"):
         export_slim(str(bad), str(tmp_path / "s.pt"))
+
+
+def test_ste_training_forward_equals_the_exported_model(w2v_pretrained, tmp_path):
+    """gate_ste: the training forward already is the slim model; log_alpha still gets gradients."""
+    gated = gated_model(w2v_pretrained, gate_ste=True)
+    randomize_gates(gated)
+    export_slim(save_like_trainer(gated, tmp_path / "gated.pt"), str(tmp_path / "slim.pt"))
+    slim, _ = load_model(str(tmp_path / "slim.pt"))
+    assert "gate_ste" not in slim.cfg
+    source, pad = batch(LENGTHS, seed=5)
+    gated.train()
+    torch.manual_seed(0)
+    a = gated.get_logits(gated(source=source, padding_mask=pad))
+    with torch.no_grad():
+        b = slim.get_logits(slim(source=source, padding_mask=pad))
+    finite = torch.isfinite(b)
+    assert max_diff(a.detach()[finite], b[finite]) < 1e-4
+    a[finite].logsumexp(-1).sum().backward()
+    grads = [g.log_alpha.grad for g in list(gated.gates.heads) + list(gated.gates.ffn) + [gated.gates.hidden]]
+    assert all(g is not None for g in grads) and any(bool(g.abs().sum() > 0) for g in grads)
+
+    plain = gated_model(w2v_pretrained)  # without STE the training forward is a random sample, not the mask
+    plain.load_state_dict(gated.state_dict())
+    plain.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        c = plain.get_logits(plain(source=source, padding_mask=pad))
+    assert max_diff(c[finite], b[finite]) > 1e-2

@@ -90,6 +90,10 @@ class HJPruneGatedCtcConfig(HJPruneCtcConfig):
     gate_init_keep_prob: float = field(
         default=0.99, metadata={"help": "initial P(gate != 0) of every unit (log_alpha is set from it)"}
     )
+    gate_ste: bool = field(
+        default=False, metadata={"help": "straight-through estimator: training forwards the deterministic 0/1 masks "
+                                         "that export keeps; gradients reach log_alpha through the HardConcrete sample"}
+    )
 
 
 def _masking(cfg: HJPruneCtcConfig) -> MaskingOptions:
@@ -267,5 +271,5 @@ class HJPruneGatedCtc(HJPruneCtcModel):
             raise ValueError(f"model.gate_init_keep_prob must be in (0, 1), got {cfg.gate_init_keep_prob}")
         return EncoderGates(
             spec, conv=cfg.prune_conv, heads=cfg.prune_heads, ffn=cfg.prune_ffn, hidden=cfg.prune_hidden,
-            init_keep_prob=cfg.gate_init_keep_prob,
+            init_keep_prob=cfg.gate_init_keep_prob, ste=cfg.gate_ste,
         )
