@@ -12,15 +12,19 @@ from omegaconf import OmegaConf
 from .fairseq_import import load_state
 from .models.hjprune_cls import CLASSIFIERS, HJPruneGatedCls, HJPruneParpCls, HJPruneSlimCls
 from .models.hjprune_ctc import HJPruneCtcModel, HJPruneGatedCtc, HJPruneParpCtc, HJPruneSlimCtc
+from .models.hjprune_distill import HJPruneGatedDistill, HJPruneSlimDistill
 from .slim import slim_encoder, slim_head
 
 MODEL_CLASSES = {
     "hjprune_wav2vec_ctc": HJPruneGatedCtc, "hjprune_slim_ctc": HJPruneSlimCtc,
     "hjprune_wav2vec_cls": HJPruneGatedCls, "hjprune_slim_cls": HJPruneSlimCls,
     "hjprune_parp_ctc": HJPruneParpCtc, "hjprune_parp_cls": HJPruneParpCls,
+    "hjprune_wav2vec_distill": HJPruneGatedDistill, "hjprune_slim_distill": HJPruneSlimDistill,
 }
+DISTILL = ("hjprune_wav2vec_distill", "hjprune_slim_distill")  # prediction heads, no vocabulary
 PARP = ("hjprune_parp_ctc", "hjprune_parp_cls")  # dense models with unstructured zeros (parp.py)
-SLIM_OF = {"hjprune_wav2vec_ctc": "hjprune_slim_ctc", "hjprune_wav2vec_cls": "hjprune_slim_cls"}
+SLIM_OF = {"hjprune_wav2vec_ctc": "hjprune_slim_ctc", "hjprune_wav2vec_cls": "hjprune_slim_cls",
+           "hjprune_wav2vec_distill": "hjprune_slim_distill"}
 GATE_FIELDS = ("prune_conv", "prune_heads", "prune_ffn", "prune_hidden", "gate_init_keep_prob", "gate_ste")
 
 
@@ -39,9 +43,13 @@ def model_from_state(state: Dict[str, Any], path: str) -> HJPruneCtcModel:
     saved = OmegaConf.to_container(state["cfg"]["model"], resolve=False, enum_to_str=True)
     cfg = OmegaConf.merge(OmegaConf.structured(cls.__dataclass), saved)
     weights = state["model"]
-    if "proj.weight" not in weights:
+    if arch in DISTILL:
+        vocab = 0
+    elif "proj.weight" in weights:
+        vocab = weights["proj.weight"].shape[0]
+    else:
         raise ValueError(f"{path}: no output layer 'proj.weight' in the weights")
-    model = cls.from_config(cfg, weights["proj.weight"].shape[0])
+    model = cls.from_config(cfg, vocab)
     model.load_state_dict(weights, strict=True)
     return model.eval()
 
@@ -65,7 +73,10 @@ def export_slim(gated_path: str, slim_path: str, overwrite: bool = False) -> Dic
     masks = model.gates.deterministic() if model.gates is not None else model.gate_masks()
     with torch.no_grad():
         spec, enc = slim_encoder(model.spec, model.encoder.state_dict(), masks, source=gated_path)
-        head = slim_head(model.proj.state_dict(), masks)
+        if isinstance(model.proj, torch.nn.ModuleList):  # distillation: one prediction head per layer
+            head = {f"{i}.{k}": v for i, h in enumerate(model.proj) for k, v in slim_head(h.state_dict(), masks).items()}
+        else:
+            head = slim_head(model.proj.state_dict(), masks)
     model_cfg = OmegaConf.to_container(state["cfg"]["model"], resolve=False, enum_to_str=True)
     for k in GATE_FIELDS:
         model_cfg.pop(k, None)

@@ -16,9 +16,10 @@ from fairseq_fixtures import USER_DIR, compose_like_fairseq, letter_dictionary
 
 SETS = sorted(d for d in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, d)))
 MODES = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, SETS[0], "mode", "*.yaml")))
+DISTILL_SETS = ["tiny", "wav2vec2_base"]  # task-agnostic: SLU fine-tunes from these encoders
 CASES = [(s, stage, None) for stage in ("finetune", "final", "parp") for s in SETS] + [
     (s, "prune", m) for s in SETS for m in MODES
-]
+] + [(s, "distill", m) for s in DISTILL_SETS for m in MODES]
 
 
 class _Task:
@@ -55,6 +56,8 @@ def test_example_builds(config_set, stage, mode, w2v_pretrained, slim_ckpt, tmp_
                  f"model.w2v_path={slim_ckpt if stage == 'final' else w2v_pretrained}"]
     if mode:
         overrides.append(f"mode={mode}")
+    if stage == "distill":
+        overrides.append("model.distill_layers='1,2'")  # the test checkpoint has two layers
     cfg = compose_like_fairseq(os.path.join(ROOT, config_set), stage, overrides)
     assert cfg.model._name.startswith("hjprune_")
     with open(os.path.join(ROOT, config_set, f"{stage}.yaml")) as f:
@@ -68,7 +71,7 @@ def test_example_builds(config_set, stage, mode, w2v_pretrained, slim_ckpt, tmp_
     scheduler = lr_scheduler.build_lr_scheduler(cfg.lr_scheduler, optimizer)
     scheduler.step_update(1)
     assert optimizer.get_lr() > 0
-    if stage == "prune":
+    if stage in ("prune", "distill"):
         assert cfg.criterion.sparsity_mode == mode and model.gates is not None
         penalty, logs = criterion.sparsity(model, 0)
         assert torch.isfinite(penalty)

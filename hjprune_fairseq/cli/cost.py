@@ -25,7 +25,7 @@ def describe(source: str, seconds: float) -> Dict:
     arch = arch_of(state)
     if arch in MODEL_CLASSES:
         model = model_from_state(state, source)
-        vocab = model.proj.out_features
+        vocab = getattr(model.proj, "out_features", 0)  # distillation heads are training-only: not costed
         per_frame = arch not in CLASSIFIERS
         ref = model.reference_spec
         if model.gates is not None:

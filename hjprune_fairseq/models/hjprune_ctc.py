@@ -124,15 +124,20 @@ class HJPruneCtcModel(BaseFairseqModel):
             feature_grad_mult=cfg.feature_grad_mult, masking=_masking(cfg),
         )
         self.final_dropout = nn.Dropout(cfg.final_dropout)
-        self.proj = nn.Linear(spec.embed_dim, vocab_size)
-        nn.init.xavier_uniform_(self.proj.weight)
-        nn.init.constant_(self.proj.bias, 0.0)
+        self.proj = self.build_output(spec, vocab_size)
         self.gates = gates
         self.apply_mask = cfg.apply_mask
         self.freeze_finetune_updates = cfg.freeze_finetune_updates
         self.num_updates = 0
 
     # ---- construction -------------------------------------------------------------------------
+    def build_output(self, spec: EncoderSpec, vocab_size: int) -> nn.Module:
+        """The output layer ``proj``: one linear map to the vocabulary (the distillation model has heads)."""
+        proj = nn.Linear(spec.embed_dim, vocab_size)
+        nn.init.xavier_uniform_(proj.weight)
+        nn.init.constant_(proj.bias, 0.0)
+        return proj
+
     @classmethod
     def make_gates(cls, cfg: HJPruneCtcConfig, spec: EncoderSpec) -> Optional[EncoderGates]:
         return None

@@ -19,6 +19,7 @@ from typing import Optional
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
+from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 from omegaconf import OmegaConf, open_dict
 
 from .. import compat, data_checks
@@ -56,8 +57,16 @@ def propagate_model_fields(model, model_cfg) -> None:
                     model_cfg[key] = built[key]
 
 
+class CompleteBatches:
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        # fairseq would silently drop the last batch of a split (compat quirk 4).
+        requested = kwargs.get("required_batch_size_multiple", 1)
+        kwargs["required_batch_size_multiple"] = compat.batch_multiple_that_keeps_every_utterance(requested)
+        return super().get_batch_iterator(dataset, *args, **kwargs)
+
+
 @register_task("hjprune_audio_finetuning", dataclass=HJPruneAudioFinetuningConfig)
-class HJPruneAudioFinetuningTask(AudioFinetuningTask):
+class HJPruneAudioFinetuningTask(CompleteBatches, AudioFinetuningTask):
     SINGLE_LABEL = False  # one symbol per label line (utterance classification)
     def complete_task_cfg(self, task_cfg):
         """fairseq-generate passes the checkpoint's saved task section, which an older fairseq may have
@@ -95,12 +104,6 @@ class HJPruneAudioFinetuningTask(AudioFinetuningTask):
         if hook is not None:
             hook(update_num + 1)
 
-    def get_batch_iterator(self, dataset, *args, **kwargs):
-        # fairseq would silently drop the last batch of a split (compat quirk 4).
-        requested = kwargs.get("required_batch_size_multiple", 1)
-        kwargs["required_batch_size_multiple"] = compat.batch_multiple_that_keeps_every_utterance(requested)
-        return super().get_batch_iterator(dataset, *args, **kwargs)
-
 
 @dataclass
 class HJPruneAudioClassificationConfig(HJPruneAudioFinetuningConfig):
@@ -120,3 +123,32 @@ class HJPruneAudioClassificationTask(HJPruneAudioFinetuningTask):
 
     def build_generator(self, models, args, **kwargs):
         return ClassifierGenerator(self.target_dictionary)
+
+
+@dataclass
+class HJPruneAudioDistillConfig(AudioPretrainingConfig):
+    enable_padding: bool = field(
+        default=True, metadata={"help": "pad the utterances of a batch (true) instead of cropping them to the shortest"}
+    )
+    check_audio: bool = field(
+        default=True, metadata={"help": "open every manifest row's audio before use (mono, sample rate, length)"}
+    )
+
+
+@register_task("hjprune_audio_distill", dataclass=HJPruneAudioDistillConfig)
+class HJPruneAudioDistillTask(CompleteBatches, AudioPretrainingTask):
+    """Unlabeled audio ({split}.tsv only) for task-agnostic pruning by distillation (criterion
+    ``hjprune_distill``, model ``hjprune_wav2vec_distill``): fairseq's audio_pretraining with the
+    manifest checks, the saved encoder shape and the complete batches of the tasks above."""
+
+    def load_dataset(self, split: str, task_cfg=None, **kwargs):
+        task_cfg = task_cfg or self.cfg
+        if task_cfg.multi_corpus_keys is None:
+            data_checks.read_manifest(os.path.join(self.cfg.data, f"{split}.tsv"), self.cfg.check_audio,
+                                      task_cfg.sample_rate)
+        super().load_dataset(split, task_cfg, **kwargs)
+
+    def build_model(self, model_cfg, from_checkpoint=False):
+        model = super().build_model(model_cfg, from_checkpoint)
+        propagate_model_fields(model, model_cfg)
+        return model

@@ -1,0 +1,99 @@
+"""Task-agnostic pruning by distillation (Wang et al., Interspeech 2023; DPHuBERT's recipe).
+
+``hjprune_wav2vec_distill`` is the gated encoder of ``hjprune_wav2vec_ctc`` whose output is not a
+vocabulary but one linear prediction head per distilled layer: head k maps the student's output of
+Transformer layer ``distill_layers[k]`` to the teacher's dimension. The ``hjprune_distill``
+criterion compares them with the frozen unpruned teacher's outputs of the same layers, on unlabeled
+audio (task ``hjprune_audio_distill``). ``hjprune-export`` writes ``hjprune_slim_distill``: the slim
+encoder with its heads, which any hjprune model can take as ``w2v_path`` (the heads are not used
+then; a fine-tuning model gets a new output layer).
+"""
+
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+from fairseq.models import register_model
+from omegaconf import open_dict
+from torch import nn
+
+from ..fairseq_import import ImportedCheckpoint
+from ..spec import EncoderSpec
+from .hjprune_ctc import HJPruneCtcConfig, HJPruneGatedCtc, HJPruneGatedCtcConfig, HJPruneSlimCtc
+
+
+@dataclass
+class DistillFields:
+    distill_layers: str = field(
+        default="4,8,12", metadata={"help": "comma-separated 1-based Transformer layers whose outputs are distilled, "
+                                            "student layer k to teacher layer k (DPHuBERT: 4,8,12)"}
+    )
+    teacher_dim: Optional[int] = field(
+        default=None, metadata={"help": "output size of the prediction heads: the teacher's embed_dim (set automatically)"}
+    )
+
+
+@dataclass
+class HJPruneDistillConfig(HJPruneGatedCtcConfig, DistillFields):
+    pass
+
+
+@dataclass
+class HJPruneSlimDistillConfig(HJPruneCtcConfig, DistillFields):
+    pass
+
+
+def parse_layers(text: str, num_layers: int) -> List[int]:
+    """'4,8,12' -> [4, 8, 12]; ValueError unless strictly increasing layers in 1..num_layers."""
+    try:
+        layers = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"model.distill_layers must be comma-separated layer numbers, got {text!r}") from None
+    if not layers or layers != sorted(set(layers)) or layers[0] < 1 or layers[-1] > num_layers:
+        raise ValueError(f"model.distill_layers must be increasing layer numbers in 1..{num_layers}, got {text!r}")
+    return layers
+
+
+class DistillHeads:
+    """Mixin: prediction heads instead of the vocabulary output, and a forward that returns them."""
+
+    def build_output(self, spec: EncoderSpec, vocab_size: int) -> nn.Module:
+        cfg = self.cfg
+        if cfg.layerdrop > 0:
+            raise ValueError("model.layerdrop must be 0 for distillation: a dropped layer has no output to distil")
+        self.distill_layers = parse_layers(cfg.distill_layers, spec.num_layers)
+        if cfg.teacher_dim is None:
+            with open_dict(cfg):  # the unpruned model's width; saved with the checkpoint
+                ref = cfg.reference_spec
+                cfg.teacher_dim = (EncoderSpec.from_dict(dict(ref)) if ref is not None else spec).embed_dim
+        return nn.ModuleList(nn.Linear(spec.embed_dim, cfg.teacher_dim) for _ in self.distill_layers)
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        return cls.from_config(cfg, 0)  # unlabeled audio: no vocabulary
+
+    def load_imported(self, ckpt: ImportedCheckpoint) -> None:
+        ckpt.head_state = None  # an output layer is no prediction head: keep the fresh heads
+        super().load_imported(ckpt)
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict[str, Any]:
+        """{"layers": [(B, T, teacher_dim) per distilled layer], "padding_mask": (B, T) or None}."""
+        x, frame_pad, outputs = self.encoder(source, padding_mask, self.gate_masks(), mask=self.apply_mask and self.training,
+                                             return_layers=True)
+        preds = [head(outputs[i - 1]) for i, head in zip(self.distill_layers, self.proj)]
+        return {"layers": preds, "padding_mask": frame_pad}
+
+
+@register_model("hjprune_slim_distill", dataclass=HJPruneSlimDistillConfig)
+class HJPruneSlimDistill(DistillHeads, HJPruneSlimCtc):
+    """The exported distilled encoder (slim, with its prediction heads)."""
+
+    ARCH = "hjprune_slim_distill"
+
+
+@register_model("hjprune_wav2vec_distill", dataclass=HJPruneDistillConfig)
+class HJPruneGatedDistill(DistillHeads, HJPruneGatedCtc):
+    """The gated encoder pruned by distillation from its frozen unpruned self."""
+
+    ARCH = "hjprune_wav2vec_distill"
