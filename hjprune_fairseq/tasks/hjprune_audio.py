@@ -1,5 +1,6 @@
 """``hjprune_audio_finetuning`` (and ``hjprune_audio_classification``): fairseq's audio_finetuning
-task (wav2vec tsv manifests + labels) for hjprune models, with four additions:
+task (wav2vec tsv manifests + labels) for hjprune models, with five additions (``hjprune_audio_distill``,
+for unlabeled audio, shares the first, second and fourth):
 
 - fairseq's ``build_model`` configures the model from a merged COPY of ``cfg.model``, so what the
   model learns while building (its ``encoder_spec``, read from ``w2v_path``) would not reach the
@@ -8,7 +9,8 @@ task (wav2vec tsv manifests + labels) for hjprune models, with four additions:
 - every split is checked before use (data_checks): audio files, label line counts, symbols;
 - ``build_generator`` returns greedy CTC decoding, so fairseq-generate works with CTC models
   (hjprune gated or slim, and stock wav2vec_ctc);
-- batches keep every utterance (compat quirk 4: fairseq drops the last batch otherwise).
+- batches keep every utterance (compat quirk 4: fairseq drops the last batch otherwise);
+- after each optimizer step the model's ``after_update`` hook runs, if it has one (PARP's re-prune).
 """
 
 
