@@ -164,6 +164,15 @@ def hydra_train(config_dir: str, name: str, overrides: List[str], cwd: str, time
                           capture_output=True, text=True, timeout=timeout)
 
 
+def train_ok(config_dir: str, name: str, data: str, w2v_path: str, save_dir, overrides: List[str]) -> str:
+    """fairseq-hydra-train one example config on test data (small batches); asserts success, returns the log."""
+    r = hydra_train(config_dir, name, [
+        f"common.user_dir={USER_DIR}", f"task.data={data}", f"model.w2v_path={w2v_path}",
+        f"checkpoint.save_dir={save_dir}", "dataset.max_tokens=64000", *overrides], cwd=os.path.dirname(str(save_dir)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
 INTENTS = ["alarm_set", "weather_query", "music_play", "calendar_set"]
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, make_letter_corpus
+from fairseq_fixtures import EXAMPLES, make_letter_corpus, save_like_trainer, train_ok
 from helpers import max_diff, open_gates
 from omegaconf import OmegaConf
 
@@ -57,12 +57,9 @@ def test_distill_export_and_finetune(tmp_path, w2v_pretrained):
     data = make_letter_corpus(str(tmp_path / "data"), {"train": 8, "valid": 4})
     for split in ("train", "valid"):  # unlabeled audio: the manifest alone
         os.remove(os.path.join(data, f"{split}.ltr"))
-    r = hydra_train(os.path.join(EXAMPLES, "tiny"), "distill", [
-        f"common.user_dir={USER_DIR}", f"task.data={data}", f"model.w2v_path={w2v_pretrained}",
-        f"checkpoint.save_dir={tmp_path / 'ck'}", "optimization.max_update=4", "dataset.max_tokens=64000",
-        "common.log_interval=1", "criterion.sparsity_warmup_updates=2", "model.distill_layers='1,2'"], cwd=str(tmp_path))
-    assert r.returncode == 0, r.stderr[-3000:]
-    log = r.stdout + r.stderr
+    log = train_ok(os.path.join(EXAMPLES, "tiny"), "distill", data, w2v_pretrained, tmp_path / "ck", [
+        "optimization.max_update=4", "common.log_interval=1", "criterion.sparsity_warmup_updates=2",
+        "model.distill_layers='1,2'"])
     assert "l1=" in log and "cos=" in log and "sparsity=" in log and "lambda1=" in log
     gated_path = str(tmp_path / "ck" / "checkpoint_last.pt")
     gated, _ = load_model(gated_path)
@@ -70,7 +67,6 @@ def test_distill_export_and_finetune(tmp_path, w2v_pretrained):
 
     with torch.no_grad():  # prune something for sure, then export
         gated.gates.ffn[1].log_alpha[:100] = -20.0
-    from fairseq_fixtures import save_like_trainer
     gated_path = save_like_trainer(gated, tmp_path / "gated.pt")
     slim_path = str(tmp_path / "slim.pt")
     export_slim(gated_path, slim_path)
@@ -83,10 +79,6 @@ def test_distill_export_and_finetune(tmp_path, w2v_pretrained):
 
     # the distilled encoder is a w2v_path for fine-tuning (new CTC head, labels needed again)
     data2 = make_letter_corpus(str(tmp_path / "data2"), {"train": 8, "valid": 4})
-    r = hydra_train(os.path.join(EXAMPLES, "tiny"), "final", [
-        f"common.user_dir={USER_DIR}", f"task.data={data2}", f"model.w2v_path={slim_path}",
-        f"checkpoint.save_dir={tmp_path / 'ck2'}", "optimization.max_update=2", "dataset.max_tokens=64000"],
-        cwd=str(tmp_path))
-    assert r.returncode == 0, r.stderr[-3000:]
+    train_ok(os.path.join(EXAMPLES, "tiny"), "final", data2, slim_path, tmp_path / "ck2", ["optimization.max_update=2"])
     tuned, _ = load_model(str(tmp_path / "ck2" / "checkpoint_last.pt"))
     assert tuned.spec == slim.spec and tuned.proj.out_features > 0

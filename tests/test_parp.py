@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, make_letter_corpus
+from fairseq_fixtures import EXAMPLES, make_letter_corpus, train_ok
 from omegaconf import OmegaConf
 
 from hjprune_fairseq.checkpoints import load_model
@@ -64,12 +64,8 @@ def test_bad_parp_config(w2v_pretrained):
 
 def test_parp_under_fairseq_hydra_train(tmp_path, w2v_pretrained, capsys):
     data = make_letter_corpus(str(tmp_path / "data"), {"train": 8, "valid": 4})
-    r = hydra_train(os.path.join(EXAMPLES, "tiny"), "parp", [
-        f"common.user_dir={USER_DIR}", f"task.data={data}", f"model.w2v_path={w2v_pretrained}",
-        f"checkpoint.save_dir={tmp_path / 'ck'}", "optimization.max_update=5", "model.parp_interval_updates=2",
-        "model.parp_sparsity=0.3", "model.parp_scope=global", "dataset.max_tokens=64000"], cwd=str(tmp_path))
-    assert r.returncode == 0, r.stderr[-3000:]
-    log = r.stdout + r.stderr
+    log = train_ok(os.path.join(EXAMPLES, "tiny"), "parp", data, w2v_pretrained, tmp_path / "ck", [
+        "optimization.max_update=5", "model.parp_interval_updates=2", "model.parp_sparsity=0.3", "model.parp_scope=global"])
     assert "PARP initial prune" in log and "PARP re-prune at update 2" in log and "PARP re-prune at update 4" in log
     assert "PARP final prune at update 5" in log
     model, _ = load_model(str(tmp_path / "ck" / "checkpoint_last.pt"))
