@@ -96,11 +96,15 @@ def magnitude_prune_(weights: List[torch.Tensor], sparsity: float, scope: str) -
     return zeroed
 
 
-def zero_fraction(encoder: nn.Module) -> float:
-    """Fraction of the pruned matrices' entries that are exactly zero."""
+def zero_count(encoder: nn.Module) -> Tuple[int, int]:
+    """(entries that are exactly zero, all entries) of the pruned matrices."""
     weights = [w for _, w in prunable_weights(encoder)]
-    total = sum(w.numel() for w in weights)
-    return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0
+    return sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
+
+
+def zero_fraction(encoder: nn.Module) -> float:
+    zeros, total = zero_count(encoder)
+    return zeros / total if total else 0.0
 
 
 class ParpMixin:

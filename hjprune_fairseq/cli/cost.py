@@ -39,9 +39,9 @@ def describe(source: str, seconds: float) -> Dict:
             r["kind"] = "dense" if arch in SLIM_OF else "slim"
         if arch in PARP:
             # Unstructured zeros: the structure (and so the MACs of dense kernels) is unchanged.
-            from ..parp import prunable_weights
+            from ..parp import zero_count
 
-            zeros = sum(int((w == 0).sum()) for _, w in prunable_weights(model.encoder))
+            zeros, _ = zero_count(model.encoder)
             r["kind"] = "dense with unstructured zeros (PARP)"
             r["zero_weights"] = zeros
             r["nonzero_encoder_params"] = r["encoder_params"] - zeros

@@ -70,9 +70,8 @@ class HJPruneDistillCriterion(SparsityPenaltyMixin, FairseqCriterion):
         inner = getattr(model, "module", model)
         targets = self.teacher_layers(net_input["source"], net_input.get("padding_mask"), inner.distill_layers)
         pad = out["padding_mask"]
-        keep = torch.ones(out["layers"][0].shape[:2], dtype=torch.bool, device=out["layers"][0].device)
-        if pad is not None:
-            keep = ~pad
+        first = out["layers"][0]
+        keep = ~pad if pad is not None else torch.ones(first.shape[:2], dtype=torch.bool, device=first.device)
         l1 = cos = 0.0
         for pred, target in zip(out["layers"], targets):
             pred = pred.float()
