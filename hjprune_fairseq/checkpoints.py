@@ -25,7 +25,8 @@ DISTILL = ("hjprune_wav2vec_distill", "hjprune_slim_distill")  # prediction head
 PARP = ("hjprune_parp_ctc", "hjprune_parp_cls")  # dense models with unstructured zeros (parp.py)
 SLIM_OF = {"hjprune_wav2vec_ctc": "hjprune_slim_ctc", "hjprune_wav2vec_cls": "hjprune_slim_cls",
            "hjprune_wav2vec_distill": "hjprune_slim_distill"}
-GATE_FIELDS = ("prune_conv", "prune_heads", "prune_ffn", "prune_hidden", "gate_init_keep_prob", "gate_ste")
+GATE_FIELDS = ("prune_conv", "prune_heads", "prune_ffn", "prune_hidden", "prune_head_dims", "gate_init_keep_prob",
+               "gate_ste")
 
 
 def arch_of(state: Dict[str, Any]) -> Any:

@@ -10,7 +10,9 @@ Eq. 10-12; biases, norms, activations and softmax cost no MACs):
 - pos_conv: the grouped positional conv, MAC = T * K * sum_g n_g^2 (Eq. 12 per group); params =
   weight_v, weight_g (K) and bias.
 - attention: q/k/v/out projections and scores, MAC = 4*T*h*d*d_head + 2*T^2*h*d_head (Eq. 10);
-  params include the self-attention LayerNorm.
+  params include the self-attention LayerNorm. With per-head sizes (fine-grained pruning), h*d_head
+  splits into QK = sum of query/key dims and VO = sum of value/output dims over the kept heads:
+  MAC = 2*T*d*QK + 2*T*d*VO + T^2*QK + T^2*VO.
 - ffn: MAC = 2*T*d*d_int (Eq. 11); params include the final LayerNorm.
 - other: feature LayerNorm, feature projection (MAC = T * C_last * d), mask embedding, encoder
   LayerNorm.
@@ -43,6 +45,8 @@ class Counts:
     heads: List[Number]
     ffn: List[Number]
     pos_groups: List[Number]  # kept hidden dims in each positional-conv group
+    qk: List[Number]  # per layer: query/key dims summed over the kept heads
+    vo: List[Number]  # per layer: value/output dims summed over the kept heads
 
     @property
     def hidden(self) -> Number:
@@ -98,7 +102,22 @@ def counts(spec: EncoderSpec, keep: Optional[GateMasks] = None) -> Counts:
         pos_groups = [total(g) for g in torch.split(keep.hidden, spec.pos_conv_groups)]
     else:
         pos_groups = list(spec.pos_conv_groups)
-    return Counts(conv, heads, ffn, pos_groups)
+
+    qk, vo = [], []
+    for i in range(spec.num_layers):
+        if keep.heads is None and keep.qk is None and keep.vo is None:
+            qk.append(sum(spec.head_qk(i)))
+            vo.append(sum(spec.head_vo(i)))
+            continue
+        # Per head: its kept dims, times its keep value; a head without value/output dims is gone,
+        # query/key dims included (min(1, VO_h): exact for 0/1 masks, 1 for any real expected head).
+        f64 = torch.float64
+        q_h = keep.qk[i].sum(-1, dtype=f64) if keep.qk is not None else torch.tensor(spec.head_qk(i), dtype=f64)
+        v_h = keep.vo[i].sum(-1, dtype=f64) if keep.vo is not None else torch.tensor(spec.head_vo(i), dtype=f64)
+        z = keep.heads[i].to(f64) if keep.heads is not None else torch.ones_like(v_h)
+        qk.append((z * q_h * v_h.clamp(max=1.0)).sum())
+        vo.append((z * v_h).sum())
+    return Counts(conv, heads, ffn, pos_groups, qk, vo)
 
 
 def frames_for(spec: EncoderSpec, seconds: float, sample_rate: int = SAMPLE_RATE) -> List[int]:
@@ -124,7 +143,6 @@ def cost(
     lengths = frames_for(spec, seconds, sample_rate)
     T = lengths[-1]
     d = c.hidden
-    dh = spec.head_dim
     K = spec.pos_conv_kernel
 
     cnn_p: Number = 0
@@ -139,12 +157,12 @@ def cost(
     c_last = c_in
 
     sq = sum(n * n for n in c.pos_groups)
-    att_m = [4 * T * h * d * dh + 2 * T * T * h * dh for h in c.heads]
+    att_m = [2 * T * d * (qk + vo) + T * T * (qk + vo) for qk, vo in zip(c.qk, c.vo)]
     ffn_m = [2 * T * d * f for f in c.ffn]
     params = {
         "cnn": cnn_p,
         "pos_conv": K * sq + K + d,
-        "attention": sum(4 * d * h * dh + 3 * h * dh + d + 2 * d for h in c.heads),
+        "attention": sum(2 * d * (qk + vo) + 2 * qk + vo + d + 2 * d for qk, vo in zip(c.qk, c.vo)),
         "ffn": sum(2 * d * f + f + d + 2 * d for f in c.ffn),
         "other": 2 * c_last + c_last * d + d + d + 2 * d,
     }
@@ -216,6 +234,8 @@ def report(
         "layers": {
             "conv_channels": [to_float(v) for v in k.conv],
             "heads": [to_float(v) for v in k.heads],
+            "qk_dims": [to_float(v) for v in k.qk],
+            "vo_dims": [to_float(v) for v in k.vo],
             "ffn_units": [to_float(v) for v in k.ffn],
             "cnn_gmacs": [to_float(v) / g for v in c.layer_macs["cnn"]],
             "attention_gmacs": [to_float(v) / g for v in c.layer_macs["attention"]],

@@ -16,7 +16,7 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,13 +30,17 @@ from .spec import EncoderSpec
 class GateMasks:
     """Gate values for one forward pass; ``None`` means that group is not gated.
 
-    conv: one (C_i,) vector per CNN layer; heads: (L, H); ffn: (L, F); hidden: (d,).
+    conv: one (C_i,) vector per CNN layer; heads: (L, H); ffn: (L, F); hidden: (d,); qk / vo: one
+    (H, head_dim) matrix per layer, gating the query/key and value/output dims inside every head
+    (fine-grained attention pruning).
     """
 
     conv: Optional[List[torch.Tensor]] = None
     heads: Optional[torch.Tensor] = None
     ffn: Optional[torch.Tensor] = None
     hidden: Optional[torch.Tensor] = None
+    qk: Optional[List[torch.Tensor]] = None
+    vo: Optional[List[torch.Tensor]] = None
 
 
 @dataclass
@@ -211,39 +215,77 @@ class PositionalConv(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with per-head gates; ``num_heads`` may be 0 (bias only)."""
+    """Multi-head self-attention with per-head gates; ``num_heads`` may be 0 (bias only).
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, dropout: float = 0.0):
+    ``qk_dims`` / ``vo_dims`` give each head its own query/key and value/output sizes (a model after
+    fine-grained pruning); the scale stays 1/sqrt(head_dim), as in the model it was pruned from.
+    Heads of one size run in one attention call. A head with no query/key dim scores every key 0:
+    it attends uniformly to the unpadded keys, as the masked model does.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, dropout: float = 0.0,
+                 qk_dims: Optional[List[int]] = None, vo_dims: Optional[List[int]] = None):
         super().__init__()
         self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
-        inner = num_heads * head_dim
-        self.q_proj = _linear(embed_dim, inner)
-        self.k_proj = _linear(embed_dim, inner)
-        self.v_proj = _linear(embed_dim, inner)
-        self.out_proj = _linear(inner, embed_dim)
+        self.qk_dims = list(qk_dims) if qk_dims is not None else [head_dim] * num_heads
+        self.vo_dims = list(vo_dims) if vo_dims is not None else [head_dim] * num_heads
+        self.uniform = set(self.qk_dims) <= {head_dim} and set(self.vo_dims) <= {head_dim}
+        self.by_size: Dict[Tuple[int, int], List[int]] = {}
+        for h, size in enumerate(zip(self.qk_dims, self.vo_dims)):
+            self.by_size.setdefault(size, []).append(h)
+        self.q_proj = _linear(embed_dim, sum(self.qk_dims))
+        self.k_proj = _linear(embed_dim, sum(self.qk_dims))
+        self.v_proj = _linear(embed_dim, sum(self.vo_dims))
+        self.out_proj = _linear(sum(self.vo_dims), embed_dim)
 
     def forward(
-        self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None, head_gate: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None, head_gate: Optional[torch.Tensor] = None,
+        qk_gate: Optional[torch.Tensor] = None, vo_gate: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """x (B, T, d); key_padding_mask (B, T) True at padding; head_gate (H,) -> (B, T, d)."""
+        """x (B, T, d); key_padding_mask (B, T) True at padding; head_gate (H,), qk_gate / vo_gate
+        (H, head_dim) -> (B, T, d)."""
         B, T, _ = x.shape
         if self.num_heads == 0:
             # Every head pruned: the block reduces to its output bias (the layer keeps its residual).
             return self.out_proj.bias.to(x.dtype).expand(B, T, -1)
+        attn_mask = None
+        if key_padding_mask is not None:
+            attn_mask = (~key_padding_mask).view(B, 1, 1, T)
+        dropout = self.dropout if self.training else 0.0
+        scale = self.head_dim ** -0.5
+        if not self.uniform:
+            return self.out_proj(self._per_size(x, attn_mask, dropout, scale, head_gate))
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        attn_mask = None
-        if key_padding_mask is not None:
-            attn_mask = (~key_padding_mask).view(B, 1, 1, T)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        if qk_gate is not None:  # a pruned query dim removes that term of every score (and the key dim)
+            q = q * qk_gate.to(q.dtype).view(1, self.num_heads, 1, self.head_dim)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
+        if vo_gate is not None:
+            y = y * vo_gate.to(y.dtype).view(1, self.num_heads, 1, self.head_dim)
         if head_gate is not None:
             y = y * head_gate.to(y.dtype).view(1, -1, 1, 1)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+    def _per_size(self, x, attn_mask, dropout: float, scale: float, head_gate) -> torch.Tensor:
+        """Heads of uneven sizes: one attention call per (qk, vo) size -> (B, T, sum of vo dims)."""
+        B, T, _ = x.shape
+        qs = torch.split(self.q_proj(x), self.qk_dims, dim=-1)
+        ks = torch.split(self.k_proj(x), self.qk_dims, dim=-1)
+        vs = torch.split(self.v_proj(x), self.vo_dims, dim=-1)
+        ys: List[Optional[torch.Tensor]] = [None] * self.num_heads
+        for (dq, _), idx in self.by_size.items():
+            v = torch.stack([vs[h] for h in idx], 1)
+            if dq == 0:
+                q = k = x.new_zeros(B, len(idx), T, 1)
+            else:
+                q, k = torch.stack([qs[h] for h in idx], 1), torch.stack([ks[h] for h in idx], 1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
+            for j, h in enumerate(idx):
+                ys[h] = y[:, j] if head_gate is None else y[:, j] * head_gate[h].to(y.dtype)
+        return torch.cat(ys, dim=-1)
 
 
 class FeedForward(nn.Module):
@@ -268,10 +310,11 @@ class EncoderLayer(nn.Module):
     def __init__(
         self, embed_dim: int, num_heads: int, head_dim: int, ffn_dim: int, layer_norm_first: bool,
         dropout: float = 0.0, attention_dropout: float = 0.0, activation_dropout: float = 0.0,
+        qk_dims: Optional[List[int]] = None, vo_dims: Optional[List[int]] = None,
     ):
         super().__init__()
         self.layer_norm_first = layer_norm_first
-        self.self_attn = SelfAttention(embed_dim, num_heads, head_dim, attention_dropout)
+        self.self_attn = SelfAttention(embed_dim, num_heads, head_dim, attention_dropout, qk_dims, vo_dims)
         self.self_attn_layer_norm = MaskedLayerNorm(embed_dim, eps=1e-5)
         self.ffn = FeedForward(embed_dim, ffn_dim, activation_dropout)
         self.final_layer_norm = MaskedLayerNorm(embed_dim, eps=1e-5)
@@ -280,13 +323,14 @@ class EncoderLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, padding_mask: Optional[torch.Tensor], head_gate: Optional[torch.Tensor] = None,
         ffn_gate: Optional[torch.Tensor] = None, hidden: Optional[torch.Tensor] = None,
+        qk_gate: Optional[torch.Tensor] = None, vo_gate: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         if self.layer_norm_first:
-            a = self.self_attn(self.self_attn_layer_norm(x, hidden), padding_mask, head_gate)
+            a = self.self_attn(self.self_attn_layer_norm(x, hidden), padding_mask, head_gate, qk_gate, vo_gate)
             x = x + self.dropout(_mul(a, hidden))
             f = self.ffn(self.final_layer_norm(x, hidden), ffn_gate)
             return x + self.dropout(_mul(f, hidden))
-        a = self.self_attn(x, padding_mask, head_gate)
+        a = self.self_attn(x, padding_mask, head_gate, qk_gate, vo_gate)
         x = self.self_attn_layer_norm(x + self.dropout(_mul(a, hidden)), hidden)
         f = self.ffn(x, ffn_gate)
         return self.final_layer_norm(x + self.dropout(_mul(f, hidden)), hidden)
@@ -321,8 +365,9 @@ class Wav2Vec2Encoder(nn.Module):
         self.pos_conv = PositionalConv(spec.pos_conv_groups, spec.pos_conv_kernel)
         self.encoder_layer_norm = MaskedLayerNorm(d, eps=1e-5)
         self.layers = nn.ModuleList(
-            EncoderLayer(d, h, spec.head_dim, f, spec.layer_norm_first, dropout, attention_dropout, activation_dropout)
-            for h, f in zip(spec.num_heads, spec.ffn_dims)
+            EncoderLayer(d, h, spec.head_dim, f, spec.layer_norm_first, dropout, attention_dropout, activation_dropout,
+                         spec.head_qk(i), spec.head_vo(i))
+            for i, (h, f) in enumerate(zip(spec.num_heads, spec.ffn_dims))
         )
         self.dropout_input = nn.Dropout(dropout_input)
         self.dropout = nn.Dropout(dropout)
@@ -420,6 +465,8 @@ class Wav2Vec2Encoder(nn.Module):
                 head_gate=None if gates.heads is None else gates.heads[i],
                 ffn_gate=None if gates.ffn is None else gates.ffn[i],
                 hidden=hidden,
+                qk_gate=None if gates.qk is None else gates.qk[i],
+                vo_gate=None if gates.vo is None else gates.vo[i],
             )
             if return_layers:
                 outputs.append(x)

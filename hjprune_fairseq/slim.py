@@ -2,14 +2,16 @@
 
 Every kept unit keeps its weights; every matrix that reads or writes a pruned unit loses the
 matching rows/columns: a conv output channel (and the next conv's / feature projection's input), a
-head (its q/k/v rows and out_proj columns), an FFN unit (fc1 row, fc2 column) and a hidden dim
+head (its q/k/v rows and out_proj columns), a query/key dim of a head (q and k rows) or a
+value/output dim (v row, out_proj column), an FFN unit (fc1 row, fc2 column) and a hidden dim
 (every matrix, LayerNorm, bias, mask embedding and positional-conv group over the residual stream).
 The positional conv's weight norm is preserved: ``weight_g`` is rescaled by ||v_kept|| / ||v|| so
 g * v / ||v|| is unchanged on the kept entries.
 
 Whole layers: a CNN layer or the hidden size with no unit left cannot be exported (the network
 would output a constant) -> ValueError. A Transformer layer with no head (or no FFN unit) keeps its
-residual path: the block reduces to its output bias, as in the masked model.
+residual path: the block reduces to its output bias, as in the masked model. A head with no
+value/output dim left is dropped; one with no query/key dim is kept (it attends uniformly).
 """
 
 from __future__ import annotations
@@ -83,14 +85,20 @@ def slim_encoder(spec: EncoderSpec, state: State, masks: GateMasks, source: str 
         out[f"pos_conv.weight_v.{g}"] = s
     out["pos_conv.bias"] = state["pos_conv.bias"][hid]
 
-    dh = spec.head_dim
+    fine = masks.qk is not None or masks.vo is not None or spec.qk_dims is not None or spec.vo_dims is not None
+    qk_dims: List[List[int]] = []
+    vo_dims: List[List[int]] = []
+    num_heads: List[int] = []
     for i in range(spec.num_layers):
         p = f"layers.{i}."
-        rows = (head_idx[i].unsqueeze(1) * dh + torch.arange(dh)).flatten()
-        for proj in ("q_proj", "k_proj", "v_proj"):
+        qk_rows, vo_rows, qk_dims_i, vo_dims_i = _head_rows(spec, i, head_idx[i], masks)
+        for proj, rows in (("q_proj", qk_rows), ("k_proj", qk_rows), ("v_proj", vo_rows)):
             out[f"{p}self_attn.{proj}.weight"] = state[f"{p}self_attn.{proj}.weight"][rows][:, hid]
             out[f"{p}self_attn.{proj}.bias"] = state[f"{p}self_attn.{proj}.bias"][rows]
-        out[f"{p}self_attn.out_proj.weight"] = state[f"{p}self_attn.out_proj.weight"][hid][:, rows]
+        out[f"{p}self_attn.out_proj.weight"] = state[f"{p}self_attn.out_proj.weight"][hid][:, vo_rows]
+        qk_dims.append(qk_dims_i)
+        vo_dims.append(vo_dims_i)
+        num_heads.append(len(vo_dims_i))
         out[f"{p}self_attn.out_proj.bias"] = state[f"{p}self_attn.out_proj.bias"][hid]
         out[f"{p}ffn.fc1.weight"] = state[f"{p}ffn.fc1.weight"][ffn_idx[i]][:, hid]
         out[f"{p}ffn.fc1.bias"] = state[f"{p}ffn.fc1.bias"][ffn_idx[i]]
@@ -104,11 +112,33 @@ def slim_encoder(spec: EncoderSpec, state: State, masks: GateMasks, source: str 
         conv_layers=[(int(idx.numel()), k, s) for idx, (_, k, s) in zip(conv_idx, spec.conv_layers)],
         conv_bias=spec.conv_bias, extractor_mode=spec.extractor_mode, embed_dim=int(hid.numel()),
         pos_conv_kernel=spec.pos_conv_kernel, pos_conv_groups=groups,
-        num_heads=[int(h.numel()) for h in head_idx], head_dim=dh,
+        num_heads=num_heads, head_dim=spec.head_dim,
         ffn_dims=[int(f.numel()) for f in ffn_idx], layer_norm_first=spec.layer_norm_first,
-        frame_padding=spec.frame_padding,
+        frame_padding=spec.frame_padding, qk_dims=qk_dims if fine else None, vo_dims=vo_dims if fine else None,
     )
     return slim, {k: v.clone().contiguous() for k, v in out.items()}
+
+
+def _head_rows(spec: EncoderSpec, layer: int, heads: torch.Tensor, masks: GateMasks):
+    """Rows of q/k (and of v, = columns of out_proj) kept in ``layer``, and each kept head's sizes.
+
+    ``heads`` are the heads the head gates keep; a head whose value/output dims are all pruned goes too.
+    """
+    qk_sizes, vo_sizes = spec.head_qk(layer), spec.head_vo(layer)
+    qk_start = [sum(qk_sizes[:h]) for h in range(len(qk_sizes))]
+    vo_start = [sum(vo_sizes[:h]) for h in range(len(vo_sizes))]
+    qk_rows, vo_rows, qk_dims, vo_dims = [], [], [], []
+    for h in heads.tolist():
+        q = kept_indices(masks.qk[layer][h]) if masks.qk is not None else _all(qk_sizes[h])
+        v = kept_indices(masks.vo[layer][h]) if masks.vo is not None else _all(vo_sizes[h])
+        if v.numel() == 0:
+            continue
+        qk_rows.append(q + qk_start[h])
+        vo_rows.append(v + vo_start[h])
+        qk_dims.append(int(q.numel()))
+        vo_dims.append(int(v.numel()))
+    empty = torch.zeros(0, dtype=torch.long)
+    return (torch.cat(qk_rows) if qk_rows else empty, torch.cat(vo_rows) if vo_rows else empty, qk_dims, vo_dims)
 
 
 def slim_head(state: State, masks: GateMasks) -> State:

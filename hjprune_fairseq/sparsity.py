@@ -148,6 +148,9 @@ class SparsityConstraint(nn.Module):
         logs["kept_heads"] = sum(cost_model.to_float(h) for h in kept.heads)
         logs["kept_ffn"] = sum(cost_model.to_float(f) for f in kept.ffn)
         logs["kept_hidden"] = cost_model.to_float(kept.hidden)
+        if model.gates.qk is not None:  # fine-grained attention: dims summed over heads and layers
+            logs["kept_qk_dims"] = sum(cost_model.to_float(q) for q in kept.qk)
+            logs["kept_vo_dims"] = sum(cost_model.to_float(v) for v in kept.vo)
         return penalty, logs
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 EXTRACTOR_MODES = ("default", "layer_norm")
 FRAME_PADDING_RULES = ("wav2vec2", "hubert")
@@ -28,7 +28,10 @@ class EncoderSpec:
     pos_conv_kernel: kernel of the grouped positional convolution.
     pos_conv_groups: number of hidden dims in each group of the positional convolution; a dense
         model has ``[d // G] * G``; a slim model may have uneven (even empty) groups.
-    num_heads, head_dim: heads per layer, dims per head.
+    num_heads, head_dim: heads per layer, dims per head (``head_dim`` also sets the attention scale
+        1/sqrt(head_dim), which fine-grained pruning keeps).
+    qk_dims, vo_dims: after fine-grained attention pruning, the query/key and value/output dims of
+        every head (per layer, per head); None means ``head_dim`` for every head.
     ffn_dims: FFN intermediate size per layer.
     layer_norm_first: pre-LN (True, e.g. wav2vec2-large) or post-LN (False, wav2vec2-base).
     frame_padding: how a frame is marked as padding: "wav2vec2" (conv output-length formula) or
@@ -46,6 +49,8 @@ class EncoderSpec:
     ffn_dims: List[int]
     layer_norm_first: bool
     frame_padding: str = "wav2vec2"
+    qk_dims: Optional[List[List[int]]] = None
+    vo_dims: Optional[List[List[int]]] = None
 
     def __post_init__(self) -> None:
         self.conv_layers = [tuple(int(v) for v in c) for c in self.conv_layers]
@@ -67,6 +72,25 @@ class EncoderSpec:
             raise ValueError(
                 f"num_heads has {len(self.num_heads)} layers but ffn_dims has {len(self.ffn_dims)}"
             )
+        for name in ("qk_dims", "vo_dims"):
+            dims = getattr(self, name)
+            if dims is None:
+                continue
+            dims = [[int(v) for v in layer] for layer in dims]
+            setattr(self, name, dims)
+            low = 1 if name == "vo_dims" else 0  # a head without value dims adds nothing: export drops it
+            if [len(layer) for layer in dims] != self.num_heads or any(
+                    not low <= v <= self.head_dim for layer in dims for v in layer):
+                raise ValueError(f"{name} must give every head of every layer ({self.num_heads}) a size in "
+                                 f"{low}..{self.head_dim}, got {dims}")
+
+    def head_qk(self, layer: int) -> List[int]:
+        """Query/key dims of every head of ``layer``."""
+        return list(self.qk_dims[layer]) if self.qk_dims is not None else [self.head_dim] * self.num_heads[layer]
+
+    def head_vo(self, layer: int) -> List[int]:
+        """Value/output dims of every head of ``layer``."""
+        return list(self.vo_dims[layer]) if self.vo_dims is not None else [self.head_dim] * self.num_heads[layer]
 
     @property
     def num_layers(self) -> int:

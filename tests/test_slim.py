@@ -169,3 +169,45 @@ def test_ste_training_forward_equals_the_exported_model(w2v_pretrained, tmp_path
     with torch.no_grad():
         c = plain.get_logits(plain(source=source, padding_mask=pad))
     assert max_diff(c[finite], b[finite]) > 1e-2
+
+
+@pytest.fixture(params=["w2v_pretrained", "w2v_large_style"])
+def fine_grained(request, tmp_path):
+    """Head, query/key and value/output gates: uneven heads, one head without query/key dims,
+    one without value/output dims, one whole layer without heads."""
+    gated = gated_model(request.getfixturevalue(request.param), prune_head_dims=True)
+    randomize_gates(gated)
+    with torch.no_grad():
+        gated.gates.qk[0].log_alpha[0].fill_(-20.0)  # attends uniformly
+        gated.gates.vo[0].log_alpha[1].fill_(-20.0)  # adds nothing: dropped
+        gated.gates.heads[1].log_alpha.fill_(-20.0)
+    export_slim(save_like_trainer(gated, tmp_path / "gated.pt"), str(tmp_path / "slim.pt"))
+    slim, _ = load_model(str(tmp_path / "slim.pt"))
+    return gated, slim
+
+
+def test_fine_grained_export_equals_the_masked_model(fine_grained):
+    gated, slim = fine_grained
+    masks = gated.gates.deterministic()
+    s = slim.spec
+    assert s.num_heads[1] == 0 and s.qk_dims[0][0] == 0 and len(set(s.qk_dims[0] + s.vo_dims[0])) > 1
+    kept0 = [h for h in range(gated.spec.num_heads[0]) if masks.heads[0][h] and masks.vo[0][h].sum() > 0]
+    assert s.vo_dims[0] == [int(masks.vo[0][h].sum()) for h in kept0] and 1 not in kept0
+    source, pad = batch(LENGTHS, seed=6)
+    with torch.no_grad():
+        a = gated.get_logits(gated(source=source, padding_mask=pad))
+        b = slim.get_logits(slim(source=source, padding_mask=pad))
+    finite = torch.isfinite(a)
+    assert torch.equal(finite, torch.isfinite(b)) and max_diff(a[finite], b[finite]) < 1e-4
+
+
+def test_fine_grained_cost_is_exact(fine_grained):
+    gated, slim = fine_grained
+    masked = cost_model.cost(gated.spec, gated.gates.deterministic(), 4.0, VOCAB)
+    exact = cost_model.cost(slim.spec, None, 4.0, VOCAB)
+    assert cost_model.to_float(masked.encoder_params) == exact.encoder_params == sum(
+        p.numel() for p in slim.encoder.parameters())
+    assert cost_model.to_float(masked.encoder_macs) == exact.encoder_macs
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:  # counts the per-size attention calls
+        slim.encoder(torch.randn(1, 64000))
+    assert fc.get_total_flops() / 2 == pytest.approx(exact.encoder_macs, rel=0.02)

@@ -21,10 +21,10 @@ MODES = {
 class GatedStub(torch.nn.Module):
     """Just the gates of the 'tiny' preset: what the constraint reads from a model."""
 
-    def __init__(self, conv=True):
+    def __init__(self, conv=True, head_dims=False):
         super().__init__()
         self.spec = PRESETS["tiny"]
-        self.gates = EncoderGates(self.spec, conv=conv)
+        self.gates = EncoderGates(self.spec, conv=conv, head_dims=head_dims)
 
 
 def constraint(mode="macs", **kw):
@@ -83,10 +83,11 @@ def test_sparsity_comes_from_the_cost_model(mode):
         assert logs["sparsity" + suffix] == pytest.approx(float(value), abs=1e-9)
 
 
-def test_penalty_gradients_point_the_right_way():
+@pytest.mark.parametrize("head_dims", [False, True])
+def test_penalty_gradients_point_the_right_way(head_dims):
     """Too little sparsity: lambda1's gradient is negative (ascent lowers it), and minimising the
-    penalty then lowers log_alpha (prunes more)."""
-    m = GatedStub()
+    penalty then lowers log_alpha (prunes more), fine-grained query/key and value/output gates too."""
+    m = GatedStub(head_dims=head_dims)
     c = constraint(target_sparsity=0.5)
     with torch.no_grad():
         c.lambda1.fill_(-1.0)
@@ -96,13 +97,14 @@ def test_penalty_gradients_point_the_right_way():
     assert c.lambda1.grad.item() == pytest.approx(logs["sparsity"] - 0.5)
     assert c.lambda2.grad.item() == pytest.approx((logs["sparsity"] - 0.5) ** 2)
     assert all((p.grad > 0).all() for p in m.gates.parameters())  # descent decreases log_alpha
+    assert ("kept_qk_dims" in logs) == head_dims
 
 
-@pytest.mark.parametrize("mode", sorted(MODES))
-def test_constraint_alone_reaches_its_target(mode):
+@pytest.mark.parametrize("mode, head_dims", [(m, False) for m in sorted(MODES)] + [("macs", True)])
+def test_constraint_alone_reaches_its_target(mode, head_dims):
     """Driven by hjprune_adamw (ascent on the multipliers) the expected sparsity settles on the target."""
     torch.manual_seed(0)
-    m = GatedStub(conv=mode != "transformer_only")
+    m = GatedStub(conv=mode != "transformer_only", head_dims=head_dims)
     c = constraint(mode, sparsity_warmup_updates=100, **MODES[mode])
     opt = HJPruneAdamW(OmegaConf.structured(HJPruneAdamWConfig(lr=[1e-4], gate_lr=0.05, lambda_lr=0.05)),
                        list(m.parameters()) + list(c.parameters()))

@@ -72,10 +72,11 @@ def format_table(r: Dict) -> str:
     L = r["layers"]
     lines += ["", "CNN layer  channels   GMACs"]
     lines += [f"{i:>9} {c:>9.0f} {m:>7.3f}" for i, (c, m) in enumerate(zip(L["conv_channels"], L["cnn_gmacs"]))]
-    lines += ["", f"layer  heads  FFN units  GMACs (hidden dims kept: {r['hidden']:.0f})"]
+    lines += ["", f"layer  heads  QK dims  VO dims  FFN units  GMACs (hidden dims kept: {r['hidden']:.0f})"]
     lines += [
-        f"{i:>5} {h:>6.0f} {f:>10.0f} {a + b:>6.3f}"
-        for i, (h, f, a, b) in enumerate(zip(L["heads"], L["ffn_units"], L["attention_gmacs"], L["ffn_gmacs"]))
+        f"{i:>5} {h:>6.0f} {q:>8.0f} {v:>8.0f} {f:>10.0f} {a + b:>6.3f}"
+        for i, (h, q, v, f, a, b) in enumerate(zip(L["heads"], L["qk_dims"], L["vo_dims"], L["ffn_units"],
+                                                   L["attention_gmacs"], L["ffn_gmacs"]))
     ]
     return "\n".join(lines)
 

@@ -87,6 +87,10 @@ class HJPruneGatedCtcConfig(HJPruneCtcConfig):
     prune_heads: bool = field(default=True, metadata={"help": "gate the attention heads of every layer"})
     prune_ffn: bool = field(default=True, metadata={"help": "gate the FFN intermediate units of every layer"})
     prune_hidden: bool = field(default=True, metadata={"help": "gate the hidden dimension (one vector shared by all layers)"})
+    prune_head_dims: bool = field(
+        default=False, metadata={"help": "fine-grained attention (Wang et al. 2023): also gate the query/key and the "
+                                         "value/output dims inside every head, so a layer may keep many thin heads"}
+    )
     gate_init_keep_prob: float = field(
         default=0.99, metadata={"help": "initial P(gate != 0) of every unit (log_alpha is set from it)"}
     )
@@ -265,7 +269,7 @@ class HJPruneGatedCtc(HJPruneCtcModel):
 
     @classmethod
     def make_gates(cls, cfg: HJPruneGatedCtcConfig, spec: EncoderSpec) -> Optional[EncoderGates]:
-        if not (cfg.prune_conv or cfg.prune_heads or cfg.prune_ffn or cfg.prune_hidden):
+        if not (cfg.prune_conv or cfg.prune_heads or cfg.prune_ffn or cfg.prune_hidden or cfg.prune_head_dims):
             return None
         if cfg.prune_conv and cfg.feature_grad_mult <= 0:
             raise ValueError(
@@ -276,5 +280,5 @@ class HJPruneGatedCtc(HJPruneCtcModel):
             raise ValueError(f"model.gate_init_keep_prob must be in (0, 1), got {cfg.gate_init_keep_prob}")
         return EncoderGates(
             spec, conv=cfg.prune_conv, heads=cfg.prune_heads, ffn=cfg.prune_ffn, hidden=cfg.prune_hidden,
-            init_keep_prob=cfg.gate_init_keep_prob, ste=cfg.gate_ste,
+            init_keep_prob=cfg.gate_init_keep_prob, ste=cfg.gate_ste, head_dims=cfg.prune_head_dims,
         )
