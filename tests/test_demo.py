@@ -1,6 +1,6 @@
-"""hjprune-demo --quick --sweep: every stage runs and the report is written (budgets too small for accuracy).
-
-The sweep is cut to two points (run at once), besides the pipeline's macs_40 that it reuses."""
+"""hjprune-demo --quick --sweep --baselines: every stage runs and the report is written (budgets too
+small for accuracy). The sweep is cut to two points (run at once), besides the pipeline's macs_40
+that it reuses."""
 
 import json
 import os
@@ -16,24 +16,30 @@ def quick(tmp_path_factory):
     sweep = {"macs": [["criterion.target_sparsity=0.2"], demo.MAIN_POINT[1]], "size": [["criterion.target_sparsity=0.2"]]}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(demo, "SWEEP", sweep)
-        assert demo.main(["--quick", "--sweep", "--jobs", "2", "--out", out]) == 0
+        assert demo.main(["--quick", "--sweep", "--baselines", "--jobs", "2", "--out", out]) == 0
     return out
 
 
 def test_quick_demo_writes_the_report(quick):
     r = json.load(open(os.path.join(quick, "report.json")))
     names = [m["name"] for m in r["models"]]
-    assert names == ["unpruned", "macs_40", "macs_1", "size_1"]  # macs at 0.4 is not pruned twice
+    assert names == ["unpruned", "macs_40", "macs_1", "size_1", "parp", "distill_40"]  # macs at 0.4 is not pruned twice
     for m in r["models"]:
         assert 0 <= m["wer"] and m["latency_s"] > 0 and m["gmacs"] > 0
         assert set(m["layers"]) >= {"conv_channels", "heads", "ffn_units"}
-    assert r["models"][1]["gmacs"] < r["models"][0]["gmacs"]  # the slim model is smaller, even in a quick run
+    unpruned, macs_40, parp = r["models"][0], r["models"][1], r["models"][4]
+    assert macs_40["gmacs"] < unpruned["gmacs"]  # the slim model is smaller, even in a quick run
+    assert parp["gmacs"] == unpruned["gmacs"] and parp["mode"] == "parp"  # unstructured: dense MACs
+    assert abs(parp["params"] - macs_40["params"]) < 0.01 * unpruned["params"]  # at macs_40's parameter count
+    assert r["models"][5]["mode"] == "task_agnostic"
     for png in ("wer_vs_gmacs.png", "kept_per_layer.png", "latency.png"):
         assert open(os.path.join(quick, png), "rb").read(4) == b"\x89PNG"
     md = open(os.path.join(quick, "report.md")).read()
     assert "| unpruned | none |" in md and "| macs_40 | macs |" in md and "| size_1 | size |" in md
+    assert "| parp | parp |" in md and "PARP (unstructured)" in md and "| distill_40 | task_agnostic |" in md
     assert set(r["timings_s"]) >= {"synthesise", "pretrain", "finetune", "prune_macs_40", "final_macs_40",
-                                   "prune_macs_1", "prune_size_1", "sweep", "latency"}
+                                   "prune_macs_1", "prune_size_1", "sweep", "latency", "parp", "distill",
+                                   "finetune_distill_40", "baselines"}
     assert "'target_sparsity': 0.2," in open(os.path.join(quick, "logs", "prune_size_1.log")).read()
 
 

@@ -5,10 +5,13 @@ Stages (each one the real tool, its output in OUT/logs/STAGE.log): synthesise th
 fine-tune (finetune.yaml) -> prune with ``macs`` (prune.yaml) -> hjprune-export -> fine-tune the slim
 model (final.yaml) -> decode the test split with fairseq-generate -> time both models on CPU ->
 report.md, report.json and PNG plots. ``--sweep`` then prunes the fine-tuned model with every
-sparsity mode at three budgets (the paper's Fig. 1).
+sparsity mode at three budgets (the paper's Fig. 1); ``--baselines`` adds PARP (unstructured, at the
+parameter count of macs_40) and task-agnostic pruning (distillation from the pre-trained model with
+fine-grained heads and straight-through gates, 40 % fewer MACs, then fine-tuning).
 """
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -18,7 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(REPO, "examples")
@@ -102,7 +105,7 @@ class Demo:
             f"model.w2v_path={pre}/checkpoint_last.pt", f"optimization.max_update={b.finetune}"])
         models = [self.evaluate("unpruned", f"{ft}/checkpoint_best.pt", "none")]
         models.append(self.prune_point(*MAIN_POINT, f"{ft}/checkpoint_best.pt", "macs_40"))
-        return {"models": models, "finetuned": f"{ft}/checkpoint_best.pt"}
+        return {"models": models, "finetuned": f"{ft}/checkpoint_best.pt", "pretrained": f"{pre}/checkpoint_last.pt"}
 
     def prune_point(self, mode: str, overrides: List[str], finetuned: str, name: str) -> Dict:
         b = self.budget
@@ -114,6 +117,34 @@ class Demo:
                                      f"{pr}/checkpoint_last.pt", slim, "--overwrite"])
         fin = self.train(f"final_{name}", self.config_dir, "final", [f"model.w2v_path={slim}", f"optimization.max_update={b.final}"])
         return self.evaluate(name, f"{fin}/checkpoint_best.pt", mode)
+
+    def parp_point(self, finetuned: str, params: int) -> Dict:
+        """PARP from the fine-tuned model, its sparsity set for ``params`` nonzero encoder weights."""
+        from ..checkpoints import load_model
+        from ..parp import prunable_weights
+
+        model, _ = load_model(finetuned)
+        dense = sum(p.numel() for p in model.encoder.parameters())
+        prunable = sum(w.numel() for _, w in prunable_weights(model.encoder))
+        sparsity = min(0.95, max(0.0, (dense - params) / prunable))  # PARP prunes Transformer matrices only
+        run = self.train("parp", self.config_dir, "parp", [
+            f"model.w2v_path={finetuned}", f"model.parp_sparsity={sparsity:.4f}", f"optimization.max_update={self.budget.prune}"])
+        # checkpoint_last: the final prune; a checkpoint between re-prunes holds adjusted (regrown) weights
+        return self.evaluate("parp", f"{run}/checkpoint_last.pt", "parp")
+
+    def distill_point(self, pretrained: str) -> Dict:
+        """Task-agnostic: prune the pre-trained encoder by distillation on the unlabeled training audio
+        (40 % fewer MACs, fine-grained heads, straight-through gates), export, then fine-tune it."""
+        b = self.budget
+        run = self.train("distill", os.path.join(EXAMPLES, "tiny"), "distill", [
+            "mode=macs", "criterion.target_sparsity=0.4", f"model.w2v_path={pretrained}",
+            f"optimization.max_update={b.prune}", f"criterion.sparsity_warmup_updates={b.warmup}"])
+        slim = os.path.join(self.out, "slim_distill_40.pt")
+        self.step("export_distill_40", [os.path.join(os.path.dirname(sys.executable), "hjprune-export"),
+                                        f"{run}/checkpoint_last.pt", slim, "--overwrite"])
+        ft = self.train("finetune_distill_40", self.config_dir, "finetune", [
+            f"model.w2v_path={slim}", f"optimization.max_update={b.finetune}"])
+        return self.evaluate("distill_40", f"{ft}/checkpoint_best.pt", "task_agnostic")
 
     def evaluate(self, name: str, ckpt: str, mode: str) -> Dict:
         """Decode the test split with fairseq-generate; cost and per-layer sizes (latency: time_models)."""
@@ -130,8 +161,11 @@ class Demo:
         hyps, refs = parse_generate(os.path.join(self.out, "decode", name, "generate-test.txt"))
         seen = [l.split("\t")[4] == "1" for l in open(os.path.join(self.data, "test.meta.tsv")).read().splitlines()[1:]]
         cost = describe(ckpt, 10.0)
-        r = {"name": name, "mode": mode, "checkpoint": ckpt, "gmacs": cost["encoder_gmacs"], "params": cost["encoder_params"],
-             "macs_sparsity": cost["macs_sparsity"], "size_sparsity": cost["size_sparsity"], "layers": cost["layers"]}
+        r = {"name": name, "mode": mode, "checkpoint": ckpt, "gmacs": cost["encoder_gmacs"],
+             # PARP: its nonzero weights (its MACs and latency stay dense)
+             "params": cost.get("nonzero_encoder_params", cost["encoder_params"]),
+             "macs_sparsity": cost["macs_sparsity"], "size_sparsity": cost.get("nonzero_size_sparsity", cost["size_sparsity"]),
+             "layers": cost["layers"]}
         ids = sorted(refs)
         if self.task == "slu":
             r["accuracy"] = accuracy(refs, hyps, ids)
@@ -145,28 +179,40 @@ class Demo:
         return r
 
     def sweep(self, result: Dict, jobs: int) -> None:
-        """Every mode at three budgets from the fine-tuned model, ``jobs`` points at a time.
-
-        The pipeline's macs_40 point is the sweep's middle macs point. Each point's stages use
-        cores / jobs torch threads: two one-thread trainings do ~1.4x the updates per second of one
-        two-thread training on 2 cores. Latency is measured afterwards, one model at a time.
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
+        """Every mode at three budgets from the fine-tuned model (the pipeline's macs_40 is the middle
+        macs point)."""
         points = [(mode, o, f"{mode}_{k + 1}") for mode, pts in SWEEP.items() for k, o in enumerate(pts)
                   if (mode, o) != MAIN_POINT]
+        result["models"] += self.parallel("sweep", jobs, [
+            functools.partial(self.prune_point, mode, o, result["finetuned"], name) for mode, o, name in points])
+
+    def baselines(self, result: Dict, jobs: int) -> None:
+        """PARP at the parameter count of macs_40, and task-agnostic pruning by distillation."""
+        macs_40 = next(m for m in result["models"] if m["name"] == "macs_40")
+        result["models"] += self.parallel("baselines", jobs, [
+            functools.partial(self.parp_point, result["finetuned"], macs_40["params"]),
+            functools.partial(self.distill_point, result["pretrained"])])
+
+    def parallel(self, name: str, jobs: int, points: List[Callable[[], Dict]]) -> List[Dict]:
+        """Run ``points`` (each a chain of stages) ``jobs`` at a time, each stage with cores / jobs torch
+        threads: on 2 cores two one-thread trainings do ~1.4x the updates per second of one two-thread
+        training. Latency is measured afterwards (time_models), one model at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
         t0 = time.time()
         self.threads = max(1, len(os.sched_getaffinity(0)) // jobs)
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(self.prune_point, mode, o, result["finetuned"], name) for mode, o, name in points]
-            try:
-                result["models"] += [f.result() for f in futures]
-            except BaseException:
-                for f in futures:  # a failed point stops the sweep once the running points end
-                    f.cancel()
-                raise
-        self.threads = None
-        self.timings["sweep"] = round(time.time() - t0, 1)
+        try:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(point) for point in points]
+                try:
+                    return [f.result() for f in futures]
+                except BaseException:
+                    for f in futures:  # a failed point stops the rest once the running points end
+                        f.cancel()
+                    raise
+        finally:
+            self.threads = None
+            self.timings[name] = round(time.time() - t0, 1)
 
     def time_models(self, models: List[Dict]) -> None:
         """CPU latency of every model, measured side by side once training has finished."""
@@ -262,12 +308,20 @@ def write_report(out: str, task: str, result: Dict, timings: Dict[str, float], b
             f"{m[metric]:.2f} | {m[metric + '_seen']:.2f} | {m[metric + '_unseen']:.2f} | {m['latency_s']:.3f} | "
             f"{base['latency_s'] / m['latency_s']:.2f}x |" for m in models]
     name = "WER %" if metric == "wer" else "accuracy %"
+    notes = []
+    if any(m["mode"] == "parp" for m in models):
+        notes += ["PARP (unstructured): `params` counts its nonzero encoder weights, set to match macs_40. The model "
+                  "stays dense, so its GMACs and its latency are those of the unpruned model.", ""]
+    if any(m["mode"] == "task_agnostic" for m in models):
+        notes += ["distill_40 (task-agnostic): the pre-trained encoder pruned without labels by distillation from "
+                  "itself (fine-grained heads, straight-through gates, 40 % fewer MACs), then fine-tuned like the "
+                  "unpruned model.", ""]
     md = [f"# hjprune-demo report ({task})", "",
           f"Synthetic eSpeak NG corpus: {budget.train} train / {budget.valid} valid / {budget.test} test utterances; the test "
           "voices and rates are unseen in training; 'seen' / 'unseen' split the test sentences by whether they occur in "
           "training.", "",
           f"| model | mode | GMACs | params | MACs sparsity | {name} | seen | unseen | latency s | speed-up |",
-          "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+          "|---|---|---|---|---|---|---|---|---|---|", *rows, "", *notes,
           f"![{metric} vs GMACs]({metric}_vs_gmacs.png)", "", "![kept units per layer](kept_per_layer.png)", "",
           "![latency](latency.png)", "", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())]
     open(os.path.join(out, "report.md"), "w").write("\n".join(md) + "\n")
@@ -279,7 +333,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", help="output folder (default: demo_out/TASK)")
     p.add_argument("--quick", action="store_true", help="tiny budgets (a test run, minutes)")
     p.add_argument("--sweep", action="store_true", help="also prune with every mode at three budgets (paper Fig. 1)")
-    p.add_argument("--jobs", type=int, default=2, help="--sweep: points trained at once, each with cores/jobs threads")
+    p.add_argument("--baselines", action="store_true",
+                   help="also PARP (unstructured, at macs_40's parameter count) and task-agnostic pruning by distillation")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="--sweep / --baselines: points trained at once, each with cores/jobs threads")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in the folder")
     a = p.parse_args(argv)
     if a.jobs < 1:
@@ -297,6 +354,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = demo.pipeline()
         if a.sweep:
             demo.sweep(result, a.jobs)
+        if a.baselines:
+            demo.baselines(result, a.jobs)
         demo.time_models(result["models"])
         write_report(out, a.task, result, demo.timings, budget)
     except (RuntimeError, ValueError, FileExistsError) as e:
