@@ -11,10 +11,11 @@ from typing import List, Optional
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(
         prog="hjprune-export",
-        description="Turn a gated hjprune_wav2vec_ctc checkpoint into a slim hjprune_slim_ctc checkpoint: "
-                    "every unit dropped by the deterministic gate masks (conv channels, heads, FFN units, "
-                    "hidden dims) is removed from the weights. The result loads with fairseq's "
-                    "checkpoint_utils, fairseq-generate, and as model.w2v_path of the final fine-tuning stage.",
+        description="Turn a gated checkpoint (hjprune_wav2vec_ctc, _cls or _distill) into its slim model "
+                    "(hjprune_slim_ctc, _cls or _distill): every unit dropped by the deterministic gate masks "
+                    "(conv channels, heads, query/key and value/output dims of heads, FFN units, hidden dims) is "
+                    "removed from the weights. The result loads with fairseq's checkpoint_utils, "
+                    "fairseq-generate, and as model.w2v_path of a fine-tuning stage.",
     )
     p.add_argument("gated", help="gated checkpoint (e.g. checkpoints/prune/checkpoint_best.pt)")
     p.add_argument("slim", help="output path of the slim checkpoint")
