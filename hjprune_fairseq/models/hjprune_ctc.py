@@ -205,12 +205,14 @@ class HJPruneCtcModel(BaseFairseqModel):
     def gate_masks(self) -> GateMasks:
         return self.gates() if self.gates is not None else GateMasks()
 
-    def encode(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]):
-        """(B, T, d) encoder output and (B, T) frame padding, with this forward's gate values."""
+    def encode(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor], return_layers: bool = False):
+        """(B, T, d) encoder output and (B, T) frame padding, with this forward's gate values (and
+        every layer's output with ``return_layers``)."""
         frozen = self.training and self.num_updates < self.freeze_finetune_updates
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            x, frame_pad, _ = self.encoder(source, padding_mask, self.gate_masks(), mask=self.apply_mask and self.training)
-        return x, frame_pad
+            x, frame_pad, layers = self.encoder(source, padding_mask, self.gate_masks(),
+                                                mask=self.apply_mask and self.training, return_layers=return_layers)
+        return (x, frame_pad, layers) if return_layers else (x, frame_pad)
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict[str, Any]:
         x, frame_pad = self.encode(source, padding_mask)

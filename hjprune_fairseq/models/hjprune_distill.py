@@ -79,8 +79,7 @@ class DistillHeads:
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict[str, Any]:
         """{"layers": [(B, T, teacher_dim) per distilled layer], "padding_mask": (B, T) or None}."""
-        x, frame_pad, outputs = self.encoder(source, padding_mask, self.gate_masks(), mask=self.apply_mask and self.training,
-                                             return_layers=True)
+        _, frame_pad, outputs = self.encode(source, padding_mask, return_layers=True)
         preds = [head(outputs[i - 1]) for i, head in zip(self.distill_layers, self.proj)]
         return {"layers": preds, "padding_mask": frame_pad}
 
