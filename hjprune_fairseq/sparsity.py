@@ -27,7 +27,8 @@ from . import cost_model
 from .cost_model import sparsities
 
 SPARSITY_MODES = ChoiceEnum(["none", "size", "sep_size", "macs", "transformer_only"])
-LAMBDA_GROUP = "hjprune_lambda"
+LAMBDA_GROUP = "hjprune_lambda"  # lambda1: rate optimizer.lambda_lr
+LAMBDA2_GROUP = "hjprune_lambda2"  # lambda2: rate optimizer.lambda_lr * optimizer.lambda2_lr_scale
 
 
 @dataclass
@@ -94,7 +95,7 @@ class SparsityConstraint(nn.Module):
         self.lambda1 = nn.Parameter(torch.zeros(len(self.names), dtype=torch.float64))
         self.lambda2 = nn.Parameter(torch.zeros(len(self.names), dtype=torch.float64))
         self.lambda1.param_group = LAMBDA_GROUP
-        self.lambda2.param_group = LAMBDA_GROUP
+        self.lambda2.param_group = LAMBDA2_GROUP
 
     @classmethod
     def from_config(cls, cfg: SparsityConfig) -> Optional["SparsityConstraint"]:

@@ -1,10 +1,18 @@
-"""``hjprune_adamw``: torch AdamW with the three parameter groups HJ-Pruning needs.
+"""``hjprune_adamw``: torch AdamW with the four parameter groups HJ-Pruning needs.
 
 - weights: every model parameter; the learning rate follows fairseq's lr scheduler;
 - gates: HardConcrete ``log_alpha`` (tag ``hjprune_gate``): constant ``gate_lr``, no weight decay;
-- multipliers: the criterion's Lagrange multipliers (tag ``hjprune_lambda``): constant
-  ``lambda_lr``, no weight decay, gradient ASCENT through AdamW's ``maximize`` (a negative lr would
-  be overwritten by fairseq's ``set_lr``, which writes every group).
+- lambda1 and lambda2: the criterion's Lagrange multipliers (tags ``hjprune_lambda`` and
+  ``hjprune_lambda2``), each in its own group: constant ``lambda_lr`` (times ``lambda2_lr_scale`` for
+  lambda2), no weight decay, gradient ASCENT through AdamW's ``maximize`` (a negative lr would be
+  overwritten by fairseq's ``set_lr``, which writes every group).
+
+Why lambda2 may get a faster rate: AdamW moves each multiplier by about its lr per update whatever
+the size of its gradient, so after n updates lambda2 is about n * lr2 while one update of lambda1
+shifts the sparsity the gates settle at by about lr1 / (2 * lambda2) = lr1 / (2 * n * lr2). With
+lr1 = lr2 (the paper) that is 1 / (2n): negligible after the paper's tens of thousands of updates,
+a limit cycle of several points of sparsity in a run of a few hundred. A larger lambda2 rate
+shrinks it by that factor (see "Short pruning runs" in the README).
 
 The scheduler drives the weights' lr. With ``fixed_lrs_follow_schedule`` (default) the gate and
 multiplier lrs follow the schedule's DECAY once it has passed its peak: ``gate_lr * lr / peak_lr``
@@ -25,7 +33,7 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
 from ..hard_concrete import GATE_GROUP
-from ..sparsity import LAMBDA_GROUP
+from ..sparsity import LAMBDA2_GROUP, LAMBDA_GROUP
 
 logger = logging.getLogger(__name__)
 ROLE = "hjprune_role"
@@ -39,6 +47,10 @@ class HJPruneAdamWConfig(FairseqDataclass):
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay of the model weights only"})
     gate_lr: float = field(default=0.02, metadata={"help": "constant lr of the gates' log_alpha (paper: 0.02 or 0.05)"})
     lambda_lr: float = field(default=0.02, metadata={"help": "constant lr of the Lagrange multipliers, by gradient ascent (paper: 0.02 or 0.05)"})
+    lambda2_lr_scale: float = field(
+        default=1.0, metadata={"help": "lambda2's lr is lambda_lr times this (paper: 1); > 1 damps the swing of the sparsity "
+                                       "around its target in short runs (tiny configs: 10)"}
+    )
     fixed_lrs_follow_schedule: bool = field(
         default=True, metadata={"help": "once the lr schedule has passed its peak, scale gate_lr and lambda_lr by "
                                         "lr / peak lr (false: keep them constant)"}
@@ -47,10 +59,10 @@ class HJPruneAdamWConfig(FairseqDataclass):
 
 
 def split_params(params: List[torch.nn.Parameter]) -> Dict[str, List[torch.nn.Parameter]]:
-    groups: Dict[str, List[torch.nn.Parameter]] = {"weights": [], "gates": [], "multipliers": []}
+    groups: Dict[str, List[torch.nn.Parameter]] = {"weights": [], "gates": [], "lambda1": [], "lambda2": []}
+    role = {GATE_GROUP: "gates", LAMBDA_GROUP: "lambda1", LAMBDA2_GROUP: "lambda2"}
     for p in params:
-        tag = getattr(p, "param_group", None)
-        groups["gates" if tag == GATE_GROUP else "multipliers" if tag == LAMBDA_GROUP else "weights"].append(p)
+        groups[role.get(getattr(p, "param_group", None), "weights")].append(p)
     return groups
 
 
@@ -64,8 +76,9 @@ class HJPruneAdamW(FairseqOptimizer):
                 "hjprune_adamw received one flat parameter: fp16/bf16 flattened the model, losing the gate and "
                 "multiplier groups; set common.fp16_no_flatten_grads=true"
             )
-        if cfg.gate_lr <= 0 or cfg.lambda_lr <= 0:
-            raise ValueError(f"optimizer.gate_lr and optimizer.lambda_lr must be positive, got {cfg.gate_lr}, {cfg.lambda_lr}")
+        if cfg.gate_lr <= 0 or cfg.lambda_lr <= 0 or cfg.lambda2_lr_scale <= 0:
+            raise ValueError(f"optimizer.gate_lr, optimizer.lambda_lr and optimizer.lambda2_lr_scale must be positive, "
+                             f"got {cfg.gate_lr}, {cfg.lambda_lr}, {cfg.lambda2_lr_scale}")
         groups = split_params(params)
         self.weight_params = groups["weights"]
         betas = eval(cfg.adam_betas) if isinstance(cfg.adam_betas, str) else tuple(cfg.adam_betas)
@@ -77,15 +90,16 @@ class HJPruneAdamW(FairseqOptimizer):
         # foreach: one multi-tensor update per group (torch's per-tensor loop is the CPU default).
         self._optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr[0], betas=betas, eps=cfg.adam_eps, foreach=True)
         logger.info(
-            "hjprune_adamw: %d weight tensors, %d gate tensors (lr %g), %d multiplier tensors (lr %g, ascent)",
-            len(groups["weights"]), len(groups["gates"]), cfg.gate_lr, len(groups["multipliers"]), cfg.lambda_lr,
+            "hjprune_adamw: %d weight tensors, %d gate tensors (lr %g), multipliers by ascent: lambda1 (lr %g), lambda2 (lr %g)",
+            len(groups["weights"]), len(groups["gates"]), cfg.gate_lr, cfg.lambda_lr, cfg.lambda_lr * cfg.lambda2_lr_scale,
         )
 
     def _fixed_groups(self) -> List[Dict[str, Any]]:
         """Settings of the groups the scheduler does not drive (re-applied after loading a state)."""
         return [
             {ROLE: "gates", "lr": self.cfg.gate_lr, "weight_decay": 0.0, "maximize": False},
-            {ROLE: "multipliers", "lr": self.cfg.lambda_lr, "weight_decay": 0.0, "maximize": True},
+            {ROLE: "lambda1", "lr": self.cfg.lambda_lr, "weight_decay": 0.0, "maximize": True},
+            {ROLE: "lambda2", "lr": self.cfg.lambda_lr * self.cfg.lambda2_lr_scale, "weight_decay": 0.0, "maximize": True},
         ]
 
     @property
