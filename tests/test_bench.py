@@ -5,6 +5,7 @@ import json
 import pytest
 
 from hjprune_fairseq.cli import bench, bench_train
+from hjprune_fairseq.spec import PRESETS
 
 
 def test_latency_bench_reports_ratios(capsys):
@@ -14,6 +15,20 @@ def test_latency_bench_reports_ratios(capsys):
     assert r["dense_latency_s"] > 0 and r["slim_latency_s"] > 0
     assert r["speedup"] == pytest.approx(r["dense_latency_s"] / r["slim_latency_s"])
     assert r["slim_params"] < r["dense_params"]
+
+
+def test_latency_bench_fine_grained_model(capsys):
+    """--fine-grained times a third model with thin, uneven heads at the same MACs sparsity."""
+    assert bench.main(["--preset", "tiny", "--seconds", "1", "--repeats", "1", "--warmup", "0", "--json",
+                       "--fine-grained"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    f = r["fine_grained"]
+    assert f["mac_ratio"] == pytest.approx(2.0, rel=0.03)
+    assert f["speedup"] == pytest.approx(r["dense_latency_s"] / f["latency_s"])
+    assert f["speedup_vs_whole_heads"] == pytest.approx(r["slim_latency_s"] / f["latency_s"])
+    spec = PRESETS["tiny"]
+    assert len(f["qk_dims"]) == spec.num_layers and max(f["attention_calls"]) > 1  # uneven head widths in a layer
+    assert all(q < h * spec.head_dim for q, h in zip(f["qk_dims"], spec.num_heads))  # dims pruned inside the heads
 
 
 def test_train_step_bench_runs_both_updates(capsys):
