@@ -50,13 +50,12 @@ def fig5_masks(spec: EncoderSpec, strength: float, seed: int = 0, fine_grained: 
     # Fraction pruned per group: CNN from 0.9*s (first layer) down to 0.3*s (last);
     # Transformer from 0.2*s (bottom) up to 0.9*s (top); hidden 0.15*s.
     conv = [_keep_top(c, 1 - strength * (0.9 - 0.6 * i / max(1, n_conv - 1)), g) for i, (c, _, _) in enumerate(spec.conv_layers)]
-    depth = [i / max(1, L - 1) for i in range(L)]
-    heads = [_keep_top(h, 1 - strength * (0.2 + 0.7 * t), g) for h, t in zip(spec.num_heads, depth)]
-    ffn = [_keep_top(f, 1 - strength * (0.2 + 0.7 * t), g) for f, t in zip(spec.ffn_dims, depth)]
+    keep = [1 - strength * (0.2 + 0.7 * i / max(1, L - 1)) for i in range(L)]  # per Transformer layer
+    heads = [_keep_top(h, f, g) for h, f in zip(spec.num_heads, keep)]
+    ffn = [_keep_top(n, f, g) for n, f in zip(spec.ffn_dims, keep)]
     hidden = _keep_top(spec.embed_dim, 1 - 0.15 * strength, g)
     if not fine_grained:
         return GateMasks(conv=conv, heads=heads, ffn=ffn, hidden=hidden)
-    keep = [1 - strength * (0.2 + 0.7 * t) for t in depth]
     qk = [_keep_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
     vo = [_keep_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
     return GateMasks(conv=conv, heads=[torch.ones(h) for h in spec.num_heads], ffn=ffn, hidden=hidden, qk=qk, vo=vo)
