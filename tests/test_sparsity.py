@@ -101,19 +101,27 @@ def test_penalty_gradients_point_the_right_way(head_dims):
     assert ("kept_qk_dims" in logs) == head_dims
 
 
+def _drive(m, c, cfg, updates, task=None):
+    """``updates`` steps of hjprune_adamw on the constraint's penalty (plus ``task()``, a stand-in task
+    loss); returns the constraint's logs of every step."""
+    opt = HJPruneAdamW(OmegaConf.structured(cfg), list(m.parameters()) + list(c.parameters()))
+    history = []
+    for step in range(updates):
+        penalty, logs = c(m, step)
+        opt.zero_grad()
+        (penalty if task is None else penalty + task()).backward()
+        opt.step()
+        history.append(logs)
+    return history
+
+
 @pytest.mark.parametrize("mode, head_dims", [(m, False) for m in sorted(MODES)] + [("macs", True)])
 def test_constraint_alone_reaches_its_target(mode, head_dims):
     """Driven by hjprune_adamw (ascent on the multipliers) the expected sparsity settles on the target."""
     torch.manual_seed(0)
     m = GatedStub(conv=mode != "transformer_only", head_dims=head_dims)
     c = constraint(mode, sparsity_warmup_updates=100, **MODES[mode])
-    opt = HJPruneAdamW(OmegaConf.structured(HJPruneAdamWConfig(lr=[1e-4], gate_lr=0.05, lambda_lr=0.05)),
-                       list(m.parameters()) + list(c.parameters()))
-    for step in range(500):
-        penalty, logs = c(m, step)
-        opt.zero_grad()
-        penalty.backward()
-        opt.step()
+    logs = _drive(m, c, HJPruneAdamWConfig(lr=[1e-4], gate_lr=0.05, lambda_lr=0.05), 500)[-1]
     for key in [k for k in logs if k.startswith("sparsity")]:
         target = logs[key.replace("sparsity", "target")]
         assert logs[key] == pytest.approx(target, abs=0.01), key
@@ -178,16 +186,8 @@ def _swing(lambda2_lr_scale, seed=0):
     gates = list(m.gates.parameters())
     weights = [torch.exp(1.5 * torch.randn(p.shape, generator=g)) / p.numel() for p in gates]
     cfg = HJPruneAdamWConfig(lr=[1e-4], gate_lr=0.2, lambda_lr=0.2, lambda2_lr_scale=lambda2_lr_scale)
-    opt = HJPruneAdamW(OmegaConf.structured(cfg), list(m.parameters()) + list(c.parameters()))
-    gaps = []
-    for step in range(600):
-        penalty, logs = c(m, step)
-        task = -sum((w * keep_prob(p)).sum() for w, p in zip(weights, gates))
-        opt.zero_grad()
-        (penalty + task).backward()
-        opt.step()
-        gaps.append(abs(logs["sparsity"] - logs["target"]))
-    return max(gaps[300:])
+    history = _drive(m, c, cfg, 600, task=lambda: -sum((w * keep_prob(p)).sum() for w, p in zip(weights, gates)))
+    return max(abs(logs["sparsity"] - logs["target"]) for logs in history[300:])
 
 
 def test_faster_lambda2_damps_the_swing_around_the_target():
