@@ -62,7 +62,8 @@ def load_model(path: str) -> Tuple[HJPruneCtcModel, Dict[str, Any]]:
 
 def export_slim(gated_path: str, slim_path: str, overwrite: bool = False) -> Dict[str, Any]:
     """Write the physically pruned model of ``gated_path`` (deterministic masks) to ``slim_path``."""
-    if os.path.abspath(gated_path) == os.path.abspath(slim_path):
+    if os.path.realpath(gated_path) == os.path.realpath(slim_path) or (  # symlinks, hard links
+            os.path.exists(gated_path) and os.path.exists(slim_path) and os.path.samefile(gated_path, slim_path)):
         raise ValueError(f"{slim_path}: output would overwrite the input checkpoint")
     if os.path.exists(slim_path) and not overwrite:
         raise FileExistsError(f"{slim_path}: already exists (pass --overwrite to replace it)")
