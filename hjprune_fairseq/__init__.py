@@ -8,7 +8,7 @@ with compat.keep_root_logging():  # importing fairseq reconfigures the root logg
     from .models import hjprune_cls, hjprune_ctc, hjprune_distill  # noqa: E402,F401
     # fairseq auto-imports only models/ and tasks/ of a user dir.
     from .criterions import hjprune_cross_entropy, hjprune_ctc as _ctc_criterion, hjprune_distill as _distill_criterion  # noqa: E402,F401,E501
-    from .optim import hjprune_adamw  # noqa: E402,F401
+    from .optim import hjprune_adamw, hjprune_tri_stage  # noqa: E402,F401
     from .tasks import hjprune_audio  # noqa: E402,F401
     from . import scoring  # noqa: E402,F401
 

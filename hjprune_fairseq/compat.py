@@ -16,6 +16,19 @@ Each workaround has a test in ``tests/test_compat.py`` that fails loudly when th
    ``required_batch_size_multiple`` (default 8): validation and fairseq-generate silently skip up to
    7 utterances, so WER and accuracy cover a subset. The plugin's tasks batch with a multiple of 1
    (:func:`batch_multiple_that_keeps_every_utterance`).
+5. fairseq-generate replaces the task's target dictionary by the one pickled in the checkpoint's
+   task state (``load_model_ensemble_and_task``) after it took ``tgt_dict`` from the data folder: the
+   references are encoded with one and printed with the other, so a different data dictionary decodes
+   to garbage without a word. The plugin's task compares the dictionary FILE with the model's record.
+6. ``checkpoint_utils.load_checkpoint_to_cpu`` lets torch's error escape for a truncated or foreign
+   file (``PytorchStreamReader failed ...``, a multi-line weights-only message), without the file
+   name: :func:`name_checkpoint_errors` wraps it so the error is one line naming the file. It serves
+   fairseq-generate, fairseq's resume from ``checkpoint_last.pt`` and the plugin's own loading.
+7. fairseq-hydra-train reports any exception as hydra's traceback: the plugin's own errors (bad data,
+   bad config, bad checkpoint) are raised as :class:`OneLineError` there, which hydra prints as the
+   one line it is (:func:`one_line_errors`).
+8. fairseq's ``tri_stage`` scheduler fails on a small ``max_update`` with an assertion or a
+   ZeroDivisionError: :func:`check_tri_stage_steps` names the smallest value that works.
 """
 
 from __future__ import annotations
@@ -49,8 +62,99 @@ def fairseq_safe_globals() -> list:
 
 
 def install() -> None:
-    """Register the safe globals once (idempotent)."""
+    """Register the safe globals and wrap fairseq's checkpoint loader (idempotent)."""
     torch.serialization.add_safe_globals(fairseq_safe_globals())
+    name_checkpoint_errors()
+
+
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (torch's messages run over many lines)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def name_checkpoint_errors() -> None:
+    """Make fairseq's checkpoint loader name the file in a one-line error (quirk 6)."""
+    from fairseq import checkpoint_utils
+
+    original = checkpoint_utils.load_checkpoint_to_cpu
+    if getattr(original, "names_the_file", False):
+        return
+
+    @functools.wraps(original)
+    def load_checkpoint_to_cpu(path, *args, **kwargs):
+        try:
+            return original(path, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # torch and pickle raise many types for a bad file
+            raise as_user_error(ValueError(f"{path}: not a readable fairseq checkpoint ({first_line(e)}); "
+                                           "expected a .pt file written by fairseq")) from e
+
+    load_checkpoint_to_cpu.names_the_file = True
+    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+
+
+def _hydra_job_running() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+    except ImportError:
+        return False
+    return HydraConfig.initialized()
+
+
+def _one_line_error_class():
+    from hydra.errors import CompactHydraException
+
+    class OneLineError(CompactHydraException, ValueError):
+        """A plugin error that fairseq-hydra-train prints as its message alone (quirk 7)."""
+
+    return OneLineError
+
+
+OneLineError = _one_line_error_class()
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+def as_user_error(e: Exception) -> Exception:
+    """``e`` itself, or under fairseq-hydra-train the same message as a :class:`OneLineError`."""
+    if isinstance(e, OneLineError) or not _hydra_job_running():
+        return e
+    return OneLineError(f"hjprune: error: {e}")
+
+
+def one_line_errors(fn):
+    """Decorate a plugin hook fairseq calls (task, optimizer, scheduler): under fairseq-hydra-train its
+    errors reach the user as one line instead of a traceback (quirk 7)."""
+    @functools.wraps(fn)
+    def hook(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            converted = as_user_error(e)
+            if converted is e:
+                raise
+            raise converted from e
+
+    return hook
+
+
+def check_tri_stage_steps(max_update: int, phase_ratio, warmup: int, hold: int, decay: int) -> None:
+    """Refuse a tri_stage schedule fairseq cannot build (quirk 8), naming the smallest max_update that works."""
+    if phase_ratio is None:
+        if decay < 1:
+            raise ValueError(f"lr_scheduler.decay_steps must be at least 1 for tri_stage, got {decay}")
+        return
+
+    def decay_steps(n: int) -> int:
+        return int(n * phase_ratio[2])  # fairseq's own rounding
+
+    if max_update < 1 or decay_steps(max_update) < 1:
+        smallest = next(n for n in range(1, 10**7) if decay_steps(n) >= 1)
+        raise ValueError(
+            f"optimization.max_update={max_update} is too small for lr_scheduler tri_stage with phase_ratio "
+            f"{list(phase_ratio)}: its decay phase gets no update; use max_update >= {smallest}"
+        )
 
 
 def check_no_overlap(no_mask_overlap: bool, no_mask_channel_overlap: bool) -> None:

@@ -37,7 +37,8 @@ class ImportedCheckpoint:
 
 
 def load_state(path: str) -> Dict[str, Any]:
-    """fairseq's ``load_checkpoint_to_cpu`` with a clear error for missing / unreadable files."""
+    """fairseq's ``load_checkpoint_to_cpu`` with a clear error for missing / unreadable files (the
+    loader names the file of an unreadable one: compat quirk 6)."""
     from fairseq import checkpoint_utils
 
     from . import compat
@@ -45,10 +46,7 @@ def load_state(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: checkpoint not found (expected a fairseq .pt file)")
     compat.install()
-    try:
-        return checkpoint_utils.load_checkpoint_to_cpu(path)
-    except Exception as e:  # torch/pickle raise many types; re-raise with the file named
-        raise ValueError(f"{path}: not a readable fairseq checkpoint ({type(e).__name__}: {e})") from e
+    return checkpoint_utils.load_checkpoint_to_cpu(path)
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -197,6 +195,19 @@ def read_checkpoint(path: str) -> ImportedCheckpoint:
         f"{path}: unsupported architecture {arch!r} (expected one of "
         f"{sorted(PRETRAINED) + sorted(FINETUNED_CTC)} or an hjprune_* checkpoint)"
     )
+
+
+def conv_layers_of(model: torch.nn.Module) -> Optional[list]:
+    """[(channels, kernel, stride)] of the CNN feature extractor of an hjprune model (its spec) or of a
+    fairseq wav2vec2 / HuBERT model (its ``feature_extractor.conv_layers``); None if it has none."""
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        return [tuple(c) for c in spec.conv_layers]
+    for name, m in model.named_modules():
+        if name.endswith("feature_extractor") and hasattr(m, "conv_layers"):
+            convs = [next(c for c in layer.modules() if isinstance(c, torch.nn.Conv1d)) for layer in m.conv_layers]
+            return [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs]
+    return None
 
 
 def fairseq_model_config(spec: EncoderSpec) -> Dict[str, Any]:

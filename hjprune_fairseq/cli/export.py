@@ -20,13 +20,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("gated", help="gated checkpoint (e.g. checkpoints/prune/checkpoint_best.pt)")
     p.add_argument("slim", help="output path of the slim checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace SLIM if it exists")
+    p.add_argument("--allow-no-gates", action="store_true",
+                   help="export a checkpoint without gates too (a dense copy in the slim format; refused otherwise)")
     p.add_argument("--seconds", type=float, default=10.0, help="virtual input length of the printed cost")
     a = p.parse_args(argv)
     from ..checkpoints import export_slim
     from .cost import describe
 
     try:
-        export_slim(a.gated, a.slim, overwrite=a.overwrite)
+        export_slim(a.gated, a.slim, overwrite=a.overwrite, allow_no_gates=a.allow_no_gates)
         before, after = describe(a.gated, a.seconds), describe(a.slim, a.seconds)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"hjprune-export: error: {e}", file=sys.stderr)

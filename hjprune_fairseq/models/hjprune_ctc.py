@@ -20,7 +20,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II, open_dict
 from torch import nn
 
-from .. import compat
+from .. import compat, data_checks
 from ..encoder import GateMasks, MaskingOptions, Wav2Vec2Encoder
 from ..fairseq_import import ImportedCheckpoint, read_checkpoint
 from ..gates import EncoderGates
@@ -49,6 +49,11 @@ class HJPruneCtcConfig(FairseqDataclass):
     reference_spec: Optional[Any] = field(
         default=None, metadata={"help": "dimensions of the unpruned encoder this one descends from (set "
                                         "automatically; sparsity figures are measured against it)"}
+    )
+    target_dictionary: Optional[Any] = field(
+        default=None, metadata={"help": "the task's target dictionary ({path, symbols in order}); recorded by the "
+                                        "task at first build and saved in checkpoints, so a data dictionary that "
+                                        "differs is refused when the model is built again (decoding, later stages)"}
     )
     normalize: bool = field(default=II("task.normalize"), metadata={"help": "audio is normalised to zero mean, unit variance"})
     dropout_input: float = field(default=0.0, metadata={"help": "dropout on the projected CNN features"})
@@ -178,6 +183,7 @@ class HJPruneCtcModel(BaseFairseqModel):
     def load_imported(self, ckpt: ImportedCheckpoint) -> None:
         self.encoder.load_state_dict(ckpt.encoder_state, strict=True)
         if ckpt.head_state is not None:
+            self.check_imported_dictionary(ckpt)
             if ckpt.head_state["weight"].shape != self.proj.weight.shape:
                 raise ValueError(
                     f"{ckpt.path}: output layer has {ckpt.head_state['weight'].shape[0]} symbols but the task "
@@ -190,6 +196,21 @@ class HJPruneCtcModel(BaseFairseqModel):
             if unexpected:
                 raise ValueError(f"{ckpt.path}: gates {unexpected} do not exist in this model (gate groups differ)")
         logger.info("initialised %s from %s (%s checkpoint, %s)", type(self).__name__, ckpt.path, ckpt.kind, ckpt.arch)
+
+    def check_imported_dictionary(self, ckpt: ImportedCheckpoint) -> None:
+        """The output layer taken from ``ckpt`` indexes the dictionary ``ckpt`` was trained with: it must
+        be the task's (recorded in cfg.target_dictionary by the task)."""
+        ours, theirs = self.cfg.target_dictionary, ckpt.model_cfg.get("target_dictionary")
+        if ours is None:
+            return
+        if theirs is None:
+            logger.warning("%s records no target dictionary: make sure %s is the one its output layer was "
+                           "trained with", ckpt.path, ours["path"])
+            return
+        problem = data_checks.dictionary_difference(theirs["symbols"], f"{theirs['path']}, recorded in {ckpt.path}",
+                                                    ours["symbols"], ours["path"])
+        if problem:
+            raise ValueError(problem)
 
     # ---- forward ------------------------------------------------------------------------------
     @property

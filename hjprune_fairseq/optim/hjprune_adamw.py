@@ -32,6 +32,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
+from .. import compat
 from ..hard_concrete import GATE_GROUP
 from ..sparsity import LAMBDA2_GROUP, LAMBDA_GROUP
 
@@ -68,6 +69,7 @@ def split_params(params: List[torch.nn.Parameter]) -> Dict[str, List[torch.nn.Pa
 
 @register_optimizer("hjprune_adamw", dataclass=HJPruneAdamWConfig)
 class HJPruneAdamW(FairseqOptimizer):
+    @compat.one_line_errors
     def __init__(self, cfg: HJPruneAdamWConfig, params):
         super().__init__(cfg)
         params = list(params)
