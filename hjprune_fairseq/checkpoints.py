@@ -60,8 +60,9 @@ def load_model(path: str) -> Tuple[HJPruneCtcModel, Dict[str, Any]]:
     return model_from_state(state, path), state
 
 
-def export_slim(gated_path: str, slim_path: str, overwrite: bool = False) -> Dict[str, Any]:
-    """Write the physically pruned model of ``gated_path`` (deterministic masks) to ``slim_path``."""
+def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_no_gates: bool = False) -> Dict[str, Any]:
+    """Write the physically pruned model of ``gated_path`` (deterministic masks) to ``slim_path``; a
+    model without gates (e.g. a fine-tuned one) is refused unless ``allow_no_gates`` (a dense copy)."""
     if os.path.realpath(gated_path) == os.path.realpath(slim_path) or (  # symlinks, hard links
             os.path.exists(gated_path) and os.path.exists(slim_path) and os.path.samefile(gated_path, slim_path)):
         raise ValueError(f"{slim_path}: output would overwrite the input checkpoint")
@@ -72,6 +73,10 @@ def export_slim(gated_path: str, slim_path: str, overwrite: bool = False) -> Dic
         raise ValueError(f"{gated_path}: architecture {arch_of(state)!r} has no gates to export "
                          f"(expected one of {sorted(SLIM_OF)})")
     model = model_from_state(state, gated_path)
+    if model.gates is None and not allow_no_gates:
+        raise ValueError(f"{gated_path}: has no gates (every model.prune_* is false, e.g. a fine-tuned model), so "
+                         "nothing would be removed; export the checkpoint of a prune stage (checkpoint_last.pt), "
+                         "or pass --allow-no-gates for a dense copy")
     masks = model.gates.deterministic() if model.gates is not None else model.gate_masks()
     with torch.no_grad():
         spec, enc = slim_encoder(model.spec, model.encoder.state_dict(), masks, source=gated_path)
