@@ -19,7 +19,8 @@ import random
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from hjprune_fairseq.data_checks import SAMPLE_RATE, audio_problem, label_problems, manifest_problems, manifest_rows
+from hjprune_fairseq.data_checks import (SAMPLE_RATE, audio_problem, dictionary_problems, frame_problems, label_problems,
+                                         manifest_problems, manifest_rows)
 from .synth import letters
 
 LETTERS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
@@ -119,27 +120,34 @@ def write_labels(dest: str, splits: Sequence[str], dict_path: Optional[str] = No
     return {s: len(w) for s, (w, _) in out.items()}
 
 
-def validate(data: str, splits: Sequence[str], labels: Optional[str], sample_rate: int = SAMPLE_RATE) -> List[str]:
-    """Every problem found, one line each (empty when the dataset is fine)."""
+def validate(data: str, splits: Sequence[str], labels: Optional[str], sample_rate: int = SAMPLE_RATE,
+             conv_layers: Optional[Sequence[tuple]] = None) -> List[str]:
+    """Every problem found, one line each (empty when the dataset is fine); rows CTC cannot learn are
+    counted with ``conv_layers`` (wav2vec2-base's when None)."""
     problems: List[str] = []
     symbols = None
+    single = labels == "label"
     if labels:
         dict_path = os.path.join(data, f"dict.{labels}.txt")
-        if os.path.isfile(dict_path):
-            symbols = {line.split()[0] for line in open(dict_path).read().splitlines() if line.strip()}
-        else:
-            problems.append(f"{dict_path}: dictionary not found")
+        found = list(dictionary_problems(dict_path))
+        problems += found
+        if not found:
+            symbols = {line.rsplit(" ", 1)[0] for line in open(dict_path).read().splitlines()}
     for split in splits:
         manifest = os.path.join(data, f"{split}.tsv")
         try:
             problems += list(manifest_problems(manifest, sample_rate))
-            rows = len(manifest_rows(manifest))
+            rows = manifest_rows(manifest)
         except (ValueError, FileNotFoundError) as e:
             problems.append(str(e))
             continue
+        lines = label_path = None
         if labels:
-            problems += list(label_problems(os.path.join(data, f"{split}.{labels}"), rows, manifest, symbols,
-                                            single=labels == "label"))
+            label_path = os.path.join(data, f"{split}.{labels}")
+            problems += list(label_problems(label_path, len(rows), manifest, symbols, single=single))
+            if os.path.isfile(label_path) and not single:
+                lines = open(label_path).read().splitlines()
+        problems += list(frame_problems(manifest, rows, lines, conv_layers, label_path))
     return problems
 
 
@@ -193,8 +201,19 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--splits", nargs="+", default=["train", "valid"], help="splits to check (default: train valid)")
     p.add_argument("--labels", default="ltr", help="label extension to check; '' for manifests only (default: ltr)")
     p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="required sample rate (default: 16000)")
+    p.add_argument("--checkpoint", help="count the frames of each row with this model's CNN (any checkpoint the "
+                                        "plugin reads; default: wav2vec2-base's CNN, 320 samples a frame, 400 at least)")
     a = p.parse_args(argv)
-    problems = validate(a.data, a.splits, a.labels or None, a.sample_rate)
+    conv_layers = None
+    if a.checkpoint:
+        from hjprune_fairseq.fairseq_import import read_checkpoint
+
+        try:
+            conv_layers = read_checkpoint(a.checkpoint).spec.conv_layers
+        except (ValueError, FileNotFoundError) as e:
+            print(f"hjprune-validate: error: {e}", file=sys.stderr)
+            return 2
+    problems = validate(a.data, a.splits, a.labels or None, a.sample_rate, conv_layers)
     for line in problems:
         print(line)
     print(f"{len(problems)} problem(s) in {a.data}", file=sys.stderr)

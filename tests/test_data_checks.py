@@ -98,3 +98,114 @@ def test_fairseq_generate_reports_the_bad_row(data, stock_ctc):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "test.tsv:5: audio file" in r.stderr and "not found" in r.stderr
     assert "T-" not in r.stdout  # nothing was decoded
+
+
+# ---- what CTC cannot learn, and the traceback cases of a review (one line naming file and line) ----------
+
+def test_manifest_with_bom(data):
+    (data / "test.tsv").write_text("\ufeff" + (data / "test.tsv").read_text(), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"test\.tsv:1: starts with a UTF-8 byte-order mark"):
+        load(data)
+
+
+def test_manifest_without_root_line(data):
+    lines = (data / "test.tsv").read_text().splitlines()
+    (data / "test.tsv").write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(ValueError, match=r"test\.tsv:1: expected the root folder on the first line, got the row "
+                                         r"'test_0\.wav\\t\d+'"):
+        load(data)
+
+
+def test_empty_split(data):
+    (data / "test.tsv").write_text((data / "test.tsv").read_text().splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match=r"test\.tsv: no utterances \(expected 'relative/path<TAB>num_samples' rows"):
+        load(data)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("E", r"dict\.ltr\.txt:3: expected 'symbol count', got 'E'"),
+    ("T 5", r"dict\.ltr\.txt:3: symbol 'T' already on line 2 \(expected each symbol once\)"),
+])
+def test_bad_dictionary_line(data, line, message):
+    lines = (data / "dict.ltr.txt").read_text().splitlines()
+    lines[2] = line
+    (data / "dict.ltr.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=message):
+        load(data).target_dictionary
+
+
+def set_audio(data, row: int, samples: np.ndarray, subtype: str = "PCM_16") -> None:
+    """Replace the audio of manifest row ``row`` (0-based) and its sample count."""
+    sf.write(data / f"test_{row}.wav", samples, 16000, subtype=subtype)
+    lines = (data / "test.tsv").read_text().splitlines()
+    lines[row + 1] = f"test_{row}.wav\t{len(samples)}"
+    (data / "test.tsv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("samples", [0, 399])
+def test_audio_with_no_frame(data, samples):
+    set_audio(data, 1, np.zeros(samples, dtype="float32"))
+    with pytest.raises(ValueError, match=rf"test\.tsv:3: audio of {samples} samples gives no frame \(the CNN needs "
+                                         r"at least 400 samples\)"):
+        load(data)
+
+
+def test_transcript_longer_than_its_frames(data):
+    set_audio(data, 2, 0.1 * np.ones(3200, dtype="float32"))  # 9 frames of wav2vec2-base
+    lines = (data / "test.ltr").read_text().splitlines()
+    lines[2] = "T O O | S H O R T |"  # 10 symbols, and OO needs a blank between: 11 frames
+    (data / "test.ltr").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"test\.tsv:4: the transcript needs 11 CTC frames \(10 symbols\) but its "
+                                         r"audio \(3200 samples\) gives 9 \(.*test\.ltr:3\)"):
+        load(data)
+
+
+def test_frames_are_counted_with_the_models_cnn():
+    tiny = [(32, 10, 5)] + [(32, 3, 2)] * 2 + [(32, 2, 2)] * 2  # the tests' model: 80 samples a frame
+    assert data_checks.num_frames(3200, tiny) == 39 and data_checks.num_frames(3200, data_checks.WAV2VEC2_CONV) == 9
+    assert data_checks.receptive_field(tiny) == 100 and data_checks.receptive_field(data_checks.WAV2VEC2_CONV) == 400
+    assert data_checks.frame_problem(3200, list("TOO|SHORT|"), tiny) is None
+    assert data_checks.ctc_frames_needed(list("AAB")) == 4
+
+
+def test_nan_samples(data):
+    wav = 0.1 * np.ones(9000, dtype="float32")
+    wav[1234] = np.nan
+    set_audio(data, 0, wav, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"test\.tsv:2: .*test_0\.wav holds 1 NaN or infinite samples \(the first at "
+                                         r"sample 1234"):
+        load(data)
+
+
+def test_validate_reports_what_ctc_cannot_learn(data, capsys):
+    from manifests import tools
+
+    set_audio(data, 0, np.zeros(300, dtype="float32"))
+    wav = 0.1 * np.ones(9000, dtype="float32")
+    wav[5] = np.inf
+    set_audio(data, 3, wav, subtype="FLOAT")
+    assert tools.validate_main([str(data), "--splits", "test"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2, out
+    assert out[0].startswith(f"{data / 'test.tsv'}:5: ") and "holds 1 NaN or infinite samples" in out[0]
+    assert out[1].startswith(f"{data / 'test.tsv'}:2: audio of 300 samples gives no frame")
+
+
+def test_training_stops_at_a_row_ctc_cannot_learn_with_one_line(tmp_path, w2v_pretrained):
+    """Under fairseq-hydra-train the plugin's error is the one line hydra prints, with file and line."""
+    from fairseq_fixtures import EXAMPLES, hydra_train
+
+    make_letter_corpus(str(tmp_path), {"train": 3, "valid": 2})
+    sf.write(tmp_path / "valid_1.wav", np.zeros(90, dtype="float32"), 16000)
+    lines = (tmp_path / "valid.tsv").read_text().splitlines()
+    lines[2] = "valid_1.wav\t90"
+    (tmp_path / "valid.tsv").write_text("\n".join(lines) + "\n")
+    r = hydra_train(os.path.join(EXAMPLES, "tiny"), "finetune", [
+        f"common.user_dir={USER_DIR}", f"task.data={tmp_path}", f"model.w2v_path={w2v_pretrained}",
+        f"checkpoint.save_dir={tmp_path / 'ck'}"], cwd=str(tmp_path))
+    assert r.returncode != 0
+    errors = [l for l in r.stderr.splitlines() if l.startswith("hjprune: error:")]
+    assert errors == [f"hjprune: error: {tmp_path / 'valid.tsv'}:3: audio of 90 samples gives no frame (the CNN needs "
+                      f"at least 100 samples) ({tmp_path / 'valid.ltr'}:2); remove the row (and its label line) or "
+                      "filter it out"], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
