@@ -151,6 +151,22 @@ class HJPruneAudioFinetuningTask(CompleteBatches, AudioFinetuningTask):
             with open_dict(model_cfg):
                 model_cfg.target_dictionary = {"path": path, "symbols": data}
 
+    def build_generator(self, models, args, **kwargs):
+        return GreedyCTCGenerator(self.target_dictionary)
+
+    def optimizer_step(self, optimizer, model, update_num):
+        """The optimizer step, then the model's ``after_update`` hook if it has one (PARP's re-prune)."""
+        inner = getattr(model, "module", model)
+        hook = getattr(inner, "after_update", None)
+        if hook is not None and isinstance(optimizer, FP16Optimizer):
+            raise ValueError(
+                "PARP cannot run with common.fp16 or common.bf16: the optimizer's fp32 copy of the weights would "
+                "undo every prune; use common.amp=true or common.memory_efficient_fp16=true instead"
+            )
+        super().optimizer_step(optimizer, model, update_num)
+        if hook is not None:
+            hook(update_num + 1)
+
 
 @dataclass
 class HJPruneAudioClassificationConfig(HJPruneAudioFinetuningConfig):
