@@ -152,7 +152,7 @@ def check_tri_stage_steps(max_update: int, phase_ratio, warmup: int, hold: int, 
     if max_update < 1 or decay_steps(max_update) < 1:
         smallest = next(n for n in range(1, 10**7) if decay_steps(n) >= 1)
         raise ValueError(
-            f"optimization.max_update={max_update} is too small for lr_scheduler tri_stage with phase_ratio "
+            f"optimization.max_update={max_update:g} is too small for lr_scheduler tri_stage with phase_ratio "
             f"{list(phase_ratio)}: its decay phase gets no update; use max_update >= {smallest}"
         )
 

@@ -38,3 +38,26 @@ def test_missing_w2v_path_fails_before_training(tmp_path):
     assert r.returncode != 0
     assert f"{missing}: checkpoint not found" in r.stderr
     assert not list((tmp_path / "ck").glob("*.pt"))  # fairseq makes the folder up front; nothing was trained
+
+
+@pytest.mark.parametrize("config, max_update, smallest", [
+    ("finetune", 1, 2),  # phase_ratio [0.1, 0.4, 0.5]
+    ("prune", 1, 4), ("prune", 3, 4),  # [0.1, 0.6, 0.3]
+])
+def test_max_update_too_small_for_the_schedule(config, max_update, smallest):
+    from fairseq.optim.lr_scheduler import build_lr_scheduler
+
+    cfg = compose_like_fairseq(TINY, config, [f"common.user_dir={USER_DIR}", "task.data=x", "model.w2v_path=x",
+                                              f"optimization.max_update={max_update}"])
+    with pytest.raises(ValueError, match=rf"optimization.max_update={max_update} is too small for lr_scheduler "
+                                         r"tri_stage with phase_ratio \[0\.1, 0\.\d, 0\.\d\]: its decay phase gets no "
+                                         r"update; use max_update >= " + str(smallest)):
+        build_lr_scheduler(cfg.lr_scheduler, optimizer=None)
+
+
+def test_the_smallest_max_update_named_works(tmp_path, w2v_pretrained):
+    from fairseq_fixtures import make_letter_corpus, train_ok
+
+    data = make_letter_corpus(str(tmp_path / "d"), {"train": 2, "valid": 1})
+    log = train_ok(TINY, "finetune", data, w2v_pretrained, tmp_path / "ck", ["optimization.max_update=2"])
+    assert "done training" in log
