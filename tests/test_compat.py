@@ -71,3 +71,50 @@ def test_fairseq_batching_drops_the_last_batch_but_the_task_does_not():
                                     max_tokens=10**6, required_batch_size_multiple=8)
     assert sum(len(b) for b in kept) == 8
     assert compat.batch_multiple_that_keeps_every_utterance(8) == 1
+
+
+def test_fairseq_generate_swaps_in_the_checkpoints_dictionary_before_building_the_model():
+    """Quirk 5: the task state (its pickled target dictionary) is merged before build_model, so the
+    plugin's task compares the dictionary file, not self.target_dictionary."""
+    from fairseq import checkpoint_utils
+
+    src = inspect.getsource(checkpoint_utils.load_model_ensemble_and_task)
+    assert src.index("task.load_state_dict(state[\"task_state\"])") < src.index("task.build_model(")
+
+
+def test_fairseq_loader_does_not_name_a_bad_file(tmp_path, w2v_pretrained):
+    """Quirk 6: without the plugin, a truncated checkpoint fails without its file name."""
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(open(w2v_pretrained, "rb").read()[:3000])
+    plain = run(f"from fairseq import checkpoint_utils; checkpoint_utils.load_checkpoint_to_cpu({str(cut)!r})")
+    assert plain.returncode != 0 and "cut.pt" not in plain.stderr.strip().splitlines()[-1]
+    fixed = run(f"import hjprune_fairseq; from fairseq import checkpoint_utils; "
+                f"checkpoint_utils.load_checkpoint_to_cpu({str(cut)!r})")
+    last = fixed.stderr.strip().splitlines()[-1]
+    assert fixed.returncode != 0 and last.startswith(f"ValueError: {cut}: not a readable fairseq checkpoint (")
+
+
+def test_hydra_prints_a_compact_exception_as_its_message():
+    """Quirk 7: hydra prints a CompactHydraException as str(e) alone, any other as a traceback."""
+    from hydra._internal import utils as hydra_utils
+
+    src = inspect.getsource(hydra_utils.run_and_report)
+    assert "isinstance(ex, CompactHydraException)" in src and "sys.stderr.write(str(ex)" in src
+    assert issubclass(compat.OneLineError, ValueError)
+    assert compat.as_user_error(ValueError("x")).__class__ is ValueError  # outside a hydra job: unchanged
+
+
+def test_fairseq_tri_stage_fails_on_a_small_max_update():
+    """Quirk 8: phase_ratio [0.1, 0.6, 0.3] and max_update 3 leave the decay phase 0 steps."""
+    import torch
+    from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
+    from fairseq.optim.lr_scheduler.tri_stage_lr_scheduler import TriStageLRSchedule, TriStageLRScheduleConfig
+    from omegaconf import OmegaConf
+
+    opt = FairseqAdam(OmegaConf.structured(FairseqAdamConfig(lr=[1e-3], tpu=False)), [torch.nn.Parameter(torch.zeros(1))])
+    cfg = OmegaConf.structured(TriStageLRScheduleConfig(phase_ratio=[0.1, 0.6, 0.3], max_update=3, lr=[1e-3]))
+    with pytest.raises(ZeroDivisionError):
+        TriStageLRSchedule(cfg, opt)
+    with pytest.raises(ValueError, match="use max_update >= 4"):
+        compat.check_tri_stage_steps(3, [0.1, 0.6, 0.3], 0, 0, 0)
+    compat.check_tri_stage_steps(4, [0.1, 0.6, 0.3], 0, 0, 0)
