@@ -436,7 +436,11 @@ class Wav2Vec2Encoder(nn.Module):
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[torch.Tensor]]:
         """source (B, S) waveform, padding_mask (B, S) True at padding.
 
-        Returns (x (B, T, d), frame padding mask (B, T) or None, per-layer outputs if asked).
+        Returns (x (B, T, d), frame padding mask (B, T) or None, hidden states if asked). With
+        ``return_layers`` the hidden states are [Transformer input, layer 1, ..., layer L outputs],
+        each (B, T, d); a layer skipped by layerdrop has no entry. Entry 0 is the projected
+        features that enter the Transformer, before the positional conv: DPHuBERT's "layer 0"
+        (github.com/pyf98/DPHuBERT, wav2vec2/components.py, ``Encoder.extract_features``).
         """
         gates = gates or GateMasks()
         hidden = gates.hidden
@@ -451,12 +455,12 @@ class Wav2Vec2Encoder(nn.Module):
 
         if frame_pad is not None:
             x = x.masked_fill(frame_pad.unsqueeze(-1), 0.0)
+        outputs: List[torch.Tensor] = [x] if return_layers else []
         x = x + _mul(self.pos_conv(x), hidden)
         if not self.spec.layer_norm_first:
             x = self.encoder_layer_norm(x, hidden)
         x = self.dropout(x)
 
-        outputs: List[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
             if self.training and self.layerdrop > 0 and torch.rand(()).item() < self.layerdrop:
                 continue

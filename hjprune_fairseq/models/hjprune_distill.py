@@ -1,15 +1,19 @@
 """Task-agnostic pruning by distillation (Wang et al., Interspeech 2023; DPHuBERT's recipe).
 
 ``hjprune_wav2vec_distill`` is the gated encoder of ``hjprune_wav2vec_ctc`` whose output is not a
-vocabulary but one linear prediction head per distilled layer: head k maps the student's output of
-Transformer layer ``distill_layers[k]`` to the teacher's dimension. The ``hjprune_distill``
-criterion compares them with the frozen unpruned teacher's outputs of the same layers, on unlabeled
-audio (task ``hjprune_audio_distill``). ``hjprune-export`` writes ``hjprune_slim_distill``: the slim
-encoder with its heads, which any hjprune model can take as ``w2v_path`` (the heads are not used
-then; a fine-tuning model gets a new output layer).
+vocabulary but one linear prediction head per distilled layer: head k maps the student's hidden state
+``distill_layers[k]`` (0: the Transformer's input, l >= 1: the output of Transformer layer l) to the
+teacher's dimension. The heads start as the identity when student and teacher are equally wide, as
+DPHuBERT's (github.com/pyf98/DPHuBERT, distill.py ``_init_layer_transform``), so a student with every
+gate open starts at the loss's minimum. The ``hjprune_distill`` criterion compares them with the
+frozen unpruned teacher's hidden states of the same layers, on unlabeled audio (task
+``hjprune_audio_distill``). ``hjprune-export`` writes ``hjprune_slim_distill``: the slim encoder
+with its heads, which any hjprune model can take as ``w2v_path`` (the heads are not used then; a
+fine-tuning model gets a new output layer).
 """
 
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -22,12 +26,16 @@ from ..fairseq_import import ImportedCheckpoint
 from ..spec import EncoderSpec
 from .hjprune_ctc import HJPruneCtcConfig, HJPruneGatedCtc, HJPruneGatedCtcConfig, HJPruneSlimCtc
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class DistillFields:
     distill_layers: str = field(
-        default="4,8,12", metadata={"help": "comma-separated 1-based Transformer layers whose outputs are distilled, "
-                                            "student layer k to teacher layer k (DPHuBERT: 4,8,12)"}
+        default="0,4,8,12",
+        metadata={"help": "comma-separated hidden states distilled, student's k to teacher's k: 0 is the Transformer's "
+                          "input (projected CNN features, before the positional conv), l >= 1 the output of "
+                          "Transformer layer l (DPHuBERT, base models: 0,4,8,12)"},
     )
     teacher_dim: Optional[int] = field(
         default=None, metadata={"help": "output size of the prediction heads: the teacher's embed_dim (set automatically)"}
@@ -45,13 +53,14 @@ class HJPruneSlimDistillConfig(HJPruneCtcConfig, DistillFields):
 
 
 def parse_layers(text: str, num_layers: int) -> List[int]:
-    """'4,8,12' -> [4, 8, 12]; ValueError unless strictly increasing layers in 1..num_layers."""
+    """'0,4,8,12' -> [0, 4, 8, 12]; ValueError unless strictly increasing layers in 0..num_layers."""
     try:
         layers = [int(t) for t in str(text).split(",") if t.strip()]
     except ValueError:
         raise ValueError(f"model.distill_layers must be comma-separated layer numbers, got {text!r}") from None
-    if not layers or layers != sorted(set(layers)) or layers[0] < 1 or layers[-1] > num_layers:
-        raise ValueError(f"model.distill_layers must be increasing layer numbers in 1..{num_layers}, got {text!r}")
+    if not layers or layers != sorted(set(layers)) or layers[0] < 0 or layers[-1] > num_layers:
+        raise ValueError(f"model.distill_layers must be increasing layer numbers in 0..{num_layers} (0: the "
+                         f"Transformer's input), got {text!r}")
     return layers
 
 
@@ -67,7 +76,19 @@ class DistillHeads:
             with open_dict(cfg):  # the unpruned model's width; saved with the checkpoint
                 ref = cfg.reference_spec
                 cfg.teacher_dim = (EncoderSpec.from_dict(dict(ref)) if ref is not None else spec).embed_dim
-        return nn.ModuleList(nn.Linear(spec.embed_dim, cfg.teacher_dim) for _ in self.distill_layers)
+        heads = nn.ModuleList(nn.Linear(spec.embed_dim, cfg.teacher_dim) for _ in self.distill_layers)
+        if spec.embed_dim == cfg.teacher_dim:
+            # DPHuBERT's init (distill.py, _init_layer_transform): an unpruned student then predicts
+            # the teacher exactly, and the distillation loss starts at its minimum.
+            with torch.no_grad():
+                for head in heads:
+                    head.weight.copy_(torch.eye(spec.embed_dim))
+                    head.bias.zero_()
+        else:
+            logger.info("prediction heads map width %d to the teacher's %d: not square, so initialised at random, "
+                        "not as the identity (weights from a checkpoint, if any, replace them)",
+                        spec.embed_dim, cfg.teacher_dim)
+        return heads
 
     @classmethod
     def build_model(cls, cfg, task):
@@ -79,8 +100,8 @@ class DistillHeads:
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict[str, Any]:
         """{"layers": [(B, T, teacher_dim) per distilled layer], "padding_mask": (B, T) or None}."""
-        _, frame_pad, outputs = self.encode(source, padding_mask, return_layers=True)
-        preds = [head(outputs[i - 1]) for i, head in zip(self.distill_layers, self.proj)]
+        _, frame_pad, hidden_states = self.encode(source, padding_mask, return_layers=True)
+        preds = [head(hidden_states[i]) for i, head in zip(self.distill_layers, self.proj)]
         return {"layers": preds, "padding_mask": frame_pad}
 
 
