@@ -25,6 +25,24 @@ _EPS = 1e-6
 GATE_GROUP = "hjprune_gate"  # parameter-group tag of log_alpha (hjprune_adamw gives it its own lr)
 
 
+class KeepsParameterDtype(nn.Module):
+    """Its own parameters keep their floating-point dtype through ``.half()``, ``.to(torch.bfloat16)``
+    and the like; device moves still apply. fairseq's trainer casts the whole model and criterion to
+    16 bits under ``common.fp16`` / ``bf16``: for log_alpha, ``sigmoid`` then rounds to exactly 1 above
+    ~8 and its gradient vanishes, and a multiplier's gradient (gap * sample_size * loss scale) overflows.
+    Consumers cast what they take from these parameters to their own dtype."""
+
+    def _apply(self, fn, recurse=True):
+        def device_only(t: torch.Tensor) -> torch.Tensor:
+            target = fn(torch.empty(0, dtype=t.dtype, device=t.device))  # where fn would move it
+            return t.to(target.device)
+
+        if recurse:  # children are cast as usual
+            for child in self.children():
+                child._apply(fn)
+        return super()._apply(device_only, recurse=False)
+
+
 def keep_prob(log_alpha: torch.Tensor, beta: float = BETA, l: float = LIMIT_L, r: float = LIMIT_R) -> torch.Tensor:
     """P(z != 0) per unit (Eq. 3), differentiable in log_alpha."""
     return torch.sigmoid(log_alpha - beta * math.log(-l / r))
@@ -55,7 +73,7 @@ def log_alpha_for(keep_probability: float, beta: float = BETA, l: float = LIMIT_
     return math.log(keep_probability / (1.0 - keep_probability)) + beta * math.log(-l / r)
 
 
-class HardConcrete(nn.Module):
+class HardConcrete(KeepsParameterDtype):
     """A block of HardConcrete gates of shape ``shape`` (e.g. (layers, heads)).
 
     In training mode ``forward()`` draws one sample per unit (shared by the whole batch, as in
@@ -63,7 +81,7 @@ class HardConcrete(nn.Module):
     estimator, Wang et al., Interspeech 2023) training forwards the deterministic mask too, and the
     gradient reaches ``log_alpha`` as if through the sample: what is trained is what is exported.
     ``log_alpha`` carries the parameter-group tag ``hjprune_gate`` so the optimizer can give it its
-    own learning rate.
+    own learning rate, and stays float32 under fp16/bf16 training (:class:`KeepsParameterDtype`).
     """
 
     def __init__(self, shape: Sequence[int], init_keep_prob: float = 0.99, init_std: float = 0.01,

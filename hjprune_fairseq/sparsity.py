@@ -25,6 +25,7 @@ from torch import nn
 
 from . import cost_model
 from .cost_model import sparsities
+from .hard_concrete import KeepsParameterDtype
 
 SPARSITY_MODES = ChoiceEnum(["none", "size", "sep_size", "macs", "transformer_only"])
 LAMBDA_GROUP = "hjprune_lambda"  # lambda1: rate optimizer.lambda_lr
@@ -80,8 +81,10 @@ def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
     return {k: float(v) for k, v in targets.items()}
 
 
-class SparsityConstraint(nn.Module):
-    """Holds the Lagrange multipliers and computes the penalty and its log values for a gated model."""
+class SparsityConstraint(KeepsParameterDtype):
+    """Holds the Lagrange multipliers and computes the penalty and its log values for a gated model.
+    The multipliers stay float64 under fp16/bf16 training: their gradient, gap * sample_size * loss
+    scale, accumulated over update_freq micro-batches, overflows 16 bits."""
 
     def __init__(self, mode: str, targets: Dict[str, float], warmup_updates: int, seconds: float):
         super().__init__()

@@ -30,7 +30,7 @@ import torch
 from fairseq import utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
-from omegaconf import II
+from omegaconf import II, OmegaConf
 
 from .. import compat
 from ..hard_concrete import GATE_GROUP
@@ -57,6 +57,8 @@ class HJPruneAdamWConfig(FairseqDataclass):
                                         "lr / peak lr (false: keep them constant)"}
     )
     lr: List[float] = II("optimization.lr")
+    memory_efficient_fp16: bool = II("common.memory_efficient_fp16")
+    memory_efficient_bf16: bool = II("common.memory_efficient_bf16")
 
 
 def split_params(params: List[torch.nn.Parameter]) -> Dict[str, List[torch.nn.Parameter]]:
@@ -78,11 +80,17 @@ class HJPruneAdamW(FairseqOptimizer):
                 "hjprune_adamw received one flat parameter: fp16/bf16 flattened the model, losing the gate and "
                 "multiplier groups; set common.fp16_no_flatten_grads=true"
             )
+        for mode in ("memory_efficient_fp16", "memory_efficient_bf16"):
+            if OmegaConf.select(cfg, mode, throw_on_resolution_failure=False):  # None outside a full config
+                raise ValueError(f"common.{mode}=true is not supported by hjprune_adamw (torch AdamW would step the "
+                                 "16-bit weights with 16-bit moments); use common.fp16 or common.bf16 with "
+                                 "common.fp16_no_flatten_grads=true, or common.amp")
         if cfg.gate_lr <= 0 or cfg.lambda_lr <= 0 or cfg.lambda2_lr_scale <= 0:
             raise ValueError(f"optimizer.gate_lr, optimizer.lambda_lr and optimizer.lambda2_lr_scale must be positive, "
                              f"got {cfg.gate_lr}, {cfg.lambda_lr}, {cfg.lambda2_lr_scale}")
         groups = split_params(params)
         self.weight_params = groups["weights"]
+        self.constraint_params = groups["gates"] + groups["lambda1"] + groups["lambda2"]
         betas = eval(cfg.adam_betas) if isinstance(cfg.adam_betas, str) else tuple(cfg.adam_betas)
         param_groups = [{"params": groups["weights"], "lr": cfg.lr[0], "weight_decay": cfg.weight_decay, ROLE: "weights",
                          PAST_PEAK: False}]
@@ -131,5 +139,11 @@ class HJPruneAdamW(FairseqOptimizer):
         self.set_lr(self.param_groups[0]["lr"])
 
     def clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
-        """Clip (and report the norm of) the model weights only; gates and multipliers are untouched."""
-        return utils.clip_grad_norm_(self.weight_params, max_norm, aggregate_norm_fn)
+        """Clip (and report the norm of) the model weights only; gates and multipliers are untouched, but
+        a non-finite gradient among them makes the reported norm inf (an overflow to the fp16 scaler)."""
+        norm = utils.clip_grad_norm_(self.weight_params, max_norm, aggregate_norm_fn)
+        grads = [p.grad for p in self.constraint_params if p.grad is not None]
+        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            logger.info("non-finite gradient in a gate or multiplier: reported as an overflow")
+            return torch.full_like(torch.as_tensor(norm, dtype=torch.float32), float("inf"))
+        return norm

@@ -1,0 +1,181 @@
+"""fp16 / bf16: the gates and multipliers stay fp32, their overflow is caught, and a prune runs."""
+
+import math
+import os
+
+import pytest
+import torch
+from fairseq_fixtures import EXAMPLES, USER_DIR, compose_like_fairseq, hydra_train, make_letter_corpus
+from helpers import gated_model
+
+from hjprune_fairseq import hard_concrete
+from hjprune_fairseq.cost_model import report
+from hjprune_fairseq.sparsity import SparsityConstraint
+
+TINY = os.path.join(EXAMPLES, "tiny")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gates_and_multipliers_keep_their_dtype_when_cast(w2v_pretrained, dtype):
+    model = gated_model(w2v_pretrained).to(dtype)
+    constraint = SparsityConstraint("macs", {"macs": 0.4}, 0, 10.0).to(dtype)
+    assert {p.dtype for p in model.gates.parameters()} == {torch.float32}
+    assert {p.dtype for n, p in model.named_parameters() if not n.startswith("gates.")} == {dtype}
+    assert constraint.lambda1.dtype == constraint.lambda2.dtype == torch.float64
+    model.train()
+    source = torch.randn(2, 4000, dtype=dtype)
+    out = model(source=source, padding_mask=torch.zeros(2, 4000, dtype=torch.bool))
+    assert out["encoder_out"].dtype == dtype and torch.isfinite(out["encoder_out"]).all()
+
+
+def test_keep_probability_gradient_survives_at_log_alpha_8(w2v_pretrained):
+    """In fp16, sigmoid rounds to 1 above ~8 and its gradient is exactly 0: such a gate could never be
+    pruned again. The gates stay fp32, so dP/dlog_alpha is still 6.8e-5 there."""
+    x = torch.tensor(8.0 - hard_concrete.BETA * math.log(-hard_concrete.LIMIT_L / hard_concrete.LIMIT_R))
+    half = x.half().requires_grad_()
+    torch.sigmoid(half).backward()
+    assert half.grad.item() == 0.0  # the quirk the fp32 gates avoid
+    model = gated_model(w2v_pretrained).half()
+    with torch.no_grad():
+        for p in model.gates.parameters():
+            p.fill_(8.0)
+    model.gates.keep_probs().heads[0].sum().backward()
+    grad = model.gates.heads[0].log_alpha.grad
+    assert grad.dtype == torch.float32
+    assert grad.min().item() == pytest.approx((torch.sigmoid(x) * (1 - torch.sigmoid(x))).item(), rel=1e-3)
+    assert grad.min().item() > 1e-5
+
+
+def fp16_optimizer(params, **overrides):
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+
+    args = [f"common.user_dir={USER_DIR}", "task.data=x", "model.w2v_path=x", "common.fp16=true",
+            "common.fp16_no_flatten_grads=true", "common.fp16_init_scale=128", "optimization.update_freq=[4]",
+            *[f"{k}={v}" for k, v in overrides.items()]]
+    cfg = compose_like_fairseq(TINY, "prune", args)
+    return FP16Optimizer.build_optimizer(cfg, params)
+
+
+def test_multiplier_gradient_no_longer_overflows_fp16(w2v_pretrained):
+    """The review's scenario: 4 micro-batches of ~9,500 frames, loss scale 128, fairseq's real FP16Optimizer
+    with hjprune_adamw. The lambda1 gradient, gap * sample_size * scale summed over 4, is far beyond fp16's
+    65504; it used to become inf and then NaN. Now the multipliers are float64 and the step is correct."""
+    model = gated_model(w2v_pretrained).half().train()
+    constraint = SparsityConstraint("macs", {"macs": 0.4}, 0, 10.0).half()
+    params = [p for p in list(model.parameters()) + list(constraint.parameters()) if p.requires_grad]
+    opt = fp16_optimizer(params)
+    frames = 9500
+    for _ in range(4):
+        penalty, logs = constraint(model, 0)
+        opt.backward(penalty * frames)
+    gap = logs["sparsity"] - logs["target"]
+    assert abs(constraint.lambda1.grad.item()) == pytest.approx(abs(gap) * frames * 128 * 4, rel=1e-3)
+    assert abs(constraint.lambda1.grad.item()) > 65504  # what fp16 cannot hold
+    opt.multiply_grads(1.0 / (4 * frames))
+    norm = opt.clip_grad_norm(10.0)
+    assert math.isfinite(float(norm))
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in params)
+    # AdamW's first step moves a multiplier by its lr, by ascent: against the sign of the gap (s < t here)
+    lr = next(g["lr"] for g in opt.fp32_optimizer.param_groups if g["hjprune_role"] == "lambda1")
+    assert constraint.lambda1.item() == pytest.approx(lr * math.copysign(1, gap), rel=1e-3)
+
+
+def test_inf_in_a_gate_gradient_is_an_overflow(w2v_pretrained):
+    """A non-finite gate gradient is reported like a weight overflow: FP16Optimizer lowers the scale and
+    fairseq skips the update; nothing is stepped."""
+    model = gated_model(w2v_pretrained).half().train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = fp16_optimizer(params)
+    out = model(source=torch.randn(1, 4000).half())["encoder_out"]
+    opt.backward(out.float().pow(2).mean())
+    model.gates.heads[0].log_alpha.grad[0] = float("inf")
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(OverflowError):
+        opt.clip_grad_norm(10.0)
+    assert opt.scaler.loss_scale == 64.0
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_inf_in_a_multiplier_gradient_stops_fp32_training():
+    """In fp32 the trainer raises 'gradients are Nan/Inf' on a non-finite norm: the clip reports inf."""
+    from omegaconf import OmegaConf
+
+    from hjprune_fairseq.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
+
+    w = torch.nn.Parameter(torch.ones(3))
+    constraint = SparsityConstraint("macs", {"macs": 0.4}, 0, 10.0)
+    opt = HJPruneAdamW(OmegaConf.structured(HJPruneAdamWConfig(lr=[1e-3])), [w, *constraint.parameters()])
+    w.grad = torch.full((3,), 4.0)
+    constraint.lambda1.grad = torch.tensor([float("nan")], dtype=torch.float64)
+    constraint.lambda2.grad = torch.zeros(1, dtype=torch.float64)
+    assert math.isinf(float(opt.clip_grad_norm(1.0)))
+    assert torch.allclose(w.grad, torch.full((3,), 1 / math.sqrt(3)))  # the weights are still clipped
+    constraint.lambda1.grad = torch.zeros(1, dtype=torch.float64)
+    assert float(opt.clip_grad_norm(0.0)) == pytest.approx(1.0)
+
+
+def test_memory_efficient_fp16_is_refused_in_one_line(tmp_path, w2v_pretrained):
+    data = make_letter_corpus(str(tmp_path / "d"), {"train": 2, "valid": 1})
+    r = hydra_train(TINY, "prune", [f"common.user_dir={USER_DIR}", f"task.data={data}", f"model.w2v_path={w2v_pretrained}",
+                                    f"checkpoint.save_dir={tmp_path / 'ck'}", "common.fp16=true",
+                                    "common.memory_efficient_fp16=true", "common.fp16_no_flatten_grads=true"],
+                    cwd=str(tmp_path))
+    assert r.returncode != 0
+    assert [l for l in r.stderr.splitlines() if l.startswith("hjprune: error:")] == [
+        "hjprune: error: common.memory_efficient_fp16=true is not supported by hjprune_adamw (torch AdamW would "
+        "step the 16-bit weights with 16-bit moments); use common.fp16 or common.bf16 with "
+        "common.fp16_no_flatten_grads=true, or common.amp"], r.stderr[-2000:]
+
+
+# ---- the tiny prune config under fairseq-hydra-train -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_letter_corpus(str(tmp_path_factory.mktemp("mp_corpus")), {"train": 8, "valid": 2})
+
+
+def prune(tmp_path, corpus, w2v, precision, max_update, **extra):
+    o = {"common.user_dir": USER_DIR, "task.data": corpus, "model.w2v_path": w2v,
+         "checkpoint.save_dir": str(tmp_path / precision), "optimization.max_update": max_update,
+         "dataset.max_tokens": 64000, "common.log_interval": 1, "criterion.sparsity_warmup_updates": max_update // 2,
+         "dataset.validate_interval_updates": 0, "common.fp16_no_flatten_grads": "true", "common.seed": 3}
+    if precision != "fp32":
+        o[f"common.{precision}"] = "true"
+    if precision == "fp16":  # on CPU, fairseq's overflow handler itself fails (it calls .cuda()): start low
+        o["common.fp16_init_scale"] = 4
+    o.update(extra)
+    r = hydra_train(TINY, "prune", [f"{k}={v}" for k, v in o.items()], cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-4000:]
+    return tmp_path / precision, r.stdout + r.stderr
+
+
+def expected_sparsity(path):
+    from hjprune_fairseq.checkpoints import load_model
+
+    model, _ = load_model(str(path))
+    return report(model.spec, model.gates.keep_probs(), 10.0)["macs_sparsity"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_prune_runs_in_half_precision(tmp_path, corpus, w2v_pretrained, precision):
+    save, log = prune(tmp_path, corpus, w2v_pretrained, precision, 4)
+    losses = [float(x) for x in __import__("re").findall(r"\bloss=([-0-9.e+na]+)", log)]
+    assert losses and all(math.isfinite(x) for x in losses), log[-2000:]
+    last = torch.load(save / "checkpoint_last.pt", weights_only=False)
+    gates = {k: v for k, v in last["model"].items() if k.startswith("gates.")}
+    assert gates and {v.dtype for v in gates.values()} == {torch.float32}
+    # fairseq saves every weight as fp32; gates held in 16 bits would still be on the 16-bit grid
+    low = torch.float16 if precision == "fp16" else torch.bfloat16
+    assert any((v != v.to(low).float()).any() for v in gates.values())
+    assert {v.dtype for v in last["criterion"].values()} == {torch.float64}
+    # Initialised within a few 0.01 of log_alpha_for(0.99); gate_lr 0.2 moves them by about that a step.
+    moved = max((v - hard_concrete.log_alpha_for(0.99)).abs().max().item() for v in gates.values())
+    assert moved > 0.1  # the gates are learning
+
+
+def test_bf16_prune_reaches_the_sparsity_of_fp32(tmp_path, corpus, w2v_pretrained):
+    s32 = expected_sparsity(prune(tmp_path, corpus, w2v_pretrained, "fp32", 40)[0] / "checkpoint_last.pt")
+    s16 = expected_sparsity(prune(tmp_path, corpus, w2v_pretrained, "bf16", 40)[0] / "checkpoint_last.pt")
+    assert s32 > 0.2  # the constraint is at work
+    assert abs(s32 - s16) < 0.01, (s32, s16)
