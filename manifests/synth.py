@@ -16,11 +16,12 @@ import argparse
 import multiprocessing
 import os
 import random
-import shutil
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .espeak import SAMPLE_RATE, Espeak
+
+TOOL = "hjprune-synth"  # the name of its marker file, .hjprune-synth (hjprune_fairseq.output_dir)
 
 TRAIN_VOICES = ["en-us", "en", "en-gb-x-rp", "en-us+m3", "en+f2", "en-us+f4", "en+m5"]
 TRAIN_RATES = [140, 160, 180]
@@ -148,15 +149,23 @@ def synthesize_split(root: str, split: str, rows: List[dict]) -> List[int]:
 
 def write_corpus(out: str, task: str, sizes: Dict[str, int], seed: int = 1, unseen_fraction: float = 0.5,
                  overwrite: bool = False) -> Dict[str, int]:
-    """Synthesise and write the corpus into ``out``; returns {split: utterances}."""
-    if os.path.exists(os.path.join(out, "train.tsv")) and not overwrite:
-        raise FileExistsError(f"{out}: already holds a corpus (pass --overwrite to replace it)")
+    """Synthesise the corpus into ``out``: a new or empty folder, or (with ``overwrite``) one holding
+    only an earlier hjprune-synth corpus, whose files alone are replaced; returns {split: utterances}."""
+    # Imported here: the spawned synthesis workers import this module, and hjprune_fairseq imports fairseq.
+    from hjprune_fairseq import output_dir
+
+    output_dir.check(out, TOOL, overwrite, "a corpus")
     if "train" not in sizes or sizes["train"] < 1:
         raise ValueError("the corpus needs a train split of at least one utterance")
     utterances = plan(task, sizes, seed, unseen_fraction)
-    tmp = out.rstrip("/") + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    with output_dir.staging(out) as tmp:
+        _write_files(tmp, out, task, utterances)
+        output_dir.publish(tmp, out, TOOL, overwrite, "a corpus")  # a new folder: all or nothing
+    return {s: len(r) for s, r in utterances.items()}
+
+
+def _write_files(tmp: str, out: str, task: str, utterances: Dict[str, List[dict]]) -> None:
+    """Audio, manifests (rooted at ``out``), labels and dictionaries of the corpus, into ``tmp``."""
     # One fresh process per split: eSpeak NG's output depends on everything it synthesised before in
     # the same process, so this is what makes the audio a function of the seed alone.
     ctx = multiprocessing.get_context("spawn")
@@ -186,10 +195,6 @@ def write_corpus(out: str, task: str, sizes: Dict[str, int], seed: int = 1, unse
         intents = sorted({i for i, _ in SLU_TEMPLATES})
         with open(os.path.join(tmp, "dict.label.txt"), "w") as f:
             f.writelines(f"{i} 1\n" for i in intents)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(tmp, out)  # all or nothing: never a half-written corpus
-    return {s: len(r) for s, r in utterances.items()}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -202,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--unseen-fraction", type=float, default=0.5,
                    help="share of test sentences never in training, in [1/3, 1] (default: 0.5)")
     p.add_argument("--seed", type=int, default=1, help="seed of sentences, voices, rates, pitches (default: 1)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing corpus in OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier hjprune-synth corpus in OUT (its files only)")
     a = p.parse_args(argv)
     try:
         sizes = write_corpus(a.out, a.task, {"train": a.train, "valid": a.valid, "test": a.test}, a.seed,

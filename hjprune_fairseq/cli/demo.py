@@ -15,13 +15,15 @@ import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .. import output_dir
+
+TOOL = "hjprune-demo"  # the name of its marker files, .hjprune-demo (output_dir)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(REPO, "examples")
 USER_DIR = os.path.join(REPO, "hjprune_fairseq")
@@ -79,10 +81,14 @@ class Demo:
 
     def train(self, name: str, config_dir: str, config: str, overrides: Sequence[str]) -> str:
         save = os.path.join(self.out, "checkpoints", name)
-        shutil.rmtree(save, ignore_errors=True)
         exe = os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train")
-        self.step(name, [exe, "--config-dir", config_dir, "--config-name", config, f"common.user_dir={USER_DIR}",
-                         f"task.data={self.data}", f"checkpoint.save_dir={save}", *overrides])
+        # A fresh folder, renamed in when training ends: fairseq would resume from an earlier run's
+        # checkpoint_last.pt, and only an earlier demo's checkpoints/NAME (its marker) is replaced.
+        with output_dir.staging(save) as tmp:
+            self.step(name, [exe, "--config-dir", config_dir, "--config-name", config, f"common.user_dir={USER_DIR}",
+                             f"task.data={self.data}", f"checkpoint.save_dir={tmp}", *overrides])
+            output_dir.replace_entry(os.path.dirname(save), name, tmp, TOOL)
+        output_dir.record(self.out, TOOL, os.listdir(self.out))  # with what fairseq-hydra-train wrote in OUT
         return save
 
     # ---- stages ---------------------------------------------------------------------------------
@@ -338,16 +344,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.jobs < 1:
         p.error(f"--jobs must be at least 1, got {a.jobs}")
+    from manifests.synth import TOOL as SYNTH
+
     out = os.path.abspath(a.out or os.path.join("demo_out", a.task))
-    if os.path.exists(os.path.join(out, "report.json")) or os.path.exists(os.path.join(out, "checkpoints")):
-        if not a.overwrite:
-            print(f"hjprune-demo: error: {out} already holds results (pass --overwrite to replace them)", file=sys.stderr)
-            return 2
-        shutil.rmtree(out)
+    try:  # before anything is written: OUT new, empty, or only an earlier demo's output (its marker)
+        output_dir.check(out, TOOL, a.overwrite, "results")
+        output_dir.check(os.path.join(out, "data"), SYNTH, True)  # the corpus, replaced by Demo.synthesise
+        output_dir.claim(out, TOOL, a.overwrite, "results")
+    except (ValueError, FileExistsError) as e:
+        print(f"hjprune-demo: error: {e}", file=sys.stderr)
+        return 2
     budget = QUICK if a.quick else FULL
-    demo = Demo(out, a.task, budget)
     t0 = time.time()
     try:
+        demo = Demo(out, a.task, budget)
         result = demo.pipeline()
         if a.sweep:
             demo.sweep(result, a.jobs)
@@ -358,6 +368,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (RuntimeError, ValueError, FileExistsError) as e:
         print(f"hjprune-demo: error: {e}", file=sys.stderr)
         return 1
+    finally:  # whatever the run wrote in OUT is the demo's own: OUT held nothing else when it started
+        output_dir.record(out, TOOL, os.listdir(out))
     print(f"report: {os.path.join(out, 'report.md')} ({time.time() - t0:.0f} s in all)")
     return 0
 

@@ -1,0 +1,135 @@
+"""Output folders that never lose a file the tool did not write (hjprune-synth, hjprune-demo).
+
+A tool writes into a folder that is new, empty, or holds only its own earlier output. It recognises
+that output by a marker file ``.TOOL`` in the folder, a JSON object
+``{"tool": TOOL, "entries": [top-level names it wrote]}``. New content is written into a fresh
+temporary sibling (``tempfile.mkdtemp``) and renamed in; an existing entry is replaced only if the
+marker lists it. Anything else is refused with a one-line ``FileExistsError`` naming the folder.
+Pure standard library: the CLIs and ``manifests`` use it without torch.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from typing import Iterator, List, Sequence
+
+_LOCK = threading.Lock()  # the demo records entries from several threads (its parallel points)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def entries(path: str, tool: str) -> List[str]:
+    """The top-level entries that ``tool``'s marker in ``path`` lists ([] without a marker)."""
+    marker = os.path.join(path, f".{tool}")
+    try:
+        with open(marker) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return []
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{marker}: not valid JSON ({e})") from e
+    if not isinstance(data, dict) or data.get("tool") != tool or not isinstance(data.get("entries"), list):
+        raise ValueError(f'{marker}: expected {{"tool": "{tool}", "entries": [...]}}')
+    return list(data["entries"])
+
+
+def record(path: str, tool: str, names: Sequence[str], keep: bool = True) -> None:
+    """Write ``tool``'s marker in ``path``: ``names`` (and, with ``keep``, the entries it listed)."""
+    with _LOCK:
+        listed = set(names) | (set(entries(path, tool)) if keep else set())
+        listed.discard(f".{tool}")
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{tool}.tmp-")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"tool": tool, "entries": sorted(listed)}, f, indent=1)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, os.path.join(path, f".{tool}"))
+
+
+def check(path: str, tool: str, overwrite: bool, what: str = "earlier output") -> List[str]:
+    """Refuse ``path`` unless it is missing, empty, or holds only ``tool``'s earlier output (and then
+    only with ``overwrite``); returns the entries of that earlier output."""
+    if not os.path.lexists(path):
+        return []
+    if not os.path.isdir(path):
+        raise FileExistsError(f"{path}: is not a folder; choose a new or empty folder")
+    own = entries(path, tool)
+    present = sorted(n for n in os.listdir(path) if n != f".{tool}")
+    foreign = [n + "/" if os.path.isdir(os.path.join(path, n)) else n for n in present if n not in own]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+        raise FileExistsError(f"{path}: holds files this tool did not write ({shown}); choose a new or empty folder")
+    if present and not overwrite:
+        raise FileExistsError(f"{path}: already holds {what} (pass --overwrite to replace it)")
+    return own
+
+
+def claim(path: str, tool: str, overwrite: bool, what: str = "earlier output") -> List[str]:
+    """``check`` ``path``, then create it with ``tool``'s marker; returns the earlier entries."""
+    own = check(path, tool, overwrite, what)
+    os.makedirs(path, exist_ok=True)
+    record(path, tool, own)
+    return own
+
+
+@contextlib.contextmanager
+def staging(path: str) -> Iterator[str]:
+    """A fresh empty folder beside ``path`` (same file system) to write its new content in; whatever
+    is left of it when the block ends is removed (it is the tool's own: mkdtemp made it)."""
+    real = os.path.realpath(path)
+    os.makedirs(os.path.dirname(real), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(real), prefix=f".{os.path.basename(real)}.tmp-")
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise become the output's mode
+    try:
+        yield tmp
+    finally:
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp)
+
+
+def replace_entry(path: str, name: str, src: str, tool: str) -> None:
+    """Rename ``src`` to ``path/name`` and record it; an existing ``path/name`` is replaced only if
+    ``tool``'s marker in ``path`` lists it."""
+    dst = os.path.join(path, name)
+    os.makedirs(path, exist_ok=True)
+    old = None
+    if os.path.lexists(dst):
+        if name not in entries(path, tool):
+            raise FileExistsError(f"{dst}: was not written by {tool}; move it away or choose another folder")
+        old = tempfile.mkdtemp(dir=path, prefix=f".{name}.old-")
+        os.replace(dst, os.path.join(old, name))
+    record(path, tool, [name])  # before the rename: a crash leaves no unlisted entry
+    os.replace(src, dst)
+    if old:
+        shutil.rmtree(old)
+
+
+def publish(tmp: str, path: str, tool: str, overwrite: bool, what: str = "earlier output") -> None:
+    """Make the folder ``tmp`` (from ``staging(path)``) the content of ``path``: renamed to ``path``
+    if that is missing, else moved in entry by entry over ``tool``'s earlier output, whose entries
+    missing from ``tmp`` are removed. Checks ``path`` again: it may have changed meanwhile."""
+    names = sorted(os.listdir(tmp))
+    old = check(path, tool, overwrite, what)
+    if not os.path.lexists(path):
+        record(tmp, tool, names)
+        os.rename(tmp, path)  # all or nothing
+        return
+    for name in names:
+        replace_entry(path, name, os.path.join(tmp, name), tool)
+    for name in set(old) - set(names):
+        if os.path.lexists(os.path.join(path, name)):
+            _remove(os.path.join(path, name))
+    record(path, tool, names, keep=False)
