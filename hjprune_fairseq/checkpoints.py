@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from typing import Any, Dict, Tuple
 
 import torch
@@ -106,8 +107,15 @@ def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_
         "last_optimizer_state": None,
         "task_state": copy.deepcopy(state.get("task_state", {})),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(slim_path)), exist_ok=True)
-    tmp = slim_path + ".tmp"
-    torch.save(out, tmp)
-    os.replace(tmp, slim_path)  # never leave a half-written checkpoint behind
+    folder = os.path.dirname(os.path.abspath(slim_path))
+    os.makedirs(folder, exist_ok=True)
+    # A fresh temporary name (never a user's file), renamed in: never a half-written checkpoint.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(slim_path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(out, tmp)
+        os.replace(tmp, slim_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return {"spec": spec, "masks": masks}

@@ -194,3 +194,13 @@ def test_export_refuses_its_input_behind_a_link(gated, tmp_path, capsys, link):
     assert export.main([gated, str(out), "--overwrite"]) == 2
     refused(capsys, "hjprune-export", f"{out}: output would overwrite the input checkpoint")
     assert open(gated, "rb").read() == before
+
+
+def test_export_writes_through_a_fresh_temporary_name(gated, tmp_path):
+    """A user's file named like the old fixed temporary (SLIM.tmp) is not overwritten."""
+    from hjprune_fairseq.checkpoints import export_slim
+
+    (tmp_path / "slim.pt.tmp").write_text("mine")
+    export_slim(gated, str(tmp_path / "slim.pt"))
+    assert (tmp_path / "slim.pt.tmp").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["slim.pt", "slim.pt.tmp"]

@@ -49,9 +49,9 @@ class HJPruneAudioFinetuningConfig(AudioFinetuningConfig):
 
 
 def check_split(data: str, split: str, labels: Optional[str], dictionary, check_audio: bool, sample_rate: int,
-                single: bool, conv_layers) -> None:
+                single: bool, conv_layers=None) -> None:
     """The manifest, label and frame checks of one split (ValueError naming file and line); ``labels``
-    None for unlabeled audio."""
+    None for unlabeled audio; frames counted with ``conv_layers`` (None: wav2vec2-base's CNN)."""
     manifest = os.path.join(data, f"{split}.tsv")
     rows = data_checks.read_manifest(manifest, check_audio, sample_rate)
     lines, label_path = None, None
