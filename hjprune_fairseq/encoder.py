@@ -127,8 +127,10 @@ class ConvFeatureExtractor(nn.Module):
 
     Layer i: conv -> dropout -> norm -> GELU, its output channels scaled by gate_i. Pruning output
     channel c of layer i also removes input channel c of layer i+1, and of the feature projection.
-    The scaling is applied to the NEXT conv's weights (W[:, c, :] * gate_i[c], the same product),
-    not to the activations, which are largest in the first layers; the last layer scales its output.
+    Each gate is applied once: to the NEXT conv's weights (W[:, c, :] * gate_i[c], the same product),
+    not to the activations, which are largest in the first layers; the last layer's gate is left to
+    the encoder's feature LayerNorm (its keep mask), which follows. A layer's own LayerNorm
+    (``layer_norm`` mode) takes only the 0/1 keep pattern of its gate: statistics over kept channels.
     """
 
     def __init__(self, conv_layers: Sequence[Tuple[int, int, int]], conv_bias: bool, mode: str, dropout: float = 0.0):
@@ -157,14 +159,13 @@ class ConvFeatureExtractor(nn.Module):
             weight = conv.weight if previous is None else conv.weight * previous.to(conv.weight.dtype).view(1, -1, 1)
             x = self.dropout(F.conv1d(x, weight, conv.bias, conv.stride))
             if isinstance(norm, MaskedLayerNorm):
-                x = norm(x.transpose(1, 2), gate).transpose(1, 2)
+                keep = None if gate is None else (gate != 0).to(x.dtype)
+                x = norm(x.transpose(1, 2), keep).transpose(1, 2)
             elif isinstance(norm, nn.GroupNorm):
                 # One group per channel: channels are normalised independently (fp32 as fairseq).
                 x = F.group_norm(x.float(), norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).type_as(x)
             x = F.gelu(x)
             previous = gate
-        if previous is not None:
-            x = x * previous.to(x.dtype).unsqueeze(-1)
         return x
 
 
@@ -446,7 +447,7 @@ class Wav2Vec2Encoder(nn.Module):
         hidden = gates.hidden
         feats = self.extract_cnn(source, gates).transpose(1, 2)
         last_conv_gate = None if gates.conv is None else gates.conv[-1]
-        feats = self.layer_norm(feats, last_conv_gate)
+        feats = self.layer_norm(feats, last_conv_gate)  # the last conv layer's gate, applied once
         frame_pad = self.frame_padding_mask(padding_mask, feats.size(1))
         x = self.dropout_input(self.post_extract_proj(feats))
         if mask:
