@@ -115,3 +115,17 @@ def test_flattened_params_are_refused():
     cfg = OmegaConf.structured(HJPruneAdamWConfig(lr=[1e-3]))
     with pytest.raises(ValueError, match="fp16_no_flatten_grads"):
         HJPruneAdamW(cfg, [flat])
+
+
+def test_fixed_lrs_follow_the_decay_after_reset_optimizer():
+    """--reset-optimizer in the decay phase: a fresh optimizer never sees the peak again; a falling lr
+    tells it the schedule is past its peak (from the second update on)."""
+    opt, *_ = setup()
+    opt.set_lr(1e-5)  # the scheduler's initial lr, set when it is built
+    opt.set_lr(5e-4)  # the resumed update, in the decay: cannot be told from a warm-up yet
+    opt.set_lr(4e-4)  # the lr fell: past the peak
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([4e-4, 0.02, 0.008, 0.008])
+    warm, *_ = setup()
+    for lr in (1e-4, 3e-4, 6e-4):  # a warm-up only rises: the fixed groups keep their rates
+        warm.set_lr(lr)
+    assert [g["lr"] for g in warm.param_groups] == pytest.approx([6e-4, 0.05, 0.02, 0.02])

@@ -17,7 +17,8 @@ shrinks it by that factor (see "Short pruning runs" in the README).
 The scheduler drives the weights' lr. With ``fixed_lrs_follow_schedule`` (default) the gate and
 multiplier lrs follow the schedule's DECAY once it has passed its peak: ``gate_lr * lr / peak_lr``
 (as a torch scheduler scales every group, DPHuBERT's recipe), so the min-max game settles on the
-target instead of oscillating around it. They are not slowed during the lr warm-up, when the target
+target instead of oscillating around it. "Past the peak" is the lr having reached its peak or having
+fallen since the previous update (after ``--reset-optimizer`` in the decay, from the second update). They are not slowed during the lr warm-up, when the target
 sparsity rises and the gates must keep up with it. Only the weights are clipped (``clip_grad_norm``).
 """
 
@@ -39,6 +40,7 @@ from ..sparsity import LAMBDA2_GROUP, LAMBDA_GROUP
 logger = logging.getLogger(__name__)
 ROLE = "hjprune_role"
 PAST_PEAK = "hjprune_past_peak"  # kept in the weights group, so it is saved with the optimizer state
+LAST_LR = "hjprune_last_lr"  # the lr of the previous set_lr call (same group)
 
 
 @dataclass
@@ -122,7 +124,12 @@ class HJPruneAdamW(FairseqOptimizer):
     def set_lr(self, lr: float) -> None:
         peak = self.cfg.lr[0]
         weights = self.param_groups[0]
-        weights[PAST_PEAK] = weights.get(PAST_PEAK, False) or lr >= peak * (1 - 1e-6)
+        # Past the peak once the lr reached it, or once it fell: a schedule only falls after its peak.
+        # The second rule finds the decay after --reset-optimizer, where the peak is never seen again.
+        previous = weights.get(LAST_LR)
+        fell = previous is not None and lr < previous * (1 - 1e-9)
+        weights[PAST_PEAK] = weights.get(PAST_PEAK, False) or lr >= peak * (1 - 1e-6) or fell
+        weights[LAST_LR] = lr
         scale = lr / peak if self.cfg.fixed_lrs_follow_schedule and weights[PAST_PEAK] else 1.0
         fixed = {g[ROLE]: g["lr"] for g in self._fixed_groups()}
         for group in self.param_groups:
