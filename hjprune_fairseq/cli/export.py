@@ -17,7 +17,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "removed from the weights. The result loads with fairseq's checkpoint_utils, "
                     "fairseq-generate, and as model.w2v_path of a fine-tuning stage.",
     )
-    p.add_argument("gated", help="gated checkpoint (e.g. checkpoints/prune/checkpoint_best.pt)")
+    p.add_argument("gated", help="gated checkpoint: the prune stage's checkpoint_last.pt (checkpoint_best.pt is from before the target was reached)")
     p.add_argument("slim", help="output path of the slim checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace SLIM if it exists")
     p.add_argument("--allow-no-gates", action="store_true",
