@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hjprune-installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench smoke-base clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: setup
 
 bench: setup
 	$(BIN)/hjprune-bench --preset wav2vec2_base --seconds 10 --macs-sparsity 0.5 --json
+
+# Every base-scale config (wav2vec2-base, HuBERT-base) for a few updates on CPU: about 15 minutes.
+smoke-base: setup
+	$(BIN)/hjprune-smoke-base
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -27,6 +27,7 @@ setup(
             "hjprune-export=hjprune_fairseq.cli.export:main",
             "hjprune-bench=hjprune_fairseq.cli.bench:main",
             "hjprune-bench-train=hjprune_fairseq.cli.bench_train:main",
+            "hjprune-smoke-base=hjprune_fairseq.cli.smoke_base:main",
             "hjprune-demo=hjprune_fairseq.cli.demo:main",
             "hjprune-spm=manifests.sentencepiece_labels:main",
             "hjprune-synth=manifests.synth:main",

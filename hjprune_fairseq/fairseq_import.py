@@ -223,22 +223,40 @@ def fairseq_model_config(spec: EncoderSpec) -> Dict[str, Any]:
     )
 
 
-def write_random_wav2vec2(spec: EncoderSpec, path: str, seed: int = 0) -> str:
-    """A randomly initialised fairseq ``wav2vec2`` pre-training checkpoint of ``spec``, in the format
-    fairseq's trainer writes (for benchmarks; real users bring their own)."""
-    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+def write_random_wav2vec2(spec: EncoderSpec, path: str, seed: int = 0, arch: str = "wav2vec2") -> str:
+    """A randomly initialised fairseq pre-training checkpoint of ``spec`` (``arch`` wav2vec2 or hubert),
+    in the format fairseq's trainer writes (for benchmarks and smoke runs; real users bring their own)."""
     from omegaconf import OmegaConf
 
     torch.manual_seed(seed)
-    cfg = OmegaConf.structured(Wav2Vec2Config(**fairseq_model_config(spec)))
-    model = Wav2Vec2Model(cfg)
+    task: Dict[str, Any] = {"_name": "audio_pretraining", "normalize": False}
+    task_state: Dict[str, Any] = {}
+    if arch == "wav2vec2":
+        from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+
+        cfg = OmegaConf.structured(Wav2Vec2Config(**fairseq_model_config(spec)))
+        model = Wav2Vec2Model(cfg)
+    elif arch == "hubert":
+        from fairseq.data import Dictionary
+        from fairseq.models.hubert.hubert import HubertConfig, HubertModel
+        from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+
+        cfg = OmegaConf.structured(HubertConfig(label_rate=50.0, **fairseq_model_config(spec)))
+        units = Dictionary()
+        for i in range(100):  # k-means unit labels of HuBERT's pre-training targets
+            units.add_symbol(str(i))
+        model = HubertModel(cfg, HubertPretrainingConfig(label_rate=50.0), [units])
+        task = {"_name": "hubert_pretraining", "normalize": False, "label_rate": 50.0}
+        task_state = {"dictionaries": [units]}
+    else:
+        raise ValueError(f"arch must be wav2vec2 or hubert, got {arch!r}")
     model_cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    model_cfg["_name"] = "wav2vec2"
+    model_cfg["_name"] = arch
     torch.save({
         "args": None,
-        "cfg": {"model": model_cfg, "task": {"_name": "audio_pretraining", "normalize": False}},
+        "cfg": {"model": model_cfg, "task": task},
         "model": model.state_dict(),
-        "optimizer_history": [{"criterion_name": "wav2vec", "optimizer_name": "adam", "lr_scheduler_state": {}, "num_updates": 0}],
-        "extra_state": {}, "last_optimizer_state": None,
+        "optimizer_history": [{"criterion_name": arch, "optimizer_name": "adam", "lr_scheduler_state": {}, "num_updates": 0}],
+        "extra_state": {}, "last_optimizer_state": None, "task_state": task_state,
     }, path)
     return path
