@@ -147,3 +147,24 @@ def test_export_refuses_a_checkpoint_without_gates(tmp_path, w2v_pretrained, cap
     assert not (tmp_path / "slim.pt").exists()
     export_slim(path, str(tmp_path / "slim.pt"), allow_no_gates=True)
     assert (tmp_path / "slim.pt").exists()
+
+
+def test_generate_stops_at_a_row_with_no_frame(trained, data, tmp_path):
+    """Decoding checks what CTC cannot learn too (with the model's own CNN), before decoding anything."""
+    import numpy as np
+    import soundfile as sf
+
+    other = tmp_path / "short"
+    other.mkdir()
+    for name in os.listdir(data):
+        os.symlink(os.path.join(data, name), other / name)
+    (other / "test.tsv").unlink()
+    sf.write(other / "empty.wav", np.zeros(0, dtype="float32"), 16000)
+    lines = open(os.path.join(data, "test.tsv")).read().splitlines()
+    lines[0], lines[2] = str(other), "empty.wav\t0"
+    (other / "test.tsv").write_text("\n".join(lines) + "\n")
+    r = generate(other, trained)
+    assert r.returncode != 0
+    assert (f"{other / 'test.tsv'}:3: audio of 0 samples gives no frame (the CNN needs at least 100 samples)"
+            in r.stderr), r.stderr[-2000:]
+    assert "T-" not in r.stdout
