@@ -70,7 +70,7 @@ class Smoke:
                 f"common.tensorboard_logdir={os.path.join(self.work, 'tb', name)}",
                 "lr_scheduler.warmup_updates=1", f"lr_scheduler.total_num_update={self.updates}",
                 *self.precision_overrides(config), *extra]
-        log = os.path.join(self.work, "logs", f"{name}.log")
+        log = os.path.join(self.work, "logs", name.replace("/", "_") + ".log")
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", file=sys.stderr, flush=True)
         row = {"config": name, **run_stage(os.path.join(self.bin, "fairseq-hydra-train"), args, log), **parse_updates(log)}
         row["precision"] = "fp32" if config == "parp" else self.precision
@@ -100,8 +100,8 @@ class Smoke:
 
 
 def format_table(rows: List[Dict]) -> str:
-    lines = [f"{'config':<28} {'precision':>9} {'s/update':>9} {'peak RSS MiB':>13} {'finite loss':>12} {'exit':>5}"]
-    lines += [f"{r['config']:<28} {r['precision']:>9} {r['s_per_update']:>9.2f} {r['peak_rss_mib']:>13.0f} "
+    lines = [f"{'config':<32} {'precision':>9} {'s/update':>9} {'peak RSS MiB':>13} {'finite loss':>12} {'exit':>5}"]
+    lines += [f"{r['config']:<32} {r['precision']:>9} {r['s_per_update']:>9.2f} {r['peak_rss_mib']:>13.0f} "
               f"{'yes' if r['finite_loss'] else 'NO':>12} {r['rc']:>5}" for r in rows]
     return "\n".join(lines)
 
