@@ -7,7 +7,8 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["hjprune_fairseq", "hjprune_fairseq.*", "manifests", "manifests.*"]),
+    packages=find_packages(include=["hjprune_fairseq", "hjprune_fairseq.*"]) + ["hjprune_manifests"],
+    package_dir={"hjprune_manifests": "manifests"},  # the data tools: folder manifests/, installed as hjprune_manifests
     install_requires=[
         "torch>=2.1",  # set-up installs torch==2.13.0 first where no torch is present (Makefile)
         "fairseq-fixed==0.12.3.1",
@@ -29,11 +30,11 @@ setup(
             "hjprune-bench-train=hjprune_fairseq.cli.bench_train:main",
             "hjprune-smoke-base=hjprune_fairseq.cli.smoke_base:main",
             "hjprune-demo=hjprune_fairseq.cli.demo:main",
-            "hjprune-spm=manifests.sentencepiece_labels:main",
-            "hjprune-synth=manifests.synth:main",
-            "hjprune-manifest=manifests.tools:manifest_main",
-            "hjprune-labels=manifests.tools:labels_main",
-            "hjprune-validate=manifests.tools:validate_main",
+            "hjprune-spm=hjprune_manifests.sentencepiece_labels:main",
+            "hjprune-synth=hjprune_manifests.synth:main",
+            "hjprune-manifest=hjprune_manifests.tools:manifest_main",
+            "hjprune-labels=hjprune_manifests.tools:labels_main",
+            "hjprune-validate=hjprune_manifests.tools:validate_main",
         ]
     },
 )

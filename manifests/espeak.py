@@ -14,7 +14,8 @@ from math import gcd
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from .audio import SAMPLE_RATE
+
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _ESPEAK_RATE, _ESPEAK_PITCH = 1, 3
 _ESPEAK_CHARS_UTF8 = 1

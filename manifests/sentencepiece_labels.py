@@ -14,7 +14,7 @@ import sys
 import tempfile
 from typing import Dict, List, Optional
 
-from .tools import write_lines
+from .labels import write_dictionary, write_lines
 
 
 def read_words(data: str, split: str) -> List[str]:
@@ -58,7 +58,7 @@ def build(data: str, splits: List[str], train_split: str, ext: str, vocab_size: 
     for s, lines in pieces.items():
         write_lines(os.path.join(data, f"{s}.{ext}"), lines)
         written[s] = len(lines)
-    write_lines(os.path.join(data, f"dict.{ext}.txt"), [f"{p} {c}" for p, c in counts.most_common()])
+    write_dictionary(os.path.join(data, f"dict.{ext}.txt"), counts.most_common())
     return written
 
 

@@ -1,4 +1,4 @@
-"""hjprune-synth: deterministic synthetic speech corpora made with eSpeak NG (manifests.espeak).
+"""hjprune-synth: deterministic synthetic speech corpora made with eSpeak NG (hjprune_manifests.espeak).
 
 - ``--task asr``: sentences from a small grammar, letter targets (``.ltr``, ``dict.ltr.txt``) and
   word transcripts (``.wrd``).
@@ -19,9 +19,12 @@ import random
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .espeak import SAMPLE_RATE, Espeak
+from . import output_dir
+from .audio import SAMPLE_RATE
+from .espeak import Espeak
+from .labels import by_count, letters, write_dictionary
 
-TOOL = "hjprune-synth"  # the name of its marker file, .hjprune-synth (hjprune_fairseq.output_dir)
+TOOL = "hjprune-synth"  # the name of its marker file, .hjprune-synth (output_dir)
 
 TRAIN_VOICES = ["en-us", "en", "en-gb-x-rp", "en-us+m3", "en+f2", "en-us+f4", "en+m5"]
 TRAIN_RATES = [140, 160, 180]
@@ -94,11 +97,6 @@ def sentence_pools(task: str, rng: random.Random, n_seen: int, n_unseen: int) ->
     return items[:n_seen], items[n_seen:]
 
 
-def letters(text: str) -> str:
-    """'hello world' -> 'H E L L O | W O R L D |' (wav2vec2 letter targets)."""
-    return " ".join(" ".join(w.upper()) + " |" for w in text.split())
-
-
 def plan(task: str, sizes: Dict[str, int], seed: int, unseen_fraction: float) -> Dict[str, List[dict]]:
     """Every utterance of every split: text, intent, voice, rate, pitch, seen."""
     if not 1 / 3 <= unseen_fraction <= 1:
@@ -151,9 +149,6 @@ def write_corpus(out: str, task: str, sizes: Dict[str, int], seed: int = 1, unse
                  overwrite: bool = False) -> Dict[str, int]:
     """Synthesise the corpus into ``out``: a new or empty folder, or (with ``overwrite``) one holding
     only an earlier hjprune-synth corpus, whose files alone are replaced; returns {split: utterances}."""
-    # Imported here: the spawned synthesis workers import this module, and hjprune_fairseq imports fairseq.
-    from hjprune_fairseq import output_dir
-
     output_dir.check(out, TOOL, overwrite, "a corpus")
     if "train" not in sizes or sizes["train"] < 1:
         raise ValueError("the corpus needs a train split of at least one utterance")
@@ -189,12 +184,9 @@ def _write_files(tmp: str, out: str, task: str, utterances: Dict[str, List[dict]
         for ext, lines in files.items():
             with open(os.path.join(tmp, f"{split}.{ext}"), "w") as f:
                 f.write("\n".join(lines) + "\n")
-    with open(os.path.join(tmp, "dict.ltr.txt"), "w") as f:
-        f.writelines(f"{c} {n}\n" for c, n in sorted(letters_seen.items(), key=lambda kv: (-kv[1], kv[0])))
+    write_dictionary(os.path.join(tmp, "dict.ltr.txt"), by_count(letters_seen))
     if task == "slu":
-        intents = sorted({i for i, _ in SLU_TEMPLATES})
-        with open(os.path.join(tmp, "dict.label.txt"), "w") as f:
-            f.writelines(f"{i} 1\n" for i in intents)
+        write_dictionary(os.path.join(tmp, "dict.label.txt"), [(i, 1) for i in sorted({i for i, _ in SLU_TEMPLATES})])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

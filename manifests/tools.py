@@ -6,7 +6,8 @@
 - ``hjprune-labels DEST``: transcripts for the manifests' rows from LibriSpeech ``*.trans.txt``
   files beside the audio (``ID TEXT`` per line): ``{split}.wrd``, ``{split}.ltr`` and
   ``dict.ltr.txt`` (letters of the training split, or checked against ``--dict``).
-- ``hjprune-validate DATA``: every problem of the manifests and labels, one line each.
+- ``hjprune-validate DATA``: every problem of the manifests and labels, one line each (rows CTC cannot
+  learn are counted with ``--conv-layers``, wav2vec2-base's CNN by default).
 
 Nothing is half-written: outputs go to a temporary file that replaces the target at the end.
 Adapted in spirit from fairseq's ``examples/wav2vec/wav2vec_manifest.py`` and ``libri_labels.py``.
@@ -17,21 +18,14 @@ import collections
 import os
 import random
 import sys
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from hjprune_fairseq.data_checks import (SAMPLE_RATE, audio_problem, dictionary_problems, frame_problems, label_problems,
-                                         manifest_problems, manifest_rows)
-from .synth import letters
+from .audio import SAMPLE_RATE, WAV2VEC2_CONV, format_conv_layers, parse_conv_layers
+from .data_checks import (audio_problem, dictionary_problems, frame_problems, label_problems, manifest_problems,
+                          manifest_rows)
+from .labels import by_count, letters, write_dictionary, write_lines
 
 LETTERS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
-
-
-def write_lines(path: str, lines: Iterable[str]) -> None:
-    """Write through a temporary file that replaces ``path`` at the end: never a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
 
 
 def build_manifest(root: str, dest: str, exts: Sequence[str], valid_percent: float, seed: int,
@@ -116,7 +110,7 @@ def write_labels(dest: str, splits: Sequence[str], dict_path: Optional[str] = No
         write_lines(os.path.join(dest, f"{split}.wrd"), wrd)
         write_lines(os.path.join(dest, f"{split}.ltr"), ltr)
     if not dict_path:
-        write_lines(os.path.join(dest, "dict.ltr.txt"), [f"{c} {k}" for c, k in sorted(counts.items(), key=lambda x: (-x[1], x[0]))])
+        write_dictionary(os.path.join(dest, "dict.ltr.txt"), by_count(counts))
     return {s: len(w) for s, (w, _) in out.items()}
 
 
@@ -201,18 +195,16 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--splits", nargs="+", default=["train", "valid"], help="splits to check (default: train valid)")
     p.add_argument("--labels", default="ltr", help="label extension to check; '' for manifests only (default: ltr)")
     p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="required sample rate (default: 16000)")
-    p.add_argument("--checkpoint", help="count the frames of each row with this model's CNN (any checkpoint the "
-                                        "plugin reads; default: wav2vec2-base's CNN, 320 samples a frame, 400 at least)")
+    p.add_argument("--conv-layers", default=format_conv_layers(WAV2VEC2_CONV),
+                   help="count the frames of each row with this CNN, in fairseq's conv_feature_layers format "
+                        "(the model's cfg.model.conv_feature_layers; default: wav2vec2-base's, %(default)s: "
+                        "320 samples a frame, 400 at least)")
     a = p.parse_args(argv)
-    conv_layers = None
-    if a.checkpoint:
-        from hjprune_fairseq.fairseq_import import read_checkpoint
-
-        try:
-            conv_layers = read_checkpoint(a.checkpoint).spec.conv_layers
-        except (ValueError, FileNotFoundError) as e:
-            print(f"hjprune-validate: error: {e}", file=sys.stderr)
-            return 2
+    try:
+        conv_layers = parse_conv_layers(a.conv_layers)
+    except ValueError as e:
+        print(f"hjprune-validate: error: {e}", file=sys.stderr)
+        return 2
     problems = validate(a.data, a.splits, a.labels or None, a.sample_rate, conv_layers)
     for line in problems:
         print(line)

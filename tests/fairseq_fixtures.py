@@ -7,6 +7,7 @@ from typing import Dict, List, Optional
 
 import torch
 from fairseq.data import Dictionary
+from hjprune_manifests.labels import write_dictionary
 from omegaconf import OmegaConf
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
@@ -25,9 +26,7 @@ def letter_dictionary(path: Optional[str] = None) -> Dictionary:
     for c in LETTERS:
         d.add_symbol(c)
     if path:
-        with open(path, "w") as f:
-            for c in LETTERS:
-                f.write(f"{c} 1\n")
+        write_dictionary(path, [(c, 1) for c in LETTERS])
     return d
 
 
@@ -182,8 +181,7 @@ def make_intent_corpus(data_dir: str, splits: Dict[str, int], seed: int = 0) -> 
 
     make_letter_corpus(data_dir, splits, seed)  # the audio and manifests
     rng = random.Random(seed)
-    with open(os.path.join(data_dir, "dict.label.txt"), "w") as f:
-        f.writelines(f"{i} 1\n" for i in INTENTS)
+    write_dictionary(os.path.join(data_dir, "dict.label.txt"), [(i, 1) for i in INTENTS])
     for split, n in splits.items():
         with open(os.path.join(data_dir, f"{split}.label"), "w") as f:
             f.writelines(rng.choice(INTENTS) + "\n" for _ in range(n))

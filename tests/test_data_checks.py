@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from fairseq_fixtures import USER_DIR, make_letter_corpus
 
-from hjprune_fairseq import data_checks
+from hjprune_manifests import data_checks
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ def test_nan_samples(data):
 
 
 def test_validate_reports_what_ctc_cannot_learn(data, capsys):
-    from manifests import tools
+    from hjprune_manifests import tools
 
     set_audio(data, 0, np.zeros(300, dtype="float32"))
     wav = 0.1 * np.ones(9000, dtype="float32")
@@ -209,3 +209,35 @@ def test_training_stops_at_a_row_ctc_cannot_learn_with_one_line(tmp_path, w2v_pr
                       f"at least 100 samples) ({tmp_path / 'valid.ltr'}:2); remove the row (and its label line) or "
                       "filter it out"], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_validate_counts_frames_with_the_conv_layers_given(data, capsys):
+    """--conv-layers takes fairseq's conv_feature_layers string: 300 samples give no frame to wav2vec2-base's
+    CNN (400 needed) but 3 frames to the tests' small CNN, too few for the row's transcript."""
+    from fairseq_fixtures import TINY_MODEL
+
+    from hjprune_manifests import tools
+
+    set_audio(data, 0, np.zeros(300, dtype="float32"))
+    assert tools.validate_main([str(data), "--splits", "test", "--conv-layers", TINY_MODEL["conv_feature_layers"]]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(f"{data / 'test.tsv'}:2: the transcript needs "), out
+    assert "gives 3" in out[0], out
+
+
+@pytest.mark.parametrize("bad", ["[(512,10)]", "[(512,10,5)]*x", "__import__('os').system('true')", "[(512,10,5)"])
+def test_validate_refuses_a_bad_conv_layers_string_with_one_line(data, capsys, bad):
+    from hjprune_manifests import tools
+
+    assert tools.validate_main([str(data), "--splits", "test", "--conv-layers", bad]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hjprune-validate: error: conv layers {bad!r}: "), lines
+
+
+def test_conv_layers_strings_round_trip():
+    from hjprune_manifests.audio import WAV2VEC2_CONV, format_conv_layers, parse_conv_layers
+
+    assert format_conv_layers(WAV2VEC2_CONV) == "[(512,10,5)]+[(512,3,2)]*4+[(512,2,2)]*2"
+    assert parse_conv_layers("[(512, 10, 5)] + [(512, 3, 2)] * 4 + 2 * [(512, 2, 2)]") == WAV2VEC2_CONV

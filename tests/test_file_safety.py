@@ -1,5 +1,5 @@
 """No command deletes or overwrites a file it did not write: hjprune-synth and hjprune-demo write
-into new or empty folders or over their own earlier output (marker files, hjprune_fairseq.output_dir),
+into new or empty folders or over their own earlier output (marker files, hjprune_manifests.output_dir),
 and refuse anything else with one line; hjprune-export never writes over its input."""
 
 import json
@@ -10,7 +10,7 @@ from fairseq_fixtures import save_like_trainer
 from helpers import gated_model
 
 from hjprune_fairseq.cli import demo, export
-from manifests import synth
+from hjprune_manifests import synth
 
 TINY = ["--train", "2", "--valid", "1", "--test", "1"]
 

@@ -7,8 +7,8 @@ import soundfile as sf
 from fairseq.data import Dictionary
 
 from hjprune_fairseq.tasks.hjprune_audio import check_split
-from manifests import synth
-from manifests.espeak import Espeak
+from hjprune_manifests import synth
+from hjprune_manifests.espeak import Espeak
 
 SIZES = {"train": 30, "valid": 6, "test": 12}
 

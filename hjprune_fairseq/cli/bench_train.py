@@ -18,6 +18,7 @@ import tempfile
 from typing import Dict, List, Optional
 
 import torch
+from hjprune_manifests.audio import SAMPLE_RATE
 
 from ..spec import PRESETS
 from .timing import add_timing_args, apply_threads, median_times
@@ -42,7 +43,7 @@ class _Task:
 
 def make_batch(batch_size: int, seconds: float, target_len: int, vocab: int, seed: int) -> Dict:
     g = torch.Generator().manual_seed(seed)
-    n = int(seconds * 16000)
+    n = int(seconds * SAMPLE_RATE)
     return {
         "id": torch.arange(batch_size),
         "net_input": {"source": torch.randn(batch_size, n, generator=g), "padding_mask": torch.zeros(batch_size, n, dtype=torch.bool)},

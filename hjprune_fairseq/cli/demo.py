@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .. import output_dir
+from hjprune_manifests import output_dir
+from hjprune_manifests.audio import SAMPLE_RATE
 
 TOOL = "hjprune-demo"  # the name of its marker files, .hjprune-demo (output_dir)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,7 +96,7 @@ class Demo:
     def synthesise(self) -> None:
         t0 = time.time()
         print(f"[{time.strftime('%H:%M:%S')}] synthesise {self.task} corpus ...", flush=True)
-        from manifests.synth import write_corpus
+        from hjprune_manifests.synth import write_corpus
 
         b = self.budget
         sizes = write_corpus(self.data, self.task, {"train": b.train, "valid": b.valid, "test": b.test}, overwrite=True)
@@ -259,7 +260,7 @@ def latencies(checkpoints: Dict[str, str], seconds: float = 10.0, repeats: int =
     from .timing import median_times
 
     models = {name: load_model(ckpt)[0].eval() for name, ckpt in checkpoints.items()}
-    wav = torch.randn(1, int(seconds * 16000))
+    wav = torch.randn(1, int(seconds * SAMPLE_RATE))
     with torch.inference_mode():
         return median_times({name: (lambda i, m=m: m(source=wav)) for name, m in models.items()}, repeats, warmup)
 
@@ -344,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.jobs < 1:
         p.error(f"--jobs must be at least 1, got {a.jobs}")
-    from manifests.synth import TOOL as SYNTH
+    from hjprune_manifests.synth import TOOL as SYNTH
 
     out = os.path.abspath(a.out or os.path.join("demo_out", a.task))
     try:  # before anything is written: OUT new, empty, or only an earlier demo's output (its marker)

@@ -117,7 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.updates < 2:
         p.error(f"--updates must be at least 2, got {a.updates}")
-    from manifests.synth import write_corpus
+    from hjprune_manifests.synth import write_corpus
 
     from ..fairseq_import import write_random_wav2vec2
     from ..spec import PRESETS

@@ -17,10 +17,11 @@ import torch
 from fairseq import utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
+from hjprune_manifests import data_checks
 from omegaconf import II, open_dict
 from torch import nn
 
-from .. import compat, data_checks
+from .. import compat
 from ..encoder import GateMasks, MaskingOptions, Wav2Vec2Encoder
 from ..fairseq_import import ImportedCheckpoint, read_checkpoint
 from ..gates import EncoderGates

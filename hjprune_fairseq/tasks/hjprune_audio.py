@@ -26,9 +26,10 @@ from fairseq.optim.fp16_optimizer import FP16Optimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
+from hjprune_manifests import data_checks
 from omegaconf import OmegaConf, open_dict
 
-from .. import compat, data_checks
+from .. import compat
 from ..decoding import ClassifierGenerator, GreedyCTCGenerator
 
 logger = logging.getLogger(__name__)

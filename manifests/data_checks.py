@@ -14,9 +14,8 @@ rows would train with a silently zeroed loss (``zero_infinity``) and decode to n
 import os
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from .spec import WAV2VEC2_CONV
+from .audio import SAMPLE_RATE, WAV2VEC2_CONV
 
-SAMPLE_RATE = 16000
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only sample formats that can hold NaN or inf
 
 

@@ -5,7 +5,7 @@ that output by a marker file ``.TOOL`` in the folder, a JSON object
 ``{"tool": TOOL, "entries": [top-level names it wrote]}``. New content is written into a fresh
 temporary sibling (``tempfile.mkdtemp``) and renamed in; an existing entry is replaced only if the
 marker lists it. Anything else is refused with a one-line ``FileExistsError`` naming the folder.
-Pure standard library: the CLIs and ``manifests`` use it without torch.
+Pure standard library: the data tools and the plugin's CLIs use it without torch.
 """
 
 import contextlib
