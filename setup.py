@@ -1,5 +1,7 @@
 from setuptools import find_packages, setup
 
+# The data tools live in the top-level folder manifests/ but install as hjprune_manifests; the
+# config sets in examples/ (the one copy in git) install as hjprune_fairseq/examples/ (config_sets.py).
 setup(
     name="hjprune-fairseq",
     version="0.1.0",
@@ -7,8 +9,9 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["hjprune_fairseq", "hjprune_fairseq.*"]) + ["hjprune_manifests"],
-    package_dir={"hjprune_manifests": "manifests"},  # the data tools: folder manifests/, installed as hjprune_manifests
+    packages=find_packages(include=["hjprune_fairseq", "hjprune_fairseq.*"]) + ["hjprune_manifests", "hjprune_fairseq.examples"],
+    package_dir={"hjprune_manifests": "manifests", "hjprune_fairseq.examples": "examples"},
+    package_data={"hjprune_fairseq.examples": ["*/*.yaml", "*/*/*.yaml"]},
     install_requires=[
         "torch>=2.1",  # set-up installs torch==2.13.0 first where no torch is present (Makefile)
         "fairseq-fixed==0.12.3.1",
@@ -30,6 +33,7 @@ setup(
             "hjprune-bench-train=hjprune_fairseq.cli.bench_train:main",
             "hjprune-smoke-base=hjprune_fairseq.cli.smoke_base:main",
             "hjprune-demo=hjprune_fairseq.cli.demo:main",
+            "hjprune-examples=hjprune_fairseq.cli.examples:main",
             "hjprune-spm=hjprune_manifests.sentencepiece_labels:main",
             "hjprune-synth=hjprune_manifests.synth:main",
             "hjprune-manifest=hjprune_manifests.tools:manifest_main",

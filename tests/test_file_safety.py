@@ -111,7 +111,7 @@ def no_pipeline(monkeypatch):
         write(os.path.join(save, "checkpoint_last.pt"), "new checkpoint")
 
     def pipeline(self):
-        self.train("pretrain", demo.EXAMPLES, "pretrain", [])
+        self.train("pretrain", demo.config_set_dir("tiny"), "pretrain", [])
         raise Ran("pipeline stopped by the test")
 
     monkeypatch.setattr(demo.Demo, "step", step)

@@ -24,10 +24,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 from hjprune_manifests import output_dir
 from hjprune_manifests.audio import SAMPLE_RATE
 
+from ..config_sets import USER_DIR, config_set_dir
+
 TOOL = "hjprune-demo"  # the name of its marker files, .hjprune-demo (output_dir)
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXAMPLES = os.path.join(REPO, "examples")
-USER_DIR = os.path.join(REPO, "hjprune_fairseq")
 
 
 @dataclass
@@ -61,7 +60,7 @@ class Demo:
         self.out, self.task, self.budget = out, task, budget
         self.threads = threads  # torch threads per stage (None: torch's default, every core)
         self.data = os.path.join(out, "data")
-        self.config_dir = os.path.join(EXAMPLES, "tiny_slu" if task == "slu" else "tiny")
+        self.config_dir = config_set_dir("tiny_slu" if task == "slu" else "tiny")
         self.timings: Dict[str, float] = {}
         os.makedirs(os.path.join(out, "logs"), exist_ok=True)
 
@@ -106,7 +105,7 @@ class Demo:
     def pipeline(self) -> Dict:
         b = self.budget
         self.synthesise()
-        pre = self.train("pretrain", os.path.join(EXAMPLES, "tiny"), "pretrain", [f"optimization.max_update={b.pretrain}"])
+        pre = self.train("pretrain", config_set_dir("tiny"), "pretrain", [f"optimization.max_update={b.pretrain}"])
         ft = self.train("finetune", self.config_dir, "finetune", [
             f"model.w2v_path={pre}/checkpoint_last.pt", f"optimization.max_update={b.finetune}"])
         models = [self.evaluate("unpruned", f"{ft}/checkpoint_best.pt", "none")]
@@ -142,7 +141,7 @@ class Demo:
         """Task-agnostic: prune the pre-trained encoder by distillation on the unlabeled training audio
         (40 % fewer MACs, fine-grained heads, straight-through gates), export, then fine-tune it."""
         b = self.budget
-        run = self.train("distill", os.path.join(EXAMPLES, "tiny"), "distill", [
+        run = self.train("distill", config_set_dir("tiny"), "distill", [
             "mode=macs", "criterion.target_sparsity=0.4", f"model.w2v_path={pretrained}",
             f"optimization.max_update={b.prune}", f"criterion.sparsity_warmup_updates={b.warmup}"])
         slim = os.path.join(self.out, "slim_distill_40.pt")
@@ -366,7 +365,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             demo.baselines(result, a.jobs)
         demo.time_models(result["models"])
         write_report(out, a.task, result, demo.timings, budget)
-    except (RuntimeError, ValueError, FileExistsError) as e:
+    except (RuntimeError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"hjprune-demo: error: {e}", file=sys.stderr)
         return 1
     finally:  # whatever the run wrote in OUT is the demo's own: OUT held nothing else when it started

@@ -24,7 +24,7 @@ import time
 from datetime import datetime
 from typing import Dict, List, Optional, Sequence
 
-from .demo import EXAMPLES, USER_DIR
+from ..config_sets import USER_DIR, config_set_dir
 
 MODES = ("macs", "size", "sep_size", "transformer_only")
 LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[train_inner\]\[INFO\] - (\{.*\})$", re.M)
@@ -62,7 +62,7 @@ class Smoke:
 
     def train(self, config_set: str, config: str, name: str, data: str, w2v: str, extra: Sequence[str] = ()) -> str:
         save = os.path.join(self.work, "checkpoints", name)
-        args = ["--config-dir", os.path.join(EXAMPLES, config_set), "--config-name", config,
+        args = ["--config-dir", config_set_dir(config_set), "--config-name", config,
                 f"common.user_dir={USER_DIR}", f"task.data={data}", f"model.w2v_path={w2v}",
                 f"checkpoint.save_dir={save}", f"optimization.max_update={self.updates}", "optimization.update_freq=[1]",
                 "dataset.max_tokens=80000", "dataset.num_workers=0", "dataset.valid_subset=valid",
