@@ -160,7 +160,7 @@ def manifest_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--ext", nargs="+", default=["flac", "wav"], help="audio extensions (default: flac wav)")
     p.add_argument("--valid-percent", type=float, default=0.01, help="share of files put in valid (default: 0.01)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default: 42)")
-    p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="required sample rate (default: 16000)")
+    p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="required sample rate (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing manifests in DEST")
     a = p.parse_args(argv)
 
@@ -194,7 +194,7 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("data", help="folder with {split}.tsv, {split}.{labels}, dict.{labels}.txt")
     p.add_argument("--splits", nargs="+", default=["train", "valid"], help="splits to check (default: train valid)")
     p.add_argument("--labels", default="ltr", help="label extension to check; '' for manifests only (default: ltr)")
-    p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="required sample rate (default: 16000)")
+    p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="required sample rate (default: %(default)s)")
     p.add_argument("--conv-layers", default=format_conv_layers(WAV2VEC2_CONV),
                    help="count the frames of each row with this CNN, in fairseq's conv_feature_layers format "
                         "(the model's cfg.model.conv_feature_layers; default: wav2vec2-base's, %(default)s: "
