@@ -14,7 +14,7 @@ from .fairseq_import import load_state
 from .models.hjprune_cls import CLASSIFIERS, HJPruneGatedCls, HJPruneParpCls, HJPruneSlimCls
 from .models.hjprune_ctc import HJPruneCtcModel, HJPruneGatedCtc, HJPruneParpCtc, HJPruneSlimCtc
 from .models.hjprune_distill import HJPruneGatedDistill, HJPruneSlimDistill
-from .slim import slim_encoder, slim_head
+from .core.slim import slim_encoder, slim_head
 
 MODEL_CLASSES = {
     "hjprune_wav2vec_ctc": HJPruneGatedCtc, "hjprune_slim_ctc": HJPruneSlimCtc,
@@ -23,7 +23,7 @@ MODEL_CLASSES = {
     "hjprune_wav2vec_distill": HJPruneGatedDistill, "hjprune_slim_distill": HJPruneSlimDistill,
 }
 DISTILL = ("hjprune_wav2vec_distill", "hjprune_slim_distill")  # prediction heads, no vocabulary
-PARP = ("hjprune_parp_ctc", "hjprune_parp_cls")  # dense models with unstructured zeros (parp.py)
+PARP = ("hjprune_parp_ctc", "hjprune_parp_cls")  # dense models with unstructured zeros (core/parp.py)
 SLIM_OF = {"hjprune_wav2vec_ctc": "hjprune_slim_ctc", "hjprune_wav2vec_cls": "hjprune_slim_cls",
            "hjprune_wav2vec_distill": "hjprune_slim_distill"}
 GATE_FIELDS = ("prune_conv", "prune_heads", "prune_ffn", "prune_hidden", "prune_head_dims", "gate_init_keep_prob",

@@ -1,4 +1,4 @@
-"""Acceptance run of the prune stage (issue 3), not part of the test suite (minutes on 2 cores).
+"""Acceptance run of the prune stage, not part of the test suite (minutes on 2 cores).
 
     .venv/bin/python tests/acceptance_prune_modes.py OUT_DIR
 
@@ -18,9 +18,9 @@ import sys
 from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, make_letter_corpus, make_pretrained
 
 import hjprune_fairseq  # noqa: F401  (registers the hjprune classes)
-from hjprune_fairseq import cost_model
 from hjprune_fairseq.checkpoints import load_model
-from hjprune_fairseq.spec import PRESETS
+from hjprune_fairseq.core import cost_model
+from hjprune_fairseq.core.spec import PRESETS
 
 TINY = os.path.join(EXAMPLES, "tiny")
 MODES = {"macs": ["macs"], "size": ["size"], "sep_size": ["cnn", "transformer"], "transformer_only": ["transformer_only"]}

@@ -5,10 +5,10 @@ import json
 import pytest
 from helpers import VOCAB, gated_model, randomize_gates
 
-from hjprune_fairseq import cost_model
 from hjprune_fairseq.cli import cost as cost_cli
-from hjprune_fairseq.encoder import Wav2Vec2Encoder
-from hjprune_fairseq.spec import PRESETS
+from hjprune_fairseq.core import cost_model
+from hjprune_fairseq.core.encoder import Wav2Vec2Encoder
+from hjprune_fairseq.core.spec import PRESETS
 
 
 def test_wav2vec2_base_matches_paper():
@@ -82,7 +82,7 @@ def test_exact_at_wav2vec2_base_scale_and_bench_structure():
     """94 M parameters: counting from masks must still be exact (float64), and the bench's
     Fig. 5-shaped structure must hit its MACs target."""
     from hjprune_fairseq.cli.bench import fig5_masks, slim_spec_for
-    from hjprune_fairseq.slim import slim_encoder
+    from hjprune_fairseq.core.slim import slim_encoder
 
     spec = PRESETS["wav2vec2_base"]
     masks = fig5_masks(spec, 0.6)

@@ -77,7 +77,7 @@ def test_example_builds(config_set, stage, mode, w2v_pretrained, slim_ckpt, tmp_
         assert torch.isfinite(penalty)
         assert (model.gates.conv is None) == (mode == "transformer_only")
     elif stage == "parp":
-        from hjprune_fairseq.parp import zero_fraction
+        from hjprune_fairseq.core.parp import zero_fraction
 
         assert model.gates is None and zero_fraction(model.encoder) == pytest.approx(cfg.model.parp_sparsity, abs=1e-3)
     else:
@@ -90,7 +90,7 @@ def test_pretrain_config_builds_the_tiny_preset(tmp_path):
     from fairseq.criterions import build_criterion
 
     from hjprune_fairseq.fairseq_import import spec_from_fairseq_cfg
-    from hjprune_fairseq.spec import PRESETS
+    from hjprune_fairseq.core.spec import PRESETS
 
     cfg = compose_like_fairseq(os.path.join(ROOT, "tiny"), "pretrain", [f"common.user_dir={USER_DIR}", f"task.data={tmp_path}"])
     assert cfg.task._name == "audio_pretraining" and cfg.model._name == "wav2vec2"

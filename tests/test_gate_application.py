@@ -7,7 +7,7 @@ import torch
 from fairseq_fixtures import batch
 from helpers import gated_model
 
-from hjprune_fairseq.encoder import GateMasks
+from hjprune_fairseq.core.gate_state import GateMasks
 
 
 def ones_like_conv(encoder):

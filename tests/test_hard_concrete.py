@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hjprune_fairseq import hard_concrete as hc
+from hjprune_fairseq.core import hard_concrete as hc
 
 
 def test_keep_prob_matches_sampling_frequency():

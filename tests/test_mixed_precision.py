@@ -8,9 +8,9 @@ import torch
 from fairseq_fixtures import EXAMPLES, USER_DIR, compose_like_fairseq, hydra_train, make_letter_corpus
 from helpers import gated_model
 
-from hjprune_fairseq import hard_concrete
-from hjprune_fairseq.cost_model import report
-from hjprune_fairseq.sparsity import SparsityConstraint
+from hjprune_fairseq.core import hard_concrete
+from hjprune_fairseq.core.cost_model import report
+from hjprune_fairseq.core.sparsity import SparsityConstraint
 
 TINY = os.path.join(EXAMPLES, "tiny")
 

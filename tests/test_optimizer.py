@@ -4,9 +4,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hjprune_fairseq.hard_concrete import HardConcrete
+from hjprune_fairseq.core.hard_concrete import HardConcrete
+from hjprune_fairseq.core.sparsity import LAMBDA2_GROUP, LAMBDA_GROUP, SparsityConstraint
 from hjprune_fairseq.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
-from hjprune_fairseq.sparsity import LAMBDA2_GROUP, LAMBDA_GROUP, SparsityConstraint
 
 
 def setup(**kw):

@@ -1,4 +1,4 @@
-"""PARP (parp.py): exact magnitude pruning, adjust then re-prune, and a fairseq-hydra-train run."""
+"""PARP (core/parp.py, models/parp.py): exact magnitude pruning, adjust then re-prune, and a fairseq-hydra-train run."""
 
 import json
 import os
@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 from hjprune_fairseq.checkpoints import load_model
 from hjprune_fairseq.cli import cost as cost_cli
+from hjprune_fairseq.core.parp import magnitude_prune_, prunable_weights, zero_fraction
 from hjprune_fairseq.models.hjprune_ctc import HJPruneParpCtc, HJPruneParpCtcConfig
-from hjprune_fairseq.parp import magnitude_prune_, prunable_weights, zero_fraction
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])

@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from hjprune_fairseq import cost_model
 from hjprune_fairseq.checkpoints import export_slim, load_model
 from hjprune_fairseq.cli import cost as cost_cli
 from hjprune_fairseq.cli import export as export_cli
+from hjprune_fairseq.core import cost_model
 from hjprune_fairseq.fairseq_import import read_checkpoint
 from hjprune_fairseq.models.hjprune_ctc import HJPruneCtcConfig, HJPruneSlimCtc
 

@@ -4,12 +4,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hjprune_fairseq import cost_model
-from hjprune_fairseq.gates import EncoderGates
-from hjprune_fairseq.hard_concrete import keep_prob
+from hjprune_fairseq.core import cost_model
+from hjprune_fairseq.core.gates import EncoderGates
+from hjprune_fairseq.core.hard_concrete import keep_prob
+from hjprune_fairseq.core.spec import PRESETS
+from hjprune_fairseq.core.sparsity import add_to_logging_output, reduce_logged
+from hjprune_fairseq.criterions.sparsity_config import SparsityConfig, constraint_from_config
 from hjprune_fairseq.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
-from hjprune_fairseq.sparsity import SparsityConfig, SparsityConstraint, reduce_logged, add_to_logging_output
-from hjprune_fairseq.spec import PRESETS
 
 MODES = {
     "macs": dict(target_sparsity=0.4),
@@ -30,7 +31,7 @@ class GatedStub(torch.nn.Module):
 
 def constraint(mode="macs", **kw):
     kw.setdefault("sparsity_mode", mode)
-    return SparsityConstraint.from_config(OmegaConf.structured(SparsityConfig(**kw)))
+    return constraint_from_config(OmegaConf.structured(SparsityConfig(**kw)))
 
 
 @pytest.mark.parametrize("kw, message", [

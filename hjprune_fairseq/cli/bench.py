@@ -21,9 +21,10 @@ from typing import List, Optional
 
 import torch
 
-from .. import cost_model
-from ..encoder import GateMasks, Wav2Vec2Encoder
-from ..spec import PRESETS, EncoderSpec
+from ..core import cost_model
+from ..core.encoder import Wav2Vec2Encoder
+from ..core.gate_state import GateMasks
+from ..core.spec import PRESETS, EncoderSpec
 from .timing import add_timing_args, apply_threads, median_times
 
 
@@ -64,7 +65,7 @@ def fig5_masks(spec: EncoderSpec, strength: float, seed: int = 0, fine_grained: 
 def slim_spec_for(spec: EncoderSpec, macs_sparsity: float, seconds: float, seed: int = 0,
                   fine_grained: bool = False) -> EncoderSpec:
     """Bisect the Fig. 5 strength until the slim encoder has ``macs_sparsity`` fewer MACs."""
-    from ..slim import slim_encoder
+    from ..core.slim import slim_encoder
 
     dense = cost_model.to_float(cost_model.cost(spec, None, seconds).encoder_macs)
     lo, hi = 0.0, 1.0

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
-from ..spec import PRESETS
+from ..core.spec import PRESETS
 from .timing import add_timing_args, apply_threads, median_times
 
 VOCAB_SYMBOLS = list("ETAOINSHRDLUCMWFGYPBVKJXQZ'|")

@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Dict, List, Optional
 
-from .. import cost_model
-from ..spec import PRESETS
+from ..core import cost_model
+from ..core.spec import PRESETS
 
 
 def describe(source: str, seconds: float) -> Dict:
@@ -39,7 +39,7 @@ def describe(source: str, seconds: float) -> Dict:
             r["kind"] = "dense" if arch in SLIM_OF else "slim"
         if arch in PARP:
             # Unstructured zeros: the structure (and so the MACs of dense kernels) is unchanged.
-            from ..parp import zero_count
+            from ..core.parp import zero_count
 
             zeros, _ = zero_count(model.encoder)
             r["kind"] = "dense with unstructured zeros (PARP)"

@@ -126,7 +126,7 @@ class Demo:
     def parp_point(self, finetuned: str, params: int) -> Dict:
         """PARP from the fine-tuned model, its sparsity set for ``params`` nonzero encoder weights."""
         from ..checkpoints import load_model
-        from ..parp import prunable_weights
+        from ..core.parp import prunable_weights
 
         model, _ = load_model(finetuned)
         dense = sum(p.numel() for p in model.encoder.parameters())

@@ -120,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from hjprune_manifests.synth import write_corpus
 
     from ..fairseq_import import write_random_wav2vec2
-    from ..spec import PRESETS
+    from ..core.spec import PRESETS
 
     with tempfile.TemporaryDirectory(prefix="hjprune-smoke-") as work:
         os.makedirs(os.path.join(work, "logs"))

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 
-from ..sparsity import SparsityConfig, SparsityConstraint
 from .hjprune_ctc import SparsityPenaltyMixin
+from .sparsity_config import SparsityConfig, constraint_from_config
 
 
 @dataclass
@@ -21,7 +21,7 @@ class HJPruneCrossEntropyConfig(SparsityConfig):
 class HJPruneCrossEntropyCriterion(SparsityPenaltyMixin, FairseqCriterion):
     def __init__(self, cfg: HJPruneCrossEntropyConfig, task):
         super().__init__(task)
-        self.sparsity = SparsityConstraint.from_config(cfg)
+        self.sparsity = constraint_from_config(cfg)
 
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])

@@ -1,4 +1,4 @@
-"""``hjprune_ctc``: fairseq's CTC loss plus the HJ-Pruning sparsity constraint (sparsity.py)."""
+"""``hjprune_ctc``: fairseq's CTC loss plus the HJ-Pruning sparsity constraint (core/sparsity.py)."""
 
 
 from dataclasses import dataclass
@@ -8,7 +8,8 @@ from fairseq import metrics
 from fairseq.criterions import register_criterion
 from fairseq.criterions.ctc import CtcCriterion, CtcCriterionConfig
 
-from ..sparsity import SparsityConfig, SparsityConstraint, add_to_logging_output, reduce_logged
+from ..core.sparsity import SparsityConstraint, add_to_logging_output, reduce_logged
+from .sparsity_config import SparsityConfig, constraint_from_config
 
 
 @dataclass
@@ -46,7 +47,7 @@ class SparsityPenaltyMixin:
 class HJPruneCtcCriterion(SparsityPenaltyMixin, CtcCriterion):
     def __init__(self, cfg: HJPruneCtcCriterionConfig, task):
         super().__init__(cfg, task)
-        self.sparsity = SparsityConstraint.from_config(cfg)
+        self.sparsity = constraint_from_config(cfg)
 
     def forward(self, model, sample, reduce=True):
         loss, sample_size, logging_output = super().forward(model, sample, reduce)

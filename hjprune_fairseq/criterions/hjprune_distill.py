@@ -25,10 +25,10 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum
 from omegaconf import II
 
-from ..encoder import Wav2Vec2Encoder
+from ..core.encoder import Wav2Vec2Encoder
 from ..fairseq_import import read_checkpoint
-from ..sparsity import SparsityConfig, SparsityConstraint
 from .hjprune_ctc import SparsityPenaltyMixin
+from .sparsity_config import SparsityConfig, constraint_from_config
 
 
 def _neg_cos(sim: torch.Tensor) -> torch.Tensor:
@@ -80,7 +80,7 @@ class HJPruneDistillCriterion(SparsityPenaltyMixin, FairseqCriterion):
         self.l1_weight, self.cos_weight = cfg.l1_weight, cfg.cos_weight
         self.cos_term, self.layer_reduction = COS_TERMS[str(cfg.cos_type)], str(cfg.layer_reduction)
         self.teacher_path = cfg.teacher_path
-        self.sparsity = SparsityConstraint.from_config(cfg)
+        self.sparsity = constraint_from_config(cfg)
         # Kept out of the module tree: not saved, not cast to fp16, not seen by the optimizer.
         self.__dict__["teacher"] = load_teacher(cfg.teacher_path)
 

@@ -14,8 +14,8 @@ from fairseq import utils
 from fairseq.models import register_model
 
 from ..fairseq_import import ImportedCheckpoint
-from ..parp import ParpMixin
 from .hjprune_ctc import HJPruneCtcConfig, HJPruneGatedCtc, HJPruneGatedCtcConfig, HJPruneParpCtcConfig, HJPruneSlimCtc
+from .parp import ParpMixin
 
 CLASSIFIERS = ("hjprune_wav2vec_cls", "hjprune_slim_cls", "hjprune_parp_cls")
 
@@ -51,7 +51,7 @@ class HJPruneSlimCls(ClassificationHead, HJPruneSlimCtc):
 
 @register_model("hjprune_parp_cls", dataclass=HJPruneParpCtcConfig)
 class HJPruneParpCls(ClassificationHead, ParpMixin, HJPruneSlimCtc):
-    """The classifier fine-tuned with PARP's unstructured magnitude pruning (parp.py)."""
+    """The classifier fine-tuned with PARP's unstructured magnitude pruning (models/parp.py)."""
 
     ARCH = "hjprune_parp_cls"
 

@@ -22,11 +22,12 @@ from omegaconf import II, open_dict
 from torch import nn
 
 from .. import compat
-from ..encoder import GateMasks, MaskingOptions, Wav2Vec2Encoder
+from ..core.encoder import MaskingOptions, Wav2Vec2Encoder
+from ..core.gate_state import GateMasks
+from ..core.gates import EncoderGates
+from ..core.spec import EncoderSpec
 from ..fairseq_import import ImportedCheckpoint, read_checkpoint
-from ..gates import EncoderGates
-from ..parp import ParpConfig, ParpMixin
-from ..spec import EncoderSpec
+from .parp import ParpConfig, ParpMixin
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class HJPruneParpCtcConfig(HJPruneCtcConfig, ParpConfig):
 
 @register_model("hjprune_parp_ctc", dataclass=HJPruneParpCtcConfig)
 class HJPruneParpCtc(ParpMixin, HJPruneSlimCtc):
-    """The unstructured baseline: the dense model fine-tuned with PARP's magnitude pruning (parp.py)."""
+    """The unstructured baseline: the dense model fine-tuned with PARP's magnitude pruning (models/parp.py)."""
 
     ARCH = "hjprune_parp_ctc"
 

@@ -23,7 +23,7 @@ from omegaconf import open_dict
 from torch import nn
 
 from ..fairseq_import import ImportedCheckpoint
-from ..spec import EncoderSpec
+from ..core.spec import EncoderSpec
 from .hjprune_ctc import HJPruneCtcConfig, HJPruneGatedCtc, HJPruneGatedCtcConfig, HJPruneSlimCtc
 
 logger = logging.getLogger(__name__)

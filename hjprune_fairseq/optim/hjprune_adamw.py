@@ -34,8 +34,8 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II, OmegaConf
 
 from .. import compat
-from ..hard_concrete import GATE_GROUP
-from ..sparsity import LAMBDA2_GROUP, LAMBDA_GROUP
+from ..core.hard_concrete import GATE_GROUP
+from ..core.sparsity import LAMBDA2_GROUP, LAMBDA_GROUP
 
 logger = logging.getLogger(__name__)
 ROLE = "hjprune_role"

@@ -1,4 +1,4 @@
-"""The HardConcrete gates of an encoder: one block per prunable unit group (METHOD.md table).
+"""The HardConcrete gates of an encoder: one block per prunable unit group.
 
 conv: one gate per output channel of every CNN layer; heads / ffn: one gate per head / FFN unit of
 every layer; hidden: ONE gate vector over the model dimension, shared by all layers; qk / vo
@@ -13,7 +13,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .encoder import GateMasks
+from .gate_state import GateMasks
 from .hard_concrete import HardConcrete
 from .spec import EncoderSpec
 

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
 import torch
+from hjprune_manifests.audio import SAMPLE_RATE
 
-from .encoder import GateMasks, conv_output_lengths
-from .spec import EncoderSpec
+from .gate_state import GateMasks
+from .spec import EncoderSpec, conv_output_lengths
 
 Number = Union[int, float, torch.Tensor]
 COMPONENTS = ("cnn", "pos_conv", "attention", "ffn", "other")
-SAMPLE_RATE = 16000
 
 
 @dataclass
@@ -181,7 +181,7 @@ def cost(
 
 
 def sparsities(mode: str, expected: Cost, dense: Cost) -> Dict[str, Number]:
-    """Fractions removed, as constrained by HJ-Pruning ``mode`` (sparsity.py) and reported here.
+    """Fractions removed, as constrained by HJ-Pruning ``mode`` (core/sparsity.py) and reported here.
 
     size: encoder params; macs: encoder MACs; transformer_only: params of everything but the CNN;
     sep_size: {"cnn": CNN params, "transformer": params of everything but the CNN} (Eq. 9).

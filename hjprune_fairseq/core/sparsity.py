@@ -6,79 +6,28 @@ Augmented Lagrangian (Eq. 5-6, CoFiPruning): the criterion adds
 
 minimised over weights and log_alpha and MAXIMISED over the multipliers (gradient ascent, done by the
 ``hjprune_adamw`` optimizer). ``s`` is an expected sparsity from the one cost model, ``t`` rises
-linearly from 0 to its final value over ``sparsity_warmup_updates`` and then holds.
+linearly from 0 to its final value over ``warmup_updates`` and then holds.
 
 Modes (Sec. 3): ``size`` overall encoder parameters (CNN + Transformer); ``sep_size`` CNN and
 Transformer parameters, each with its own target and multiplier pair (Eq. 9); ``macs`` encoder
 MACs at a virtual input length; ``transformer_only`` the baseline: the CNN is not gated and ``s`` is
 the Transformer's parameter sparsity. "Transformer" is everything but the CNN (see cost_model).
 Sparsity is measured against the dense structure of the model being pruned (its ``spec``).
+The criteria's config (``criterions/sparsity_config.py``) builds a :class:`SparsityConstraint`.
 """
 
-
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from torch import nn
 
 from . import cost_model
 from .cost_model import sparsities
 from .hard_concrete import KeepsParameterDtype
 
-SPARSITY_MODES = ChoiceEnum(["none", "size", "sep_size", "macs", "transformer_only"])
+MODES = ("size", "sep_size", "macs", "transformer_only")  # what s measures (cost_model.sparsities)
 LAMBDA_GROUP = "hjprune_lambda"  # lambda1: rate optimizer.lambda_lr
 LAMBDA2_GROUP = "hjprune_lambda2"  # lambda2: rate optimizer.lambda_lr * optimizer.lambda2_lr_scale
-
-
-@dataclass
-class SparsityConfig(FairseqDataclass):
-    """Fields every hjprune criterion adds to its task loss's config."""
-
-    sparsity_mode: SPARSITY_MODES = field(
-        default="none", metadata={"help": "what s measures: size | sep_size | macs | transformer_only; none: no "
-                                          "constraint (the plain task loss, for fine-tuning stages)"}
-    )
-    target_sparsity: Optional[float] = field(
-        default=None, metadata={"help": "final target in [0, 1) for size, macs and transformer_only"}
-    )
-    target_cnn_sparsity: Optional[float] = field(
-        default=None, metadata={"help": "sep_size: final target of the CNN's parameter sparsity"}
-    )
-    target_transformer_sparsity: Optional[float] = field(
-        default=None, metadata={"help": "sep_size: final target of the Transformer's parameter sparsity"}
-    )
-    sparsity_warmup_updates: int = field(
-        default=0, metadata={"help": "updates over which the target rises linearly from 0 (paper: first 5 of 30 epochs)"}
-    )
-    macs_seconds: float = field(
-        default=10.0, metadata={"help": "virtual input length (s) at which MACs are counted (macs mode, logs)"}
-    )
-
-
-def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
-    """{constrained quantity: final target}; raises ValueError on a bad combination."""
-    mode = str(cfg.sparsity_mode)
-    if mode == "none":
-        return {}
-    if mode == "sep_size":
-        missing = [k for k in ("target_cnn_sparsity", "target_transformer_sparsity") if getattr(cfg, k) is None]
-        if missing:
-            raise ValueError(f"criterion.sparsity_mode=sep_size needs criterion.{' and criterion.'.join(missing)}")
-        targets = {"cnn": cfg.target_cnn_sparsity, "transformer": cfg.target_transformer_sparsity}
-    else:
-        if cfg.target_sparsity is None:
-            raise ValueError(f"criterion.sparsity_mode={mode} needs criterion.target_sparsity")
-        targets = {mode: cfg.target_sparsity}
-    for name, t in targets.items():
-        if not 0.0 <= float(t) < 1.0:
-            raise ValueError(f"target sparsity for {name} must be in [0, 1), got {t}")
-    if cfg.macs_seconds <= 0:
-        raise ValueError(f"criterion.macs_seconds must be positive, got {cfg.macs_seconds}")
-    if cfg.sparsity_warmup_updates < 0:
-        raise ValueError(f"criterion.sparsity_warmup_updates must be >= 0, got {cfg.sparsity_warmup_updates}")
-    return {k: float(v) for k, v in targets.items()}
 
 
 class SparsityConstraint(KeepsParameterDtype):
@@ -87,6 +36,9 @@ class SparsityConstraint(KeepsParameterDtype):
     scale, accumulated over update_freq micro-batches, overflows 16 bits."""
 
     def __init__(self, mode: str, targets: Dict[str, float], warmup_updates: int, seconds: float):
+        """mode: one of :data:`MODES`; targets: {constrained quantity: final target} ("cnn" and
+        "transformer" for sep_size, the mode's name otherwise); warmup_updates: updates over which the
+        targets rise from 0; seconds: the virtual input length at which MACs are counted."""
         super().__init__()
         self.mode = mode
         self.names: List[str] = list(targets)
@@ -99,14 +51,6 @@ class SparsityConstraint(KeepsParameterDtype):
         self.lambda2 = nn.Parameter(torch.zeros(len(self.names), dtype=torch.float64))
         self.lambda1.param_group = LAMBDA_GROUP
         self.lambda2.param_group = LAMBDA2_GROUP
-
-    @classmethod
-    def from_config(cls, cfg: SparsityConfig) -> Optional["SparsityConstraint"]:
-        """The constraint of ``cfg``; None for sparsity_mode=none."""
-        targets = targets_from_config(cfg)
-        if not targets:
-            return None
-        return cls(str(cfg.sparsity_mode), targets, cfg.sparsity_warmup_updates, cfg.macs_seconds)
 
     def check_model(self, model) -> None:
         gates = getattr(model, "gates", None)

@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from .encoder import GateMasks
+from .gate_state import GateMasks
 from .spec import EncoderSpec
 
 State = Dict[str, torch.Tensor]

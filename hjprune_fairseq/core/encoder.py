@@ -23,24 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import EncoderSpec
-
-
-@dataclass
-class GateMasks:
-    """Gate values for one forward pass; ``None`` means that group is not gated.
-
-    conv: one (C_i,) vector per CNN layer; heads: (L, H); ffn: (L, F); hidden: (d,); qk / vo: one
-    (H, head_dim) matrix per layer, gating the query/key and value/output dims inside every head
-    (fine-grained attention pruning).
-    """
-
-    conv: Optional[List[torch.Tensor]] = None
-    heads: Optional[torch.Tensor] = None
-    ffn: Optional[torch.Tensor] = None
-    hidden: Optional[torch.Tensor] = None
-    qk: Optional[List[torch.Tensor]] = None
-    vo: Optional[List[torch.Tensor]] = None
+from .gate_state import GateMasks
+from .spec import EncoderSpec, conv_output_lengths
 
 
 @dataclass
@@ -335,13 +319,6 @@ class EncoderLayer(nn.Module):
         x = self.self_attn_layer_norm(x + self.dropout(_mul(a, hidden)), hidden)
         f = self.ffn(x, ffn_gate)
         return self.final_layer_norm(x + self.dropout(_mul(f, hidden)), hidden)
-
-
-def conv_output_lengths(lengths: torch.Tensor, conv_layers: Sequence[Tuple[int, int, int]]) -> torch.Tensor:
-    """Frames produced from ``lengths`` samples (no padding, floor), as fairseq's formula."""
-    for _, k, s in conv_layers:
-        lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
-    return lengths
 
 
 class Wav2Vec2Encoder(nn.Module):

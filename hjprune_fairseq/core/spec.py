@@ -3,14 +3,18 @@
 An :class:`EncoderSpec` is everything the cost model and the module builders need to know about an
 encoder's dimensions. A dense pre-trained model has uniform per-layer sizes; a slim (exported) model
 has the kept sizes of every layer. The spec is stored in every checkpoint this plugin writes
-(``model.encoder_spec``), so checkpoints are self-contained.
+(``model.encoder_spec``), so checkpoints are self-contained. :func:`conv_output_lengths` gives the
+frames the CNN makes of a number of samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from hjprune_manifests.audio import WAV2VEC2_CONV  # one definition, shared with the data tools
 
 EXTRACTOR_MODES = ("default", "layer_norm")
 FRAME_PADDING_RULES = ("wav2vec2", "hubert")
@@ -149,7 +153,12 @@ class EncoderSpec:
         )
 
 
-WAV2VEC2_CONV = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+def conv_output_lengths(lengths: torch.Tensor, conv_layers: Sequence[Tuple[int, int, int]]) -> torch.Tensor:
+    """Frames produced from ``lengths`` samples (no padding, floor), as fairseq's formula."""
+    for _, k, s in conv_layers:
+        lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+    return lengths
+
 
 PRESETS: Dict[str, EncoderSpec] = {
     "wav2vec2_base": EncoderSpec.uniform(WAV2VEC2_CONV, 768, 12, 12, 3072, 128, 16),
@@ -158,7 +167,7 @@ PRESETS: Dict[str, EncoderSpec] = {
         WAV2VEC2_CONV, 1024, 24, 16, 4096, 128, 16, conv_bias=True, extractor_mode="layer_norm",
         layer_norm_first=True,
     ),
-    # The model the demo and the tests train on 2 CPU cores (issue 5's calibration model).
+    # The model the demo and the tests train on 2 CPU cores.
     "tiny": EncoderSpec.uniform(
         [(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2, 192, 4, 4, 768, 32, 4,
     ),

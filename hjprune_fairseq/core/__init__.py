@@ -1,0 +1,16 @@
+"""The torch-only core of hjprune: everything that does not need fairseq, omegaconf or hydra.
+
+- ``spec``: :class:`EncoderSpec`, the one description of an encoder's shape, and the presets;
+- ``gate_state``: :class:`GateMasks`, the gate values of one forward pass, and what "not gated" means;
+- ``hard_concrete``: the HardConcrete L0 gate maths and its gate module;
+- ``gates``: :class:`EncoderGates`, the HardConcrete gates of every prunable group of an encoder;
+- ``encoder``: the maskable wav2vec2/HuBERT encoder (gated and slim alike);
+- ``cost_model``: parameters and MACs, the project's one cost model;
+- ``sparsity``: the augmented-Lagrangian sparsity constraint and its logged values;
+- ``slim``: physical removal of pruned units from a state dict;
+- ``parp``: PARP's magnitude-pruning maths.
+
+Modules here take typed arguments, never a fairseq config; the registered fairseq classes
+(``models/``, ``criterions/``, ``tasks/``, ``optim/``) read ``cfg`` and call them. This package
+imports none of its siblings' fairseq-bound modules (``tests/test_core_imports.py`` checks it).
+"""

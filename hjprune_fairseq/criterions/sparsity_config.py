@@ -1,0 +1,71 @@
+"""The sparsity fields every hjprune criterion adds to its config, and the constraint they describe.
+
+The constraint itself (``core/sparsity.py``) takes typed arguments; this module is where the
+criteria's ``cfg`` is read and checked.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from ..core.sparsity import MODES, SparsityConstraint
+
+SPARSITY_MODES = ChoiceEnum(["none", *MODES])
+
+
+@dataclass
+class SparsityConfig(FairseqDataclass):
+    """Fields every hjprune criterion adds to its task loss's config."""
+
+    sparsity_mode: SPARSITY_MODES = field(
+        default="none", metadata={"help": "what s measures: size | sep_size | macs | transformer_only; none: no "
+                                          "constraint (the plain task loss, for fine-tuning stages)"}
+    )
+    target_sparsity: Optional[float] = field(
+        default=None, metadata={"help": "final target in [0, 1) for size, macs and transformer_only"}
+    )
+    target_cnn_sparsity: Optional[float] = field(
+        default=None, metadata={"help": "sep_size: final target of the CNN's parameter sparsity"}
+    )
+    target_transformer_sparsity: Optional[float] = field(
+        default=None, metadata={"help": "sep_size: final target of the Transformer's parameter sparsity"}
+    )
+    sparsity_warmup_updates: int = field(
+        default=0, metadata={"help": "updates over which the target rises linearly from 0 (paper: first 5 of 30 epochs)"}
+    )
+    macs_seconds: float = field(
+        default=10.0, metadata={"help": "virtual input length (s) at which MACs are counted (macs mode, logs)"}
+    )
+
+
+def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
+    """{constrained quantity: final target}; raises ValueError on a bad combination."""
+    mode = str(cfg.sparsity_mode)
+    if mode == "none":
+        return {}
+    if mode == "sep_size":
+        missing = [k for k in ("target_cnn_sparsity", "target_transformer_sparsity") if getattr(cfg, k) is None]
+        if missing:
+            raise ValueError(f"criterion.sparsity_mode=sep_size needs criterion.{' and criterion.'.join(missing)}")
+        targets = {"cnn": cfg.target_cnn_sparsity, "transformer": cfg.target_transformer_sparsity}
+    else:
+        if cfg.target_sparsity is None:
+            raise ValueError(f"criterion.sparsity_mode={mode} needs criterion.target_sparsity")
+        targets = {mode: cfg.target_sparsity}
+    for name, t in targets.items():
+        if not 0.0 <= float(t) < 1.0:
+            raise ValueError(f"target sparsity for {name} must be in [0, 1), got {t}")
+    if cfg.macs_seconds <= 0:
+        raise ValueError(f"criterion.macs_seconds must be positive, got {cfg.macs_seconds}")
+    if cfg.sparsity_warmup_updates < 0:
+        raise ValueError(f"criterion.sparsity_warmup_updates must be >= 0, got {cfg.sparsity_warmup_updates}")
+    return {k: float(v) for k, v in targets.items()}
+
+
+def constraint_from_config(cfg: SparsityConfig) -> Optional[SparsityConstraint]:
+    """The constraint of ``cfg``; None for sparsity_mode=none."""
+    targets = targets_from_config(cfg)
+    if not targets:
+        return None
+    return SparsityConstraint(str(cfg.sparsity_mode), targets, cfg.sparsity_warmup_updates, cfg.macs_seconds)
