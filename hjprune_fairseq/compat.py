@@ -29,6 +29,10 @@ Each workaround has a test in ``tests/test_compat.py`` that fails loudly when th
    one line it is (:func:`one_line_errors`).
 8. fairseq's ``tri_stage`` scheduler fails on a small ``max_update`` with an assertion or a
    ZeroDivisionError: :func:`check_tri_stage_steps` names the smallest value that works.
+9. ``compute_mask_indices`` draws from OS entropy unless given seed/epoch/indices (and, with
+   ``num_mask_ver=1``, from numpy's global RNG, which fairseq does not reseed per update as it does
+   torch's): the masking passed to the core encoder (:func:`fairseq_training_fns`) runs inside
+   :func:`numpy_seeded_from_torch`, which gives it a seed drawn from torch and seeds numpy from it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+from .core.encoder import TrainingFns
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +184,33 @@ def keep_root_logging() -> Iterator[None]:
             if h not in handlers:
                 root.removeHandler(h)
         root.setLevel(level)
+
+
+@contextlib.contextmanager
+def numpy_seeded_from_torch() -> Iterator[int]:
+    """Yield a seed drawn from torch's RNG and run numpy's global RNG from it, then restore numpy (quirk 9).
+
+    fairseq reseeds torch at every update (``common.seed + num_updates``) but not numpy.
+    ``compute_mask_indices`` draws from numpy's global RNG and, unless given seed/epoch/indices, from
+    ``np.random.default_rng(None)`` (OS entropy): with both seeded from torch, masking is
+    reproducible and a resumed run continues exactly as an uninterrupted one.
+    """
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield seed
+    finally:
+        np.random.set_state(state)
+
+
+def fairseq_training_fns() -> TrainingFns:
+    """fairseq's feature masking and CNN gradient scaling, as the core encoder takes them."""
+    from fairseq.data.data_utils import compute_mask_indices
+    from fairseq.modules import GradMultiply
+
+    return TrainingFns(compute_mask_indices=compute_mask_indices, mask_seed=numpy_seeded_from_torch,
+                       grad_multiply=GradMultiply.apply)
 
 
 def batch_multiple_that_keeps_every_utterance(requested: int) -> int:

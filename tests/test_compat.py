@@ -118,3 +118,28 @@ def test_fairseq_tri_stage_fails_on_a_small_max_update():
     with pytest.raises(ValueError, match="use max_update >= 4"):
         compat.check_tri_stage_steps(3, [0.1, 0.6, 0.3], 0, 0, 0)
     compat.check_tri_stage_steps(4, [0.1, 0.6, 0.3], 0, 0, 0)
+
+
+
+def test_fairseq_masking_is_not_reproducible_without_a_seed():
+    """Quirk 9: without seed/epoch/indices compute_mask_indices draws from OS entropy, whatever numpy's
+    global seed; inside numpy_seeded_from_torch (which yields the seed passed on) the same torch seed
+    gives the same masks, and numpy's global state is left as it was."""
+    import torch
+    from fairseq.data.data_utils import compute_mask_indices
+
+    unseeded = []
+    for _ in range(2):
+        np.random.seed(0)
+        unseeded.append(compute_mask_indices((4, 200), None, 0.33, 5, min_masks=2))
+    assert not np.array_equal(unseeded[0], unseeded[1])
+    seeded = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        state = np.random.get_state()[1].copy()
+        with compat.numpy_seeded_from_torch() as seed:
+            seeded.append(compute_mask_indices((4, 200), None, 0.33, 5, min_masks=2, seed=seed, epoch=1,
+                                               indices=torch.arange(4)))
+        assert np.array_equal(state, np.random.get_state()[1])
+    assert np.array_equal(seeded[0], seeded[1])
+    assert compat.fairseq_training_fns().compute_mask_indices is compute_mask_indices

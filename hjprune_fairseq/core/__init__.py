@@ -4,7 +4,8 @@
 - ``gate_state``: :class:`GateMasks`, the gate values of one forward pass, and what "not gated" means;
 - ``hard_concrete``: the HardConcrete L0 gate maths and its gate module;
 - ``gates``: :class:`EncoderGates`, the HardConcrete gates of every prunable group of an encoder;
-- ``encoder``: the maskable wav2vec2/HuBERT encoder (gated and slim alike);
+- ``encoder``: the maskable wav2vec2/HuBERT encoder (gated and slim alike); fairseq's feature masking
+  and gradient scaling are passed in (:class:`~.encoder.TrainingFns`), not imported;
 - ``cost_model``: parameters and MACs, the project's one cost model;
 - ``sparsity``: the augmented-Lagrangian sparsity constraint and its logged values;
 - ``slim``: physical removal of pruned units from a state dict;

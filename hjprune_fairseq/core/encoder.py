@@ -8,15 +8,20 @@ Tensors are batch-first: waveform (B, S), frames (B, T, C). Where the hidden mas
 given, it is applied as in CoFiPruning: to the feature projection, to every sub-layer output and to
 every LayerNorm output, and each LayerNorm over the hidden size normalises over the kept dims only
 (those with a non-zero gate), so a 0/1 mask gives exactly the slim model's output.
+
+Two operations of the training path are fairseq's own and are passed in, not imported
+(:class:`TrainingFns`): the time/channel masking of the features (``compute_mask_indices``) and
+the gradient scaling of the CNN (``GradMultiply``). The registered models pass fairseq's
+(``compat.fairseq_training_fns``); an encoder used without them (inference, a distillation teacher)
+needs none.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -49,22 +54,23 @@ class MaskingOptions:
     mask_channel_before: bool = False
 
 
-@contextlib.contextmanager
-def numpy_seeded_from_torch() -> Iterator[int]:
-    """Yield a seed drawn from torch's RNG and run numpy's global RNG from it, then restore numpy.
+@dataclass(frozen=True)
+class TrainingFns:
+    """The operations of the training path that the encoder takes from outside (fairseq's).
 
-    fairseq reseeds torch at every update (``common.seed + num_updates``) but not numpy.
-    ``compute_mask_indices`` draws from numpy's global RNG and, unless given seed/epoch/indices, from
-    ``np.random.default_rng(None)`` (OS entropy): with both seeded from torch, masking is
-    reproducible and a resumed run continues exactly as an uninterrupted one.
+    compute_mask_indices: fairseq's ``data_utils.compute_mask_indices``: ``(shape, padding_mask,
+        mask_prob, mask_length, mask_type, mask_other, min_masks=0, no_overlap=False, min_space=0,
+        require_same_masks=True, mask_dropout=0.0, seed=None, epoch=None, indices=None)`` -> a (B, N)
+        boolean array of masked positions.
+    mask_seed: called once per masked batch; the context manager it returns yields the seed given to
+        ``compute_mask_indices`` and keeps that function's other random draws reproducible while open.
+    grad_multiply: ``(x, scale)`` -> x, whose gradient is multiplied by ``scale`` (fairseq's
+        ``GradMultiply.apply``).
     """
-    seed = int(torch.randint(0, 2**31 - 1, ()))
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield seed
-    finally:
-        np.random.set_state(state)
+
+    compute_mask_indices: Callable[..., np.ndarray]
+    mask_seed: Callable[[], ContextManager[int]]
+    grad_multiply: Callable[[torch.Tensor, float], torch.Tensor]
 
 
 def masked_layer_norm(
@@ -332,8 +338,15 @@ class Wav2Vec2Encoder(nn.Module):
         self, spec: EncoderSpec, dropout: float = 0.0, attention_dropout: float = 0.0,
         activation_dropout: float = 0.0, dropout_input: float = 0.0, layerdrop: float = 0.0,
         feature_grad_mult: float = 1.0, masking: Optional[MaskingOptions] = None,
+        training_fns: Optional[TrainingFns] = None,
     ):
         super().__init__()
+        masking = masking or MaskingOptions()
+        if training_fns is None and (masking.mask_prob > 0 or masking.mask_channel_prob > 0):
+            raise ValueError("feature masking (mask_prob / mask_channel_prob > 0) needs training_fns "
+                             "(compute_mask_indices), got none")
+        if training_fns is None and feature_grad_mult > 0 and feature_grad_mult != 1.0:
+            raise ValueError(f"feature_grad_mult={feature_grad_mult} needs training_fns (grad_multiply), got none")
         self.spec = spec
         d = spec.embed_dim
         self.feature_extractor = ConvFeatureExtractor(spec.conv_layers, spec.conv_bias, spec.extractor_mode)
@@ -351,7 +364,8 @@ class Wav2Vec2Encoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.layerdrop = layerdrop
         self.feature_grad_mult = feature_grad_mult
-        self.masking = masking or MaskingOptions()
+        self.masking = masking
+        self.training_fns = training_fns
 
     def frame_padding_mask(self, padding_mask: Optional[torch.Tensor], num_frames: int) -> Optional[torch.Tensor]:
         """Sample-level padding (B, S) -> frame-level padding (B, T), by the spec's rule."""
@@ -367,8 +381,9 @@ class Wav2Vec2Encoder(nn.Module):
 
     def apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Time masking with ``mask_emb`` and channel masking with zeros (fairseq's apply_mask)."""
-        from fairseq.data.data_utils import compute_mask_indices
-
+        if self.training_fns is None:
+            raise ValueError("apply_mask needs training_fns (compute_mask_indices), got none")
+        compute_mask_indices = self.training_fns.compute_mask_indices
         m = self.masking
         B, T, C = x.shape
         rows = torch.arange(B)
@@ -381,7 +396,7 @@ class Wav2Vec2Encoder(nn.Module):
             )
             return torch.from_numpy(idx).to(x.device).unsqueeze(1).expand(-1, T, -1)
 
-        with numpy_seeded_from_torch() as seed:
+        with self.training_fns.mask_seed() as seed:
             if m.mask_channel_prob > 0 and m.mask_channel_before:
                 x = x.masked_fill(channel_mask(seed + 1), 0.0)
             if m.mask_prob > 0:
@@ -401,9 +416,7 @@ class Wav2Vec2Encoder(nn.Module):
         if self.feature_grad_mult > 0:
             feats = self.feature_extractor(source, gates.conv)
             if self.feature_grad_mult != 1.0:
-                from fairseq.modules import GradMultiply
-
-                feats = GradMultiply.apply(feats, self.feature_grad_mult)
+                feats = self.training_fns.grad_multiply(feats, self.feature_grad_mult)
             return feats
         with torch.no_grad():
             return self.feature_extractor(source, gates.conv)

@@ -133,6 +133,7 @@ class HJPruneCtcModel(BaseFairseqModel):
             spec, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
             activation_dropout=cfg.activation_dropout, dropout_input=cfg.dropout_input, layerdrop=cfg.layerdrop,
             feature_grad_mult=cfg.feature_grad_mult, masking=_masking(cfg),
+            training_fns=compat.fairseq_training_fns(),
         )
         self.final_dropout = nn.Dropout(cfg.final_dropout)
         self.proj = self.build_output(spec, vocab_size)
