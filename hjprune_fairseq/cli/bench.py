@@ -59,7 +59,7 @@ def fig5_masks(spec: EncoderSpec, strength: float, seed: int = 0, fine_grained: 
         return GateMasks(conv=conv, heads=heads, ffn=ffn, hidden=hidden)
     qk = [_keep_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
     vo = [_keep_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
-    return GateMasks(conv=conv, heads=[torch.ones(h) for h in spec.num_heads], ffn=ffn, hidden=hidden, qk=qk, vo=vo)
+    return GateMasks(conv=conv, ffn=ffn, hidden=hidden, qk=qk, vo=vo)  # heads not gated: every head stays
 
 
 def slim_spec_for(spec: EncoderSpec, macs_sparsity: float, seconds: float, seed: int = 0,

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
-from .gate_state import GateMasks
+from .gate_state import GateMasks, if_gated
 from .spec import EncoderSpec, conv_output_lengths
 
 Number = Union[int, float, torch.Tensor]
@@ -91,30 +91,29 @@ def counts(spec: EncoderSpec, keep: Optional[GateMasks] = None) -> Counts:
     """Kept units: the spec's sizes, replaced by sums of ``keep`` values for each gated group."""
     keep = keep or GateMasks()
 
-    def total(k: torch.Tensor) -> torch.Tensor:
-        # float64: counts of a wav2vec2-base exceed 2**24, where float32 stops being exact.
-        return k.sum(dtype=torch.float64)
+    f64 = torch.float64
 
-    conv = [total(k) for k in keep.conv] if keep.conv is not None else [c for c, _, _ in spec.conv_layers]
-    heads = [total(k) for k in keep.heads] if keep.heads is not None else list(spec.num_heads)
-    ffn = [total(k) for k in keep.ffn] if keep.ffn is not None else list(spec.ffn_dims)
-    if keep.hidden is not None:
-        pos_groups = [total(g) for g in torch.split(keep.hidden, spec.pos_conv_groups)]
-    else:
-        pos_groups = list(spec.pos_conv_groups)
+    def totals(blocks) -> List[torch.Tensor]:
+        # float64: counts of a wav2vec2-base exceed 2**24, where float32 stops being exact.
+        return [k.sum(dtype=f64) for k in blocks]
+
+    conv = if_gated(keep.conv, totals, [c for c, _, _ in spec.conv_layers])
+    heads = if_gated(keep.heads, totals, list(spec.num_heads))
+    ffn = if_gated(keep.ffn, totals, list(spec.ffn_dims))
+    pos_groups = if_gated(keep.hidden, lambda h: totals(torch.split(h, spec.pos_conv_groups)), list(spec.pos_conv_groups))
 
     qk, vo = [], []
     for i in range(spec.num_layers):
-        if keep.heads is None and keep.qk is None and keep.vo is None:
-            qk.append(sum(spec.head_qk(i)))
-            vo.append(sum(spec.head_vo(i)))
+        full_qk, full_vo = spec.head_qk(i), spec.head_vo(i)
+        if keep.heads is None and keep.qk is None and keep.vo is None:  # no attention gate: exact ints
+            qk.append(sum(full_qk))
+            vo.append(sum(full_vo))
             continue
         # Per head: its kept dims, times its keep value; a head without value/output dims is gone,
         # query/key dims included (min(1, VO_h): exact for 0/1 masks, 1 for any real expected head).
-        f64 = torch.float64
-        q_h = keep.qk[i].sum(-1, dtype=f64) if keep.qk is not None else torch.tensor(spec.head_qk(i), dtype=f64)
-        v_h = keep.vo[i].sum(-1, dtype=f64) if keep.vo is not None else torch.tensor(spec.head_vo(i), dtype=f64)
-        z = keep.heads[i].to(f64) if keep.heads is not None else torch.ones_like(v_h)
+        q_h = if_gated(keep.qk, lambda g: g[i].sum(-1, dtype=f64), torch.tensor(full_qk, dtype=f64))
+        v_h = if_gated(keep.vo, lambda g: g[i].sum(-1, dtype=f64), torch.tensor(full_vo, dtype=f64))
+        z = if_gated(keep.heads, lambda g: g[i].to(f64), 1.0)
         qk.append((z * q_h * v_h.clamp(max=1.0)).sum())
         vo.append((z * v_h).sum())
     return Counts(conv, heads, ffn, pos_groups, qk, vo)

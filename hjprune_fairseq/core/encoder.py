@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gate_state import GateMasks
+from .gate_state import GateMasks, if_gated
 from .spec import EncoderSpec, conv_output_lengths
 
 
@@ -108,6 +108,11 @@ def _linear(n_in: int, n_out: int) -> nn.Linear:
         return nn.Linear(n_in, n_out)
 
 
+def _block(group, i: int) -> Optional[torch.Tensor]:
+    """The gate of block ``i`` (a CNN or Transformer layer) of a GateMasks group; None: not gated."""
+    return if_gated(group, lambda g: g[i], None)
+
+
 def _mul(x: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
     return x if gate is None else x * gate.to(x.dtype)
 
@@ -145,7 +150,7 @@ class ConvFeatureExtractor(nn.Module):
         x = wav.unsqueeze(1)
         previous: Optional[torch.Tensor] = None  # gate of the previous layer's output channels
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            gate = None if channel_gates is None else channel_gates[i]
+            gate = _block(channel_gates, i)
             weight = conv.weight if previous is None else conv.weight * previous.to(conv.weight.dtype).view(1, -1, 1)
             x = self.dropout(F.conv1d(x, weight, conv.bias, conv.stride))
             if isinstance(norm, MaskedLayerNorm):
@@ -436,7 +441,7 @@ class Wav2Vec2Encoder(nn.Module):
         gates = gates or GateMasks()
         hidden = gates.hidden
         feats = self.extract_cnn(source, gates).transpose(1, 2)
-        last_conv_gate = None if gates.conv is None else gates.conv[-1]
+        last_conv_gate = _block(gates.conv, -1)
         feats = self.layer_norm(feats, last_conv_gate)  # the last conv layer's gate, applied once
         frame_pad = self.frame_padding_mask(padding_mask, feats.size(1))
         x = self.dropout_input(self.post_extract_proj(feats))
@@ -457,11 +462,8 @@ class Wav2Vec2Encoder(nn.Module):
                 continue
             x = layer(
                 x, frame_pad,
-                head_gate=None if gates.heads is None else gates.heads[i],
-                ffn_gate=None if gates.ffn is None else gates.ffn[i],
-                hidden=hidden,
-                qk_gate=None if gates.qk is None else gates.qk[i],
-                vo_gate=None if gates.vo is None else gates.vo[i],
+                head_gate=_block(gates.heads, i), ffn_gate=_block(gates.ffn, i), hidden=hidden,
+                qk_gate=_block(gates.qk, i), vo_gate=_block(gates.vo, i),
             )
             if return_layers:
                 outputs.append(x)

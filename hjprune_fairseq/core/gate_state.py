@@ -10,15 +10,20 @@ A :class:`GateMasks` carries one value per prunable unit, in three uses:
    encoder applies at evaluation, the cost model counts exactly and ``slim`` turns into kept indices.
 
 A group that is ``None`` is not gated: every unit of it is kept, so the model has the spec's full
-size there.
+size there. :func:`if_gated` is the one place that decodes this; every consumer goes through it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional, TypeVar, Union
 
 import torch
+
+G = TypeVar("G")
+R = TypeVar("R")
+F = TypeVar("F")
+
 
 @dataclass
 class GateMasks:
@@ -36,3 +41,11 @@ class GateMasks:
     qk: Optional[List[torch.Tensor]] = None
     vo: Optional[List[torch.Tensor]] = None
 
+
+def if_gated(gate: Optional[G], use: Callable[[G], R], full: F) -> Union[R, F]:
+    """``use(gate)`` for a gated group, ``full`` for a group that is not gated (``None``).
+
+    ``full`` is what the caller means by "every unit kept": the spec's sizes (cost model), every
+    index (slim), or ``None``, no gate to apply (encoder).
+    """
+    return full if gate is None else use(gate)

@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from .gate_state import GateMasks
+from .gate_state import GateMasks, if_gated
 from .spec import EncoderSpec
 
 State = Dict[str, torch.Tensor]
@@ -36,10 +36,13 @@ def _all(n: int) -> torch.Tensor:
 
 def slim_encoder(spec: EncoderSpec, state: State, masks: GateMasks, source: str = "model") -> Tuple[EncoderSpec, State]:
     """Return (slim spec, slim state dict). ``source`` names the checkpoint in error messages."""
-    conv_idx = [kept_indices(m) for m in masks.conv] if masks.conv is not None else [_all(c) for c, _, _ in spec.conv_layers]
-    head_idx = [kept_indices(m) for m in masks.heads] if masks.heads is not None else [_all(h) for h in spec.num_heads]
-    ffn_idx = [kept_indices(m) for m in masks.ffn] if masks.ffn is not None else [_all(f) for f in spec.ffn_dims]
-    hid = kept_indices(masks.hidden) if masks.hidden is not None else _all(spec.embed_dim)
+    def each_kept(blocks) -> List[torch.Tensor]:
+        return [kept_indices(m) for m in blocks]
+
+    conv_idx = if_gated(masks.conv, each_kept, [_all(c) for c, _, _ in spec.conv_layers])
+    head_idx = if_gated(masks.heads, each_kept, [_all(h) for h in spec.num_heads])
+    ffn_idx = if_gated(masks.ffn, each_kept, [_all(f) for f in spec.ffn_dims])
+    hid = if_gated(masks.hidden, kept_indices, _all(spec.embed_dim))
     for i, idx in enumerate(conv_idx):
         if idx.numel() == 0:
             raise ValueError(f"{source}: every output channel of CNN layer {i} is pruned; cannot export "
@@ -129,8 +132,8 @@ def _head_rows(spec: EncoderSpec, layer: int, heads: torch.Tensor, masks: GateMa
     vo_start = [sum(vo_sizes[:h]) for h in range(len(vo_sizes))]
     qk_rows, vo_rows, qk_dims, vo_dims = [], [], [], []
     for h in heads.tolist():
-        q = kept_indices(masks.qk[layer][h]) if masks.qk is not None else _all(qk_sizes[h])
-        v = kept_indices(masks.vo[layer][h]) if masks.vo is not None else _all(vo_sizes[h])
+        q = if_gated(masks.qk, lambda g: kept_indices(g[layer][h]), _all(qk_sizes[h]))
+        v = if_gated(masks.vo, lambda g: kept_indices(g[layer][h]), _all(vo_sizes[h]))
         if v.numel() == 0:
             continue
         qk_rows.append(q + qk_start[h])
@@ -143,7 +146,9 @@ def _head_rows(spec: EncoderSpec, layer: int, heads: torch.Tensor, masks: GateMa
 
 def slim_head(state: State, masks: GateMasks) -> State:
     """The output layer reads only the kept hidden dims."""
-    if masks.hidden is None:
-        return dict(state)
-    hid = kept_indices(masks.hidden)
-    return {"weight": state["weight"][:, hid].contiguous(), "bias": state["bias"].clone()}
+
+    def sliced(hidden: torch.Tensor) -> State:
+        hid = kept_indices(hidden)
+        return {"weight": state["weight"][:, hid].contiguous(), "bias": state["bias"].clone()}
+
+    return if_gated(masks.hidden, sliced, dict(state))
