@@ -30,11 +30,12 @@ MODES = ("macs", "size", "sep_size", "transformer_only")
 LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[train_inner\]\[INFO\] - (\{.*\})$", re.M)
 
 
-def run_stage(exe: str, args: Sequence[str], log: str) -> Dict:
-    """Run one command; its wall time, its peak RSS (MiB, from wait4) and its exit code."""
+def run_stage(exe: str, args: Sequence[str], log: str, cwd: str) -> Dict:
+    """Run one command in ``cwd`` (hydra writes .hydra/ there); its wall time, its peak RSS (MiB, from
+    wait4) and its exit code."""
     t0 = time.time()
     with open(log, "w") as f:
-        proc = subprocess.Popen([exe, *args], stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([exe, *args], stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {"rc": proc.returncode, "wall_s": time.time() - t0, "peak_rss_mib": usage.ru_maxrss / 1024}
@@ -72,7 +73,8 @@ class Smoke:
                 *self.precision_overrides(config), *extra]
         log = os.path.join(self.work, "logs", name.replace("/", "_") + ".log")
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", file=sys.stderr, flush=True)
-        row = {"config": name, **run_stage(os.path.join(self.bin, "fairseq-hydra-train"), args, log), **parse_updates(log)}
+        row = {"config": name, **run_stage(os.path.join(self.bin, "fairseq-hydra-train"), args, log, self.work),
+               **parse_updates(log)}
         row["precision"] = "fp32" if config == "parp" else self.precision
         self.rows.append(row)
         if row["rc"]:
@@ -81,7 +83,8 @@ class Smoke:
 
     def export(self, gated: str, name: str) -> str:
         slim = os.path.join(self.work, f"{name}.pt")
-        r = run_stage(os.path.join(self.bin, "hjprune-export"), [gated, slim], os.path.join(self.work, "logs", f"export_{name}.log"))
+        r = run_stage(os.path.join(self.bin, "hjprune-export"), [gated, slim],
+                      os.path.join(self.work, "logs", f"export_{name}.log"), self.work)
         if r["rc"]:
             raise RuntimeError(f"hjprune-export of {gated} failed; see {self.work}/logs/export_{name}.log")
         return slim
