@@ -20,6 +20,7 @@ from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, make_letter_corpus
 import hjprune_fairseq  # noqa: F401  (registers the hjprune classes)
 from hjprune_fairseq.checkpoints import load_model
 from hjprune_fairseq.core import cost_model
+from hjprune_fairseq.core.measures import MEASURES
 from hjprune_fairseq.core.spec import PRESETS
 
 TINY = os.path.join(EXAMPLES, "tiny")
@@ -57,8 +58,8 @@ def main(out):
             else {mode: crit["target_sparsity"]}
         seconds = crit["macs_seconds"]
         dense = cost_model.cost(model.spec, None, seconds)
-        expected = cost_model.sparsities(mode, cost_model.cost(model.spec, model.gates.keep_probs(), seconds), dense)
-        masked = cost_model.sparsities(mode, cost_model.cost(model.spec, model.gates.deterministic(), seconds), dense)
+        expected = MEASURES[mode](cost_model.cost(model.spec, model.gates.keep_probs(), seconds), dense)
+        masked = MEASURES[mode](cost_model.cost(model.spec, model.gates.deterministic(), seconds), dense)
         slim = f"{out}/slim_{mode}.pt"
         subprocess.run([f"{bin_dir}/hjprune-export", f"{ck}/checkpoint_last.pt", slim, "--overwrite"], check=True,
                        capture_output=True)

@@ -25,8 +25,9 @@ from datetime import datetime
 from typing import Dict, List, Optional, Sequence
 
 from ..config_sets import USER_DIR, config_set_dir
+from ..core.measures import MEASURES
 
-MODES = ("macs", "size", "sep_size", "transformer_only")
+MODES = tuple(MEASURES)  # every registered sparsity measure
 LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[train_inner\]\[INFO\] - (\{.*\})$", re.M)
 
 

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
+from . import measures
 from .gate_state import GateMasks, if_gated
 from .spec import EncoderSpec, conv_output_lengths
 
@@ -179,26 +180,6 @@ def cost(
     )
 
 
-def sparsities(mode: str, expected: Cost, dense: Cost) -> Dict[str, Number]:
-    """Fractions removed, as constrained by HJ-Pruning ``mode`` (core/sparsity.py) and reported here.
-
-    size: encoder params; macs: encoder MACs; transformer_only: params of everything but the CNN;
-    sep_size: {"cnn": CNN params, "transformer": params of everything but the CNN} (Eq. 9).
-    """
-    if mode == "size":
-        return {"size": 1 - expected.encoder_params / dense.encoder_params}
-    if mode == "macs":
-        return {"macs": 1 - expected.encoder_macs / dense.encoder_macs}
-    if mode == "transformer_only":
-        return {"transformer_only": 1 - expected.transformer_params / dense.transformer_params}
-    if mode == "sep_size":
-        return {
-            "cnn": 1 - expected.params["cnn"] / dense.params["cnn"],
-            "transformer": 1 - expected.transformer_params / dense.transformer_params,
-        }
-    raise ValueError(f"unknown sparsity mode {mode!r}")
-
-
 def to_float(x: Number) -> float:
     return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
 
@@ -225,10 +206,10 @@ def report(
         "params_by_component": {n: int(round(to_float(v))) for n, v in c.params.items()} | {"head": int(to_float(c.head_params))},
         "gmacs_by_component": {n: to_float(v) / g for n, v in c.macs.items()} | {"head": to_float(c.head_macs) / g},
         "cnn_macs_share": to_float(c.macs["cnn"]) / to_float(c.total_macs),
-        "size_sparsity": to_float(sparsities("size", c, dense)["size"]),
-        "macs_sparsity": to_float(sparsities("macs", c, dense)["macs"]),
-        "cnn_size_sparsity": to_float(sparsities("sep_size", c, dense)["cnn"]),
-        "transformer_size_sparsity": to_float(sparsities("sep_size", c, dense)["transformer"]),
+        "size_sparsity": to_float(measures.size(c, dense)["size"]),
+        "macs_sparsity": to_float(measures.macs(c, dense)["macs"]),
+        "cnn_size_sparsity": to_float(measures.sep_size(c, dense)["cnn"]),
+        "transformer_size_sparsity": to_float(measures.sep_size(c, dense)["transformer"]),
         "hidden": to_float(k.hidden),
         "layers": {
             "conv_channels": [to_float(v) for v in k.conv],

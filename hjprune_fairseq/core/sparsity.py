@@ -8,11 +8,9 @@ minimised over weights and log_alpha and MAXIMISED over the multipliers (gradien
 ``hjprune_adamw`` optimizer). ``s`` is an expected sparsity from the one cost model, ``t`` rises
 linearly from 0 to its final value over ``warmup_updates`` and then holds.
 
-Modes (Sec. 3): ``size`` overall encoder parameters (CNN + Transformer); ``sep_size`` CNN and
-Transformer parameters, each with its own target and multiplier pair (Eq. 9); ``macs`` encoder
-MACs at a virtual input length; ``transformer_only`` the baseline: the CNN is not gated and ``s`` is
-the Transformer's parameter sparsity. "Transformer" is everything but the CNN (see cost_model).
-Sparsity is measured against the dense structure of the model being pruned (its ``spec``).
+What ``s`` measures is a mode of the registry in ``measures.py`` (size, sep_size, macs,
+transformer_only). Sparsity is measured against the dense structure of the model being pruned (its
+``spec``).
 The criteria's config (``criterions/sparsity_config.py``) builds a :class:`SparsityConstraint`.
 """
 
@@ -22,10 +20,9 @@ import torch
 from torch import nn
 
 from . import cost_model
-from .cost_model import sparsities
 from .hard_concrete import KeepsParameterDtype
+from .measures import MEASURES
 
-MODES = ("size", "sep_size", "macs", "transformer_only")  # what s measures (cost_model.sparsities)
 LAMBDA_GROUP = "hjprune_lambda"  # lambda1: rate optimizer.lambda_lr
 LAMBDA2_GROUP = "hjprune_lambda2"  # lambda2: rate optimizer.lambda_lr * optimizer.lambda2_lr_scale
 
@@ -36,11 +33,16 @@ class SparsityConstraint(KeepsParameterDtype):
     scale, accumulated over update_freq micro-batches, overflows 16 bits."""
 
     def __init__(self, mode: str, targets: Dict[str, float], warmup_updates: int, seconds: float):
-        """mode: one of :data:`MODES`; targets: {constrained quantity: final target} ("cnn" and
-        "transformer" for sep_size, the mode's name otherwise); warmup_updates: updates over which the
-        targets rise from 0; seconds: the virtual input length at which MACs are counted."""
+        """mode: a measure of :data:`measures.MEASURES`; targets: {constrained quantity: final target}
+        (the measure's quantities); warmup_updates: updates over which the targets rise from 0;
+        seconds: the virtual input length at which MACs are counted."""
         super().__init__()
+        if mode not in MEASURES:
+            raise ValueError(f"unknown sparsity mode {mode!r} (expected one of {sorted(MEASURES)})")
+        if set(targets) != set(MEASURES[mode].quantities):
+            raise ValueError(f"sparsity_mode={mode} constrains {list(MEASURES[mode].quantities)}, got targets for {sorted(targets)}")
         self.mode = mode
+        self.measure = MEASURES[mode]
         self.names: List[str] = list(targets)
         # Plain floats: fairseq's .half() under fp16 would round a tensor target (0.4 -> 0.39990).
         self.final_targets: List[float] = [targets[n] for n in self.names]
@@ -56,10 +58,7 @@ class SparsityConstraint(KeepsParameterDtype):
         gates = getattr(model, "gates", None)
         if gates is None:
             raise ValueError("the hjprune criteria need a gated model (model._name=hjprune_wav2vec_ctc with a prune_* group on)")
-        if self.mode == "transformer_only" and gates.conv is not None:
-            raise ValueError("sparsity_mode=transformer_only is the baseline that keeps the CNN: set model.prune_conv=false")
-        if self.mode == "sep_size" and gates.conv is None:
-            raise ValueError("sparsity_mode=sep_size constrains the CNN: set model.prune_conv=true")
+        self.measure.check_cnn_gates(gates.conv is not None)
 
     def target(self, num_updates: int) -> torch.Tensor:
         """Linear warm-up from 0 to the final targets over ``warmup_updates``, then constant."""
@@ -72,7 +71,7 @@ class SparsityConstraint(KeepsParameterDtype):
         dense = cost_model.cost(model.spec, None, self.seconds)
         expected = cost_model.cost(model.spec, model.gates.keep_probs(), self.seconds)
         kept = expected.counts
-        s_all = sparsities(self.mode, expected, dense)
+        s_all = self.measure(expected, dense)
         s = torch.stack([torch.as_tensor(s_all[n], dtype=torch.float64) for n in self.names])
         t = self.target(num_updates).to(s.device)
         gap = s - t
@@ -81,7 +80,7 @@ class SparsityConstraint(KeepsParameterDtype):
         with torch.no_grad():
             masks = model.gates.deterministic()
             fixed = cost_model.cost(model.spec, masks, self.seconds)
-            s_fixed = sparsities(self.mode, fixed, dense)
+            s_fixed = self.measure(fixed, dense)
         logs: Dict[str, float] = {"penalty": float(penalty.detach())}
         for i, n in enumerate(self.names):
             suffix = "" if len(self.names) == 1 else f"_{n}"

@@ -9,9 +9,10 @@ from typing import Dict, Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from ..core.sparsity import MODES, SparsityConstraint
+from ..core.measures import MEASURES
+from ..core.sparsity import SparsityConstraint
 
-SPARSITY_MODES = ChoiceEnum(["none", *MODES])
+SPARSITY_MODES = ChoiceEnum(["none", *MEASURES])  # the registered measures (core/measures.py)
 
 
 @dataclass
@@ -19,11 +20,12 @@ class SparsityConfig(FairseqDataclass):
     """Fields every hjprune criterion adds to its task loss's config."""
 
     sparsity_mode: SPARSITY_MODES = field(
-        default="none", metadata={"help": "what s measures: size | sep_size | macs | transformer_only; none: no "
-                                          "constraint (the plain task loss, for fine-tuning stages)"}
+        default="none", metadata={"help": f"what s measures: {' | '.join(MEASURES)}; none: no constraint (the "
+                                          "plain task loss, for fine-tuning stages)"}
     )
     target_sparsity: Optional[float] = field(
-        default=None, metadata={"help": "final target in [0, 1) for size, macs and transformer_only"}
+        default=None, metadata={"help": "final target in [0, 1) of a measure of one quantity (size, macs, "
+                                        "transformer_only)"}
     )
     target_cnn_sparsity: Optional[float] = field(
         default=None, metadata={"help": "sep_size: final target of the CNN's parameter sparsity"}
@@ -44,15 +46,17 @@ def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
     mode = str(cfg.sparsity_mode)
     if mode == "none":
         return {}
-    if mode == "sep_size":
-        missing = [k for k in ("target_cnn_sparsity", "target_transformer_sparsity") if getattr(cfg, k) is None]
-        if missing:
-            raise ValueError(f"criterion.sparsity_mode=sep_size needs criterion.{' and criterion.'.join(missing)}")
-        targets = {"cnn": cfg.target_cnn_sparsity, "transformer": cfg.target_transformer_sparsity}
-    else:
+    quantities = MEASURES[mode].quantities
+    if quantities == (mode,):  # one quantity: criterion.target_sparsity
         if cfg.target_sparsity is None:
             raise ValueError(f"criterion.sparsity_mode={mode} needs criterion.target_sparsity")
         targets = {mode: cfg.target_sparsity}
+    else:  # several: criterion.target_QUANTITY_sparsity each
+        fields = {q: f"target_{q}_sparsity" for q in quantities}
+        missing = [f for f in fields.values() if getattr(cfg, f, None) is None]
+        if missing:
+            raise ValueError(f"criterion.sparsity_mode={mode} needs criterion.{' and criterion.'.join(missing)}")
+        targets = {q: getattr(cfg, f) for q, f in fields.items()}
     for name, t in targets.items():
         if not 0.0 <= float(t) < 1.0:
             raise ValueError(f"target sparsity for {name} must be in [0, 1), got {t}")
