@@ -197,3 +197,25 @@ def test_faster_lambda2_damps_the_swing_around_the_target():
     equal, damped = _swing(1.0), _swing(10.0)
     assert equal > 0.05
     assert damped < 0.03 and damped < equal / 3
+
+
+def test_a_new_measure_is_one_registered_function(monkeypatch):
+    """A measure added to the registry (here: FFN parameters only) constrains a model without any other
+    change to the constraint; its quantities name its targets and logs."""
+    from hjprune_fairseq.core import measures
+    from hjprune_fairseq.core.sparsity import SparsityConstraint
+
+    monkeypatch.setattr(measures, "MEASURES", dict(measures.MEASURES))
+    monkeypatch.setattr("hjprune_fairseq.core.sparsity.MEASURES", measures.MEASURES)
+    measures.sparsity_measure("ffn_size")(
+        lambda e, d: {"ffn_size": measures.removed(e.params["ffn"], d.params["ffn"])})
+    with pytest.raises(ValueError, match="registered twice"):
+        measures.sparsity_measure("ffn_size")(lambda e, d: {})
+    stub = GatedStub()
+    with torch.no_grad():
+        for g in stub.gates.ffn:
+            g.log_alpha[: g.log_alpha.numel() // 4] = -20.0  # a quarter of every layer's FFN units off
+    penalty, logs = SparsityConstraint("ffn_size", {"ffn_size": 0.25}, 0, 10.0)(stub, 0)
+    assert logs["sparsity"] == pytest.approx(0.25, abs=0.02) and logs["target"] == 0.25
+    with pytest.raises(ValueError, match=r"unknown sparsity mode 'latency'"):
+        SparsityConstraint("latency", {"latency": 0.3}, 0, 10.0)
