@@ -33,6 +33,15 @@ Each workaround has a test in ``tests/test_compat.py`` that fails loudly when th
    ``num_mask_ver=1``, from numpy's global RNG, which fairseq does not reseed per update as it does
    torch's): the masking passed to the core encoder (:func:`fairseq_training_fns`) runs inside
    :func:`numpy_seeded_from_torch`, which gives it a seed drawn from torch and seeds numpy from it.
+10. fairseq's ``models.build_model`` configures the model from a merged COPY of ``cfg.model``
+   (``merge_with_parent``), so what the model learns while building (its encoder shape, read from
+   ``w2v_path``) does not reach the config the trainer saves: :func:`write_back_model_fields`.
+11. fairseq-generate gives ``load_dataset`` the checkpoint's saved task section, which an older
+   fairseq may have written without fields this one reads: :func:`complete_saved_task_cfg`.
+12. Distributed training wraps the model (``.module``): :func:`unwrap`.
+13. ``common.fp16`` / ``bf16`` flatten every parameter into one unless
+   ``common.fp16_no_flatten_grads``, which loses the optimizer's gate and multiplier groups:
+   :func:`check_not_flattened`.
 """
 
 from __future__ import annotations
@@ -226,3 +235,41 @@ def _warn_batch_multiple(requested: int) -> None:
         "required_batch_size_multiple=%d would make fairseq drop the last batch of every epoch and of "
         "every evaluation (fairseq-fixed 0.12.3.1); using 1 so no utterance is skipped", requested,
     )
+
+
+def write_back_model_fields(built_cfg, model_cfg, keys) -> None:
+    """Copy ``keys`` the model set on its own config copy back into ``model_cfg`` (quirk 10)."""
+    from omegaconf import open_dict
+
+    if built_cfg is None:
+        return
+    with open_dict(model_cfg):
+        for key in keys:
+            if getattr(built_cfg, key, None) is not None:
+                model_cfg[key] = built_cfg[key]
+
+
+def complete_saved_task_cfg(current, saved):
+    """``current`` task config updated with the ``saved`` one's values, for the fields both have
+    (quirk 11): saved values win, fields an older fairseq did not write keep today's defaults."""
+    from omegaconf import OmegaConf
+
+    if saved is None or saved is current:
+        return current
+    values = OmegaConf.to_container(saved, resolve=True) if OmegaConf.is_config(saved) else dict(saved)
+    return OmegaConf.merge(current, {k: v for k, v in values.items() if k in current and k != "_name"})
+
+
+def unwrap(model):
+    """The model inside fairseq's distributed wrapper, or the model itself (quirk 12)."""
+    return getattr(model, "module", model)
+
+
+def check_not_flattened(params) -> None:
+    """Refuse the single flat parameter fp16/bf16 make without fp16_no_flatten_grads (quirk 13)."""
+    if (len(params) == 1 and getattr(params[0], "param_group", None) is None and params[0].dim() == 1
+            and params[0].numel() > 1):
+        raise ValueError(
+            "hjprune_adamw received one flat parameter: fp16/bf16 flattened the model, losing the gate and "
+            "multiplier groups; set common.fp16_no_flatten_grads=true"
+        )

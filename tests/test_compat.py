@@ -143,3 +143,51 @@ def test_fairseq_masking_is_not_reproducible_without_a_seed():
         assert np.array_equal(state, np.random.get_state()[1])
     assert np.array_equal(seeded[0], seeded[1])
     assert compat.fairseq_training_fns().compute_mask_indices is compute_mask_indices
+
+
+def test_fairseq_builds_models_from_a_merged_copy_of_their_config():
+    """Quirk 10: what a model writes into its cfg while building is lost unless written back."""
+    from fairseq import models
+    from omegaconf import OmegaConf
+
+    assert "merge_with_parent(" in inspect.getsource(models.build_model)
+    model_cfg = OmegaConf.create({"_name": "x", "encoder_spec": None})
+    compat.write_back_model_fields(OmegaConf.create({"encoder_spec": {"d": 1}, "other": 2}), model_cfg, ["encoder_spec"])
+    assert model_cfg.encoder_spec == {"d": 1} and "other" not in model_cfg
+
+
+def test_fairseq_generate_loads_data_with_the_saved_task_config():
+    """Quirk 11: the checkpoint's task section reaches load_dataset; fields it lacks keep today's values."""
+    from fairseq_cli import generate
+    from omegaconf import OmegaConf
+
+    assert "task_cfg=saved_cfg.task" in inspect.getsource(generate._main)
+    current = OmegaConf.create({"data": "new", "labels": "ltr", "check_audio": True})
+    merged = compat.complete_saved_task_cfg(current, {"_name": "old", "data": "old", "labels": "wrd"})
+    assert dict(merged) == {"data": "old", "labels": "wrd", "check_audio": True}
+
+
+def test_distributed_models_are_wrapped():
+    """Quirk 12: fairseq's DDP wrappers hold the model in .module."""
+    import torch
+    from fairseq.distributed import ModuleProxyWrapper
+
+    assert "self.module = module" in inspect.getsource(ModuleProxyWrapper.__init__)
+    inner = torch.nn.Linear(2, 2)
+    wrapped = type("W", (), {"module": inner})()
+    assert compat.unwrap(wrapped) is inner and compat.unwrap(inner) is inner
+
+
+def test_fp16_flattens_parameters_unless_told_not_to():
+    """Quirk 13: FP16Optimizer's flat fp32 copy is one parameter without the group tags (built on a
+    CUDA device, so the check is given such a parameter)."""
+    import torch
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+
+    src = inspect.getsource(FP16Optimizer.build_fp32_params)
+    assert "if flatten:" in src and "fp32_params[device] = torch.nn.Parameter(fp32_params[device])" in src
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    b.param_group = "hjprune_gate"
+    with pytest.raises(ValueError, match="fp16_no_flatten_grads=true"):
+        compat.check_not_flattened([torch.nn.Parameter(torch.cat([a, b]).detach())])
+    compat.check_not_flattened(FP16Optimizer.build_fp32_params(None, [a, b], flatten=False))

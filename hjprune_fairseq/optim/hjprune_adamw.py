@@ -77,11 +77,7 @@ class HJPruneAdamW(FairseqOptimizer):
     def __init__(self, cfg: HJPruneAdamWConfig, params):
         super().__init__(cfg)
         params = list(params)
-        if len(params) == 1 and getattr(params[0], "param_group", None) is None and params[0].dim() == 1 and params[0].numel() > 1:
-            raise ValueError(
-                "hjprune_adamw received one flat parameter: fp16/bf16 flattened the model, losing the gate and "
-                "multiplier groups; set common.fp16_no_flatten_grads=true"
-            )
+        compat.check_not_flattened(params)
         for mode in ("memory_efficient_fp16", "memory_efficient_bf16"):
             if OmegaConf.select(cfg, mode, throw_on_resolution_failure=False):  # None outside a full config
                 raise ValueError(f"common.{mode}=true is not supported by hjprune_adamw (torch AdamW would step the "

@@ -27,7 +27,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 from hjprune_manifests import data_checks
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 from .. import compat
 from ..decoding import ClassifierGenerator, GreedyCTCGenerator
@@ -68,16 +68,11 @@ def model_conv_layers(model):
     """The conv stack that makes the model's frames (None: not known, wav2vec2-base's is assumed)."""
     from ..fairseq_import import conv_layers_of
 
-    return conv_layers_of(getattr(model, "module", model))
+    return conv_layers_of(compat.unwrap(model))
 
 
 def propagate_model_fields(model, model_cfg) -> None:
-    built = getattr(model, "cfg", None)
-    if built is not None:
-        with open_dict(model_cfg):
-            for key in PROPAGATED:
-                if getattr(built, key, None) is not None:
-                    model_cfg[key] = built[key]
+    compat.write_back_model_fields(getattr(model, "cfg", None), model_cfg, PROPAGATED)
 
 
 class CompleteBatches:
@@ -98,12 +93,7 @@ class CompleteBatches:
 class HJPruneAudioFinetuningTask(CompleteBatches, AudioFinetuningTask):
     SINGLE_LABEL = False  # one symbol per label line (utterance classification)
     def complete_task_cfg(self, task_cfg):
-        """fairseq-generate passes the checkpoint's saved task section, which an older fairseq may have
-        written without fields this one reads: fill them from this task's config (saved values win)."""
-        if task_cfg is None or task_cfg is self.cfg:
-            return self.cfg
-        saved = OmegaConf.to_container(task_cfg, resolve=True) if OmegaConf.is_config(task_cfg) else dict(task_cfg)
-        return OmegaConf.merge(self.cfg, {k: v for k, v in saved.items() if k in self.cfg and k != "_name"})
+        return compat.complete_saved_task_cfg(self.cfg, task_cfg)
 
     def load_target_dictionary(self):
         if self.cfg.labels:
@@ -157,7 +147,7 @@ class HJPruneAudioFinetuningTask(CompleteBatches, AudioFinetuningTask):
 
     def optimizer_step(self, optimizer, model, update_num):
         """The optimizer step, then the model's ``after_update`` hook if it has one (PARP's re-prune)."""
-        inner = getattr(model, "module", model)
+        inner = compat.unwrap(model)
         hook = getattr(inner, "after_update", None)
         if hook is not None and isinstance(optimizer, FP16Optimizer):
             raise ValueError(
