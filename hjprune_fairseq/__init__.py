@@ -5,9 +5,9 @@ from . import compat
 with compat.keep_root_logging():  # importing fairseq reconfigures the root logger (compat quirk 3)
     compat.install()
     # fairseq imports models/ itself under --user-dir; importing here registers them for scripts too.
-    from .models import hjprune_cls, hjprune_ctc, hjprune_distill  # noqa: E402,F401
+    from .models import classifier, ctc, distill  # noqa: E402,F401
     # fairseq auto-imports only models/ and tasks/ of a user dir.
-    from .criterions import hjprune_cross_entropy, hjprune_ctc as _ctc_criterion, hjprune_distill as _distill_criterion  # noqa: E402,F401,E501
+    from .criterions import cross_entropy_loss, ctc_loss, distill_loss  # noqa: E402,F401
     from .optim import hjprune_adamw, hjprune_tri_stage  # noqa: E402,F401
     from .tasks import hjprune_audio  # noqa: E402,F401
     from . import scoring  # noqa: E402,F401

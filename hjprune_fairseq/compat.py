@@ -42,6 +42,10 @@ Each workaround has a test in ``tests/test_compat.py`` that fails loudly when th
 13. ``common.fp16`` / ``bf16`` flatten every parameter into one unless
    ``common.fp16_no_flatten_grads``, which loses the optimizer's gate and multiplier groups:
    :func:`check_not_flattened`.
+14. The merged copy of quirk 10 names no architecture (``_name`` None) when fairseq inferred the
+   model type from a config nested under the model's name; a model built by its ``from_config``
+   (scripts, tests) has no ``_name`` either. A checkpoint written from such a ``model.cfg`` would not
+   say what it is: the model names itself (:func:`name_the_architecture`).
 """
 
 from __future__ import annotations
@@ -273,3 +277,12 @@ def check_not_flattened(params) -> None:
             "hjprune_adamw received one flat parameter: fp16/bf16 flattened the model, losing the gate and "
             "multiplier groups; set common.fp16_no_flatten_grads=true"
         )
+
+
+def name_the_architecture(model_cfg, arch: str) -> None:
+    """Write the registered name ``arch`` into the model's own config as ``_name`` (quirk 14), so that
+    every checkpoint written from it names its architecture, however the model was built."""
+    from omegaconf import open_dict
+
+    with open_dict(model_cfg):
+        model_cfg._name = arch

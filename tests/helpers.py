@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from hjprune_fairseq.models.hjprune_ctc import HJPruneGatedCtc, HJPruneGatedCtcConfig
+from hjprune_fairseq.models.base import HJPruneGatedCtcConfig
+from hjprune_fairseq.models.ctc import HJPruneGatedCtc
 
 from fairseq_fixtures import letter_dictionary
 

@@ -6,7 +6,8 @@ from fairseq_fixtures import make_pretrained
 from helpers import gated_model
 
 from hjprune_fairseq.fairseq_import import read_checkpoint
-from hjprune_fairseq.models.hjprune_ctc import HJPruneGatedCtc, HJPruneGatedCtcConfig
+from hjprune_fairseq.models.base import HJPruneGatedCtcConfig
+from hjprune_fairseq.models.ctc import HJPruneGatedCtc
 from omegaconf import OmegaConf
 
 

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from hjprune_fairseq.checkpoints import export_slim
 from hjprune_fairseq.cli import cost, export
-from hjprune_fairseq.models.hjprune_ctc import HJPruneGatedCtc, HJPruneGatedCtcConfig
+from hjprune_fairseq.models.base import HJPruneGatedCtcConfig
+from hjprune_fairseq.models.ctc import HJPruneGatedCtc
 
 NO_GATES = dict(prune_conv=False, prune_heads=False, prune_ffn=False, prune_hidden=False)
 

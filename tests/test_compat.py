@@ -191,3 +191,28 @@ def test_fp16_flattens_parameters_unless_told_not_to():
     with pytest.raises(ValueError, match="fp16_no_flatten_grads=true"):
         compat.check_not_flattened([torch.nn.Parameter(torch.cat([a, b]).detach())])
     compat.check_not_flattened(FP16Optimizer.build_fp32_params(None, [a, b], flatten=False))
+
+
+def test_fairseq_names_no_architecture_on_a_nested_model_config(monkeypatch, w2v_pretrained):
+    """Quirk 14: fairseq infers the model type of a config nested under the model's name, and the
+    merged copy it builds the model from has no ``_name``; the model writes its registered name."""
+    import types
+
+    from fairseq import models
+    from fairseq_fixtures import letter_dictionary
+    from omegaconf import OmegaConf
+
+    from hjprune_fairseq.models.ctc import HJPruneGatedCtc
+
+    def nested():
+        return OmegaConf.create({"hjprune_wav2vec_ctc": {"w2v_path": w2v_pretrained, "normalize": False,
+                                                         "feature_grad_mult": 1.0}})
+
+    task = types.SimpleNamespace(target_dictionary=letter_dictionary())
+    given = {}
+    with monkeypatch.context() as m:
+        m.setattr(HJPruneGatedCtc, "build_model", classmethod(lambda cls, cfg, task: given.setdefault("cfg", cfg)))
+        models.build_model(nested(), task)
+    assert given["cfg"].w2v_path == w2v_pretrained and given["cfg"]._name is None
+    model = models.build_model(nested(), task)
+    assert type(model) is HJPruneGatedCtc and model.cfg._name == "hjprune_wav2vec_ctc"

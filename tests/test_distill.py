@@ -11,8 +11,8 @@ from helpers import max_diff, open_gates
 from omegaconf import OmegaConf
 
 from hjprune_fairseq.checkpoints import export_slim, load_model
-from hjprune_fairseq.criterions.hjprune_distill import HJPruneDistillCriterion, HJPruneDistillCriterionConfig
-from hjprune_fairseq.models.hjprune_distill import HJPruneDistillConfig, HJPruneGatedDistill, parse_layers
+from hjprune_fairseq.criterions.distill_loss import HJPruneDistillCriterion, HJPruneDistillCriterionConfig
+from hjprune_fairseq.models.distill import HJPruneDistillConfig, HJPruneGatedDistill, parse_layers
 
 
 def distill_model(w2v_path, **kw):
@@ -48,7 +48,7 @@ def test_loss_is_zero_for_the_teacher_itself_and_grows_when_pruned(w2v_pretraine
     open_gates(model)
     d = model.spec.embed_dim
     with torch.no_grad():  # identity heads: the student's layer outputs are the teacher's
-        for head in model.proj:
+        for head in model.heads:
             head.weight.copy_(torch.eye(d))
             head.bias.zero_()
     source = torch.randn(2, 12000)
@@ -92,7 +92,7 @@ def test_loss_at_update_0_of_an_unpruned_student_is_its_minimum(w2v_pretrained, 
     model.train(training)
     open_gates(model)  # log_alpha 20: every HardConcrete sample and deterministic mask is exactly 1
     d = model.spec.embed_dim
-    for head in model.proj:
+    for head in model.heads:
         assert torch.equal(head.weight, torch.eye(d)) and not head.bias.any()
     sample = padded_sample()
     sparsity = dict(sparsity_mode="macs", target_sparsity=0.4, sparsity_warmup_updates=10)  # penalty 0 at update 0
@@ -119,9 +119,9 @@ def test_loss_is_averaged_over_layers(w2v_pretrained):
 
 def test_heads_are_random_when_the_widths_differ(w2v_pretrained, caplog):
     d = distill_model(w2v_pretrained).spec.embed_dim
-    with caplog.at_level(logging.INFO, logger="hjprune_fairseq.models.hjprune_distill"):
+    with caplog.at_level(logging.INFO, logger="hjprune_fairseq.models.distill"):
         model = distill_model(w2v_pretrained, teacher_dim=d + 8)
-    assert all(head.weight.shape == (d + 8, d) for head in model.proj)
+    assert all(head.weight.shape == (d + 8, d) for head in model.heads)
     assert f"map width {d} to the teacher's {d + 8}: not square, so initialised at random" in caplog.text
     crit = distill_criterion(w2v_pretrained)
     with pytest.raises(ValueError, match="model.teacher_dim must be the teacher's embed_dim"):
@@ -174,3 +174,19 @@ def test_distill_export_and_finetune(tmp_path, w2v_pretrained):
     train_ok(os.path.join(EXAMPLES, "tiny"), "final", data2, slim_path, tmp_path / "ck2", ["optimization.max_update=2"])
     tuned, _ = load_model(str(tmp_path / "ck2" / "checkpoint_last.pt"))
     assert tuned.spec == slim.spec and tuned.proj.out_features > 0
+
+
+def test_checkpoints_that_hold_the_heads_as_proj_load(tmp_path, w2v_pretrained):
+    """The heads were saved as ``proj.N.*`` before they were named ``heads``: fairseq's
+    upgrade_state_dict_named hook renames them on load."""
+    model = distill_model(w2v_pretrained).eval()
+    with torch.no_grad():
+        for head in model.heads:
+            head.weight.normal_()
+    path = save_like_trainer(model, tmp_path / "old.pt")
+    state = torch.load(path, weights_only=False)
+    state["model"] = {("proj." + k[len("heads."):] if k.startswith("heads.") else k): v for k, v in state["model"].items()}
+    assert "proj.1.weight" in state["model"] and not any(k.startswith("heads.") for k in state["model"])
+    torch.save(state, path)
+    loaded, _ = load_model(path)
+    assert all(torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias) for a, b in zip(model.heads, loaded.heads))

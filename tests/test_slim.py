@@ -15,7 +15,8 @@ from hjprune_fairseq.cli import cost as cost_cli
 from hjprune_fairseq.cli import export as export_cli
 from hjprune_fairseq.core import cost_model
 from hjprune_fairseq.fairseq_import import read_checkpoint
-from hjprune_fairseq.models.hjprune_ctc import HJPruneCtcConfig, HJPruneSlimCtc
+from hjprune_fairseq.models.base import HJPruneCtcConfig
+from hjprune_fairseq.models.ctc import HJPruneSlimCtc
 
 LENGTHS = [16000, 12500, 8000]
 

@@ -1,4 +1,4 @@
-"""hjprune-cost: parameters and MACs of a preset or a checkpoint, from the project's cost model."""
+"""hjprune-cost: parameters and MACs of a preset or a checkpoint (``cost_report.describe``), as a table or JSON."""
 
 from __future__ import annotations
 
@@ -7,52 +7,8 @@ import json
 import sys
 from typing import Dict, List, Optional
 
-from ..core import cost_model
 from ..core.spec import PRESETS
-
-
-def describe(source: str, seconds: float) -> Dict:
-    """Cost report of a preset name or a checkpoint path."""
-    if source in PRESETS:
-        r = cost_model.report(PRESETS[source], None, seconds)
-        r.update(source=source, kind="preset")
-        return r
-    from ..checkpoints import MODEL_CLASSES, PARP, SLIM_OF, arch_of, model_from_state
-    from ..models.hjprune_cls import CLASSIFIERS
-    from ..fairseq_import import load_state, read_checkpoint
-
-    state = load_state(source)
-    arch = arch_of(state)
-    if arch in MODEL_CLASSES:
-        model = model_from_state(state, source)
-        vocab = getattr(model.proj, "out_features", 0)  # distillation heads are training-only: not costed
-        per_frame = arch not in CLASSIFIERS
-        ref = model.reference_spec
-        if model.gates is not None:
-            r = cost_model.report(model.spec, model.gates.deterministic(), seconds, vocab, ref, per_frame)
-            r["kind"] = "gated (deterministic masks)"
-            expected = cost_model.report(model.spec, model.gates.keep_probs(), seconds, vocab, ref, per_frame)
-            r["expected"] = {k: expected[k] for k in ("encoder_gmacs", "size_sparsity", "macs_sparsity",
-                                                      "cnn_size_sparsity", "transformer_size_sparsity")}
-        else:
-            r = cost_model.report(model.spec, None, seconds, vocab, ref, per_frame)
-            r["kind"] = "dense" if arch in SLIM_OF else "slim"
-        if arch in PARP:
-            # Unstructured zeros: the structure (and so the MACs of dense kernels) is unchanged.
-            from ..core.parp import zero_count
-
-            zeros, _ = zero_count(model.encoder)
-            r["kind"] = "dense with unstructured zeros (PARP)"
-            r["zero_weights"] = zeros
-            r["nonzero_encoder_params"] = r["encoder_params"] - zeros
-            r["nonzero_size_sparsity"] = zeros / r["encoder_params"]
-    else:
-        ckpt = read_checkpoint(source)
-        vocab = 0 if ckpt.head_state is None else ckpt.head_state["weight"].shape[0]
-        r = cost_model.report(ckpt.spec, None, seconds, vocab)
-        r["kind"] = f"fairseq {ckpt.arch}"
-    r["source"] = source
-    return r
+from ..cost_report import describe
 
 
 def format_table(r: Dict) -> str:

@@ -25,7 +25,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="virtual input length of the printed cost")
     a = p.parse_args(argv)
     from ..checkpoints import export_slim
-    from .cost import describe
+    from ..cost_report import describe
 
     try:
         export_slim(a.gated, a.slim, overwrite=a.overwrite, allow_no_gates=a.allow_no_gates)

@@ -1,5 +1,5 @@
 """``hjprune_cross_entropy``: utterance classification loss (e.g. SLURP intents) plus the HJ-Pruning
-sparsity constraint, the same one as ``hjprune_ctc`` (SparsityPenaltyMixin). Logs accuracy."""
+sparsity constraint, the same one as ``hjprune_ctc`` (penalty.py). Logs accuracy."""
 
 import math
 from dataclasses import dataclass
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 
-from .hjprune_ctc import SparsityPenaltyMixin
+from .penalty import SparsityPenaltyMixin
 from .sparsity_config import SparsityConfig, constraint_from_config
 
 

@@ -27,7 +27,7 @@ from omegaconf import II
 
 from ..core.encoder import Wav2Vec2Encoder
 from ..fairseq_import import read_checkpoint
-from .hjprune_ctc import SparsityPenaltyMixin
+from .penalty import SparsityPenaltyMixin
 from .sparsity_config import SparsityConfig, constraint_from_config
 
 

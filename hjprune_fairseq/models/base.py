@@ -1,22 +1,24 @@
-"""Registered fairseq models: the gated CTC model (pruning) and the slim CTC model (after export).
+"""The base of every hjprune model: the maskable encoder, an output layer, and optional gates.
 
-``hjprune_wav2vec_ctc`` wraps :class:`Wav2Vec2Encoder` with a linear CTC head and HardConcrete gates
-(:class:`EncoderGates`); ``hjprune_slim_ctc`` is the same network with per-layer sizes and no gates.
-Both initialise from ``w2v_path``: a fairseq wav2vec2/HuBERT pre-training checkpoint, a fairseq
+:class:`HJPruneModel` wraps :class:`Wav2Vec2Encoder` and adds an output layer (``add_output``); it has
+no gates (the slim and PARP models). :class:`HJPruneGatedModel` adds the HardConcrete gates
+(:class:`EncoderGates`) its config asks for. What the output is (CTC logits, a classifier, distillation
+heads) is a mixin of the registered classes (``ctc.py``, ``classifier.py``, ``distill.py``). Every model
+initialises from ``w2v_path``: a fairseq wav2vec2/HuBERT pre-training checkpoint, a fairseq
 ``wav2vec_ctc``/``hubert_ctc`` fine-tuned checkpoint, or an hjprune checkpoint. The encoder's shape is
-stored in ``encoder_spec`` so saved checkpoints load without ``w2v_path``. Only this module reads cfg.
+stored in ``encoder_spec`` so saved checkpoints load without ``w2v_path``. Only the model classes read cfg.
 """
 
 
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import torch
 from fairseq import utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.models import BaseFairseqModel, register_model
+from fairseq.models import BaseFairseqModel
 from hjprune_manifests import data_checks
 from omegaconf import II, open_dict
 from torch import nn
@@ -27,7 +29,6 @@ from ..core.gate_state import GateMasks
 from ..core.gates import EncoderGates
 from ..core.spec import EncoderSpec
 from ..fairseq_import import ImportedCheckpoint, read_checkpoint
-from .parp import ParpConfig, ParpMixin
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ BLANK_MODE = ChoiceEnum(["add", "set"])
 
 @dataclass
 class HJPruneCtcConfig(FairseqDataclass):
-    """Field names follow fairseq's ``Wav2Vec2AsrConfig`` so existing yaml model sections carry over."""
+    """The config of every hjprune model (named after the CTC model it began as). Field names follow
+    fairseq's ``Wav2Vec2AsrConfig`` so existing yaml model sections carry over."""
 
     w2v_path: Optional[str] = field(
         default=None,
@@ -90,6 +92,8 @@ class HJPruneCtcConfig(FairseqDataclass):
 
 @dataclass
 class HJPruneGatedCtcConfig(HJPruneCtcConfig):
+    """The config of every gated hjprune model: which groups are gated, and how."""
+
     prune_conv: bool = field(default=True, metadata={"help": "gate the output channels of every CNN layer"})
     prune_heads: bool = field(default=True, metadata={"help": "gate the attention heads of every layer"})
     prune_ffn: bool = field(default=True, metadata={"help": "gate the FFN intermediate units of every layer"})
@@ -120,10 +124,10 @@ def _masking(cfg: HJPruneCtcConfig) -> MaskingOptions:
     )
 
 
-class HJPruneCtcModel(BaseFairseqModel):
-    """Encoder + output layer; ``gates`` is None for the slim model."""
+class HJPruneModel(BaseFairseqModel):
+    """Encoder + output layer, without gates (``gates`` is None); see :class:`HJPruneGatedModel`."""
 
-    ARCH = ""  # the registered name, set by each registered subclass
+    ARCH = ""  # the registered name, set on each registered subclass by registry.register
 
     def __init__(self, cfg: HJPruneCtcConfig, spec: EncoderSpec, vocab_size: int, gates: Optional[EncoderGates] = None):
         super().__init__()
@@ -136,33 +140,34 @@ class HJPruneCtcModel(BaseFairseqModel):
             training_fns=compat.fairseq_training_fns(),
         )
         self.final_dropout = nn.Dropout(cfg.final_dropout)
-        self.proj = self.build_output(spec, vocab_size)
+        self.add_output(spec, vocab_size)
         self.gates = gates
         self.apply_mask = cfg.apply_mask
         self.freeze_finetune_updates = cfg.freeze_finetune_updates
         self.num_updates = 0
 
     # ---- construction -------------------------------------------------------------------------
-    def build_output(self, spec: EncoderSpec, vocab_size: int) -> nn.Module:
-        """The output layer ``proj``: one linear map to the vocabulary (the distillation model has heads)."""
-        proj = nn.Linear(spec.embed_dim, vocab_size)
-        nn.init.xavier_uniform_(proj.weight)
-        nn.init.constant_(proj.bias, 0.0)
-        return proj
+    def add_output(self, spec: EncoderSpec, vocab_size: int) -> None:
+        """Add the output layer ``proj``: one linear map from the encoder's width to the ``vocab_size``
+        symbols (per frame for CTC, per utterance for a classifier). The distillation models add their
+        prediction ``heads`` instead (distill.py)."""
+        self.proj = nn.Linear(spec.embed_dim, vocab_size)
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.constant_(self.proj.bias, 0.0)
 
     @classmethod
     def make_gates(cls, cfg: HJPruneCtcConfig, spec: EncoderSpec) -> Optional[EncoderGates]:
+        """No gates (:class:`HJPruneGatedModel` has them)."""
         return None
 
     @classmethod
-    def build_model(cls, cfg: HJPruneCtcConfig, task) -> "HJPruneCtcModel":
+    def build_model(cls, cfg: HJPruneCtcConfig, task) -> "HJPruneModel":
         return cls.from_config(cfg, len(task.target_dictionary))
 
     @classmethod
-    def from_config(cls, cfg: HJPruneCtcConfig, vocab_size: int) -> "HJPruneCtcModel":
+    def from_config(cls, cfg: HJPruneCtcConfig, vocab_size: int) -> "HJPruneModel":
         """Build from cfg; reads ``w2v_path`` only when ``encoder_spec`` is not set yet."""
-        with open_dict(cfg):
-            cfg._name = cls.ARCH  # so every checkpoint names its architecture, however it was built
+        compat.name_the_architecture(cfg, cls.ARCH)
         if cfg.encoder_spec is not None:
             spec = EncoderSpec.from_dict(dict(cfg.encoder_spec))
             return cls(cfg, spec, vocab_size, cls.make_gates(cfg, spec))
@@ -238,60 +243,17 @@ class HJPruneCtcModel(BaseFairseqModel):
                                                 mask=self.apply_mask and self.training, return_layers=return_layers)
         return (x, frame_pad, layers) if return_layers else (x, frame_pad)
 
-    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict[str, Any]:
-        x, frame_pad = self.encode(source, padding_mask)
-        x = self.proj(self.final_dropout(x))
-        return {"encoder_out": x.transpose(0, 1), "padding_mask": frame_pad}
-
-    def get_logits(self, net_output: Dict[str, Any], normalize: bool = False) -> torch.Tensor:
-        """T x B x V logits; padded frames forced to blank (as fairseq's Wav2VecCtc)."""
-        logits = net_output["encoder_out"]
-        if self.cfg.blank_weight != 0:
-            if self.cfg.blank_mode == "add":
-                logits[..., 0] += self.cfg.blank_weight
-            else:
-                logits[..., 0] = self.cfg.blank_weight
-        pad = net_output["padding_mask"]
-        if pad is not None and pad.any():
-            blank_only = torch.full((logits.size(-1),), float("-inf"), device=logits.device, dtype=logits.dtype)
-            blank_only[0] = 0
-            logits = torch.where(pad.T.unsqueeze(-1), blank_only, logits)
-        if normalize:
-            logits = utils.log_softmax(logits.float(), dim=-1)
-        return logits
-
     def get_normalized_probs(self, net_output, log_probs: bool, sample=None) -> torch.Tensor:
-        logits = self.get_logits(net_output)
+        logits = self.get_logits(net_output)  # defined by the output's mixin (CtcOutput, ClassificationHead)
         return utils.log_softmax(logits.float(), dim=-1) if log_probs else utils.softmax(logits.float(), dim=-1)
 
     def max_positions(self):
         return None
 
 
-@register_model("hjprune_slim_ctc", dataclass=HJPruneCtcConfig)
-class HJPruneSlimCtc(HJPruneCtcModel):
-    """The physically pruned model written by ``hjprune-export`` (per-layer sizes, no gates)."""
-
-    ARCH = "hjprune_slim_ctc"
-
-
-@dataclass
-class HJPruneParpCtcConfig(HJPruneCtcConfig, ParpConfig):
-    pass
-
-
-@register_model("hjprune_parp_ctc", dataclass=HJPruneParpCtcConfig)
-class HJPruneParpCtc(ParpMixin, HJPruneSlimCtc):
-    """The unstructured baseline: the dense model fine-tuned with PARP's magnitude pruning (models/parp.py)."""
-
-    ARCH = "hjprune_parp_ctc"
-
-
-@register_model("hjprune_wav2vec_ctc", dataclass=HJPruneGatedCtcConfig)
-class HJPruneGatedCtc(HJPruneCtcModel):
-    """wav2vec2/HuBERT + CTC head with HardConcrete gates on conv channels, heads, FFN units, hidden dims."""
-
-    ARCH = "hjprune_wav2vec_ctc"
+class HJPruneGatedModel(HJPruneModel):
+    """Encoder + output layer + the HardConcrete gates on conv channels, heads (and their dims), FFN
+    units and hidden dims that ``cfg`` (:class:`HJPruneGatedCtcConfig`) asks for."""
 
     @classmethod
     def make_gates(cls, cfg: HJPruneGatedCtcConfig, spec: EncoderSpec) -> Optional[EncoderGates]:

@@ -1,5 +1,5 @@
 """Registered fairseq models for utterance classification (spoken-language understanding, e.g.
-SLURP intents): the gated and slim encoders of hjprune_ctc with a classification head.
+SLURP intents): the gated, slim and PARP models (base.py, parp.py) with a classification head.
 
 The head mean-pools the encoder output over non-padded frames and applies a linear layer with one
 output per symbol of the task's label dictionary (special symbols included, so a class is its
@@ -11,24 +11,24 @@ from typing import Any, Dict, Optional
 
 import torch
 from fairseq import utils
-from fairseq.models import register_model
 
 from ..fairseq_import import ImportedCheckpoint
-from .hjprune_ctc import HJPruneCtcConfig, HJPruneGatedCtc, HJPruneGatedCtcConfig, HJPruneParpCtcConfig, HJPruneSlimCtc
-from .parp import ParpMixin
-
-CLASSIFIERS = ("hjprune_wav2vec_cls", "hjprune_slim_cls", "hjprune_parp_cls")
+from . import registry
+from .base import HJPruneCtcConfig, HJPruneGatedCtcConfig, HJPruneGatedModel, HJPruneModel
+from .parp import HJPruneParpCtcConfig, ParpMixin
 
 
 class ClassificationHead:
-    """Mixin replacing the per-frame CTC output by a pooled utterance-level one."""
+    """Mixin: one prediction per utterance from the output layer ``proj``, on the mean-pooled encoder output."""
 
     def load_imported(self, ckpt: ImportedCheckpoint) -> None:
-        if ckpt.arch not in CLASSIFIERS:
+        arch = registry.find(ckpt.arch)
+        if arch is None or arch.head != "classifier":
             ckpt.head_state = None  # a CTC output layer is no classifier: keep the fresh head
         super().load_imported(ckpt)
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict[str, Any]:
+        """{"encoder_out": (B, C) logits, "padding_mask": None}."""
         x, frame_pad = self.encode(source, padding_mask)
         if frame_pad is None:
             pooled = x.mean(1)
@@ -42,22 +42,17 @@ class ClassificationHead:
         return utils.log_softmax(logits.float(), dim=-1) if normalize else logits
 
 
-@register_model("hjprune_slim_cls", dataclass=HJPruneCtcConfig)
-class HJPruneSlimCls(ClassificationHead, HJPruneSlimCtc):
+@registry.register("hjprune_slim_cls", HJPruneCtcConfig, kind="slim", head="classifier")
+class HJPruneSlimCls(ClassificationHead, HJPruneModel):
     """The exported (physically pruned) classifier."""
 
-    ARCH = "hjprune_slim_cls"
+
+@registry.register("hjprune_parp_cls", HJPruneParpCtcConfig, kind="parp", head="classifier")
+class HJPruneParpCls(ClassificationHead, ParpMixin, HJPruneModel):
+    """The classifier fine-tuned with PARP's unstructured magnitude pruning (parp.py)."""
 
 
-@register_model("hjprune_parp_cls", dataclass=HJPruneParpCtcConfig)
-class HJPruneParpCls(ClassificationHead, ParpMixin, HJPruneSlimCtc):
-    """The classifier fine-tuned with PARP's unstructured magnitude pruning (models/parp.py)."""
-
-    ARCH = "hjprune_parp_cls"
-
-
-@register_model("hjprune_wav2vec_cls", dataclass=HJPruneGatedCtcConfig)
-class HJPruneGatedCls(ClassificationHead, HJPruneGatedCtc):
+@registry.register("hjprune_wav2vec_cls", HJPruneGatedCtcConfig, kind="gated", head="classifier",
+                   slim="hjprune_slim_cls")
+class HJPruneGatedCls(ClassificationHead, HJPruneGatedModel):
     """wav2vec2/HuBERT + mean pooling + linear classifier, with the four HardConcrete gate groups."""
-
-    ARCH = "hjprune_wav2vec_cls"

@@ -1,7 +1,9 @@
 """Task-agnostic pruning by distillation (Wang et al., Interspeech 2023; DPHuBERT's recipe).
 
 ``hjprune_wav2vec_distill`` is the gated encoder of ``hjprune_wav2vec_ctc`` whose output is not a
-vocabulary but one linear prediction head per distilled layer: head k maps the student's hidden state
+vocabulary but one linear prediction head per distilled layer (``heads``, where the other models have
+their output layer ``proj``; checkpoints written before this name hold them as ``proj.N.*``, which
+``upgrade_state_dict_named`` renames on load): head k maps the student's hidden state
 ``distill_layers[k]`` (0: the Transformer's input, l >= 1: the output of Transformer layer l) to the
 teacher's dimension. The heads start as the identity when student and teacher are equally wide, as
 DPHuBERT's (github.com/pyf98/DPHuBERT, distill.py ``_init_layer_transform``), so a student with every
@@ -14,17 +16,18 @@ fine-tuning model gets a new output layer).
 
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
-from fairseq.models import register_model
 from omegaconf import open_dict
 from torch import nn
 
-from ..fairseq_import import ImportedCheckpoint
 from ..core.spec import EncoderSpec
-from .hjprune_ctc import HJPruneCtcConfig, HJPruneGatedCtc, HJPruneGatedCtcConfig, HJPruneSlimCtc
+from ..fairseq_import import ImportedCheckpoint
+from . import registry
+from .base import HJPruneCtcConfig, HJPruneGatedCtcConfig, HJPruneGatedModel, HJPruneModel
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +68,10 @@ def parse_layers(text: str, num_layers: int) -> List[int]:
 
 
 class DistillHeads:
-    """Mixin: prediction heads instead of the vocabulary output, and a forward that returns them."""
+    """Mixin: prediction ``heads`` instead of the vocabulary output ``proj``, and a forward that returns them."""
 
-    def build_output(self, spec: EncoderSpec, vocab_size: int) -> nn.Module:
+    def add_output(self, spec: EncoderSpec, vocab_size: int) -> None:
+        """Add ``heads``: one linear map from the student's width to the teacher's per distilled layer."""
         cfg = self.cfg
         if cfg.layerdrop > 0:
             raise ValueError("model.layerdrop must be 0 for distillation: a dropped layer has no output to distil")
@@ -88,7 +92,16 @@ class DistillHeads:
             logger.info("prediction heads map width %d to the teacher's %d: not square, so initialised at random, "
                         "not as the identity (weights from a checkpoint, if any, replace them)",
                         spec.embed_dim, cfg.teacher_dim)
-        return heads
+        self.heads = heads
+
+    def upgrade_state_dict_named(self, state_dict: Dict[str, torch.Tensor], name: str) -> None:
+        """fairseq's hook on every load (trainer, checkpoint_utils, checkpoints.load_model): rename the
+        heads of checkpoints written when they were called ``proj`` (``proj.N.*`` -> ``heads.N.*``)."""
+        prefix = f"{name}." if name else ""
+        old = re.compile(rf"{re.escape(prefix)}proj\.(\d+\..+)")
+        for key in [k for k in state_dict if old.fullmatch(k)]:
+            state_dict[f"{prefix}heads.{old.fullmatch(key).group(1)}"] = state_dict.pop(key)
+        super().upgrade_state_dict_named(state_dict, name)
 
     @classmethod
     def build_model(cls, cfg, task):
@@ -101,19 +114,16 @@ class DistillHeads:
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict[str, Any]:
         """{"layers": [(B, T, teacher_dim) per distilled layer], "padding_mask": (B, T) or None}."""
         _, frame_pad, hidden_states = self.encode(source, padding_mask, return_layers=True)
-        preds = [head(hidden_states[i]) for i, head in zip(self.distill_layers, self.proj)]
+        preds = [head(hidden_states[i]) for i, head in zip(self.distill_layers, self.heads)]
         return {"layers": preds, "padding_mask": frame_pad}
 
 
-@register_model("hjprune_slim_distill", dataclass=HJPruneSlimDistillConfig)
-class HJPruneSlimDistill(DistillHeads, HJPruneSlimCtc):
+@registry.register("hjprune_slim_distill", HJPruneSlimDistillConfig, kind="slim", head="distill")
+class HJPruneSlimDistill(DistillHeads, HJPruneModel):
     """The exported distilled encoder (slim, with its prediction heads)."""
 
-    ARCH = "hjprune_slim_distill"
 
-
-@register_model("hjprune_wav2vec_distill", dataclass=HJPruneDistillConfig)
-class HJPruneGatedDistill(DistillHeads, HJPruneGatedCtc):
+@registry.register("hjprune_wav2vec_distill", HJPruneDistillConfig, kind="gated", head="distill",
+                   slim="hjprune_slim_distill")
+class HJPruneGatedDistill(DistillHeads, HJPruneGatedModel):
     """The gated encoder pruned by distillation from its frozen unpruned self."""
-
-    ARCH = "hjprune_wav2vec_distill"

@@ -1,5 +1,8 @@
 """PARP's fine-tuning schedule on the fairseq side: its config fields and the model mixin.
 
+The registered PARP models are ``hjprune_parp_ctc`` (ctc.py) and ``hjprune_parp_cls`` (classifier.py):
+the ungated :class:`~.base.HJPruneModel` with :class:`ParpMixin`.
+
 The pruning maths is ``core/parp.py``; this module reads ``cfg`` (``parp_*`` fields) and runs it:
 once when the model is built from ``w2v_path``, then every ``parp_interval_updates`` updates and
 after the last one (``after_update``, called by the hjprune tasks after every optimizer step).
@@ -12,6 +15,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
 from ..core.parp import SCOPES, magnitude_prune_, prunable_weights
+from .base import HJPruneCtcConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +37,11 @@ class ParpConfig(FairseqDataclass):
     parp_max_update: int = field(
         default=II("optimization.max_update"), metadata={"help": "the last update, after which the final prune runs"}
     )
+
+
+@dataclass
+class HJPruneParpCtcConfig(HJPruneCtcConfig, ParpConfig):
+    """The config of the PARP models: an ungated model's fields and PARP's."""
 
 
 def check_config(cfg: ParpConfig) -> None:
