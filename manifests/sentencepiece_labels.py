@@ -14,6 +14,7 @@ import sys
 import tempfile
 from typing import Dict, List, Optional
 
+from .cli import run_cli
 from .labels import write_dictionary, write_lines
 
 
@@ -74,15 +75,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.train_split not in a.splits:
         p.error(f"--train-split {a.train_split!r} must be one of --splits {a.splits}")
-    try:
+
+    def go() -> int:
         written = build(a.data, a.splits, a.train_split, a.ext, a.vocab_size, a.model_type)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"hjprune-spm: error: {e}", file=sys.stderr)
-        return 2
-    for s, n in written.items():
-        print(f"{os.path.join(a.data, s + '.' + a.ext)}: {n} lines")
-    print(f"{os.path.join(a.data, 'dict.' + a.ext + '.txt')}, {os.path.join(a.data, 'spm_' + a.ext + '.model')}")
-    return 0
+        for s, n in written.items():
+            print(f"{os.path.join(a.data, s + '.' + a.ext)}: {n} lines")
+        print(f"{os.path.join(a.data, 'dict.' + a.ext + '.txt')}, {os.path.join(a.data, 'spm_' + a.ext + '.model')}")
+        return 0
+
+    return run_cli("hjprune-spm", go, (ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

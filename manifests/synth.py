@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import output_dir
 from .audio import SAMPLE_RATE
+from .cli import run_cli
 from .espeak import Espeak
 from .labels import by_count, letters, write_dictionary
 
@@ -201,14 +202,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="seed of sentences, voices, rates, pitches (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier hjprune-synth corpus in OUT (its files only)")
     a = p.parse_args(argv)
-    try:
+
+    def go() -> int:
         sizes = write_corpus(a.out, a.task, {"train": a.train, "valid": a.valid, "test": a.test}, a.seed,
                              a.unseen_fraction, a.overwrite)
-    except (ValueError, FileExistsError) as e:
-        print(f"hjprune-synth: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{a.out}: " + ", ".join(f"{s} {n}" for s, n in sizes.items()) + f" utterances ({a.task})")
-    return 0
+        print(f"{a.out}: " + ", ".join(f"{s} {n}" for s, n in sizes.items()) + f" utterances ({a.task})")
+        return 0
+
+    return run_cli(TOOL, go, (ValueError, FileExistsError))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from .audio import SAMPLE_RATE, WAV2VEC2_CONV, format_conv_layers, parse_conv_layers
+from .cli import run_cli
 from .data_checks import (audio_problem, dictionary_problems, frame_problems, label_problems, manifest_problems,
                           manifest_rows)
 from .labels import by_count, letters, write_dictionary, write_lines
@@ -145,14 +146,6 @@ def validate(data: str, splits: Sequence[str], labels: Optional[str], sample_rat
     return problems
 
 
-def _run(fn) -> int:
-    try:
-        return fn()
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
 def manifest_main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="hjprune-manifest", description="Index audio into wav2vec tsv manifests.")
     p.add_argument("root", help="folder searched recursively for audio")
@@ -169,7 +162,7 @@ def manifest_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{a.dest}: train {r['train']}, valid {r['valid']} files; {r['skipped']} skipped")
         return 0
 
-    return _run(go)
+    return run_cli(None, go)
 
 
 def labels_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -186,7 +179,7 @@ def labels_main(argv: Optional[Sequence[str]] = None) -> int:
         print(", ".join(f"{s}: {n} transcripts" for s, n in r.items()))
         return 0
 
-    return _run(go)
+    return run_cli(None, go)
 
 
 def validate_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -200,13 +193,13 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> int:
                         "(the model's cfg.model.conv_feature_layers; default: wav2vec2-base's, %(default)s: "
                         "320 samples a frame, 400 at least)")
     a = p.parse_args(argv)
-    try:
+
+    def go() -> int:
         conv_layers = parse_conv_layers(a.conv_layers)
-    except ValueError as e:
-        print(f"hjprune-validate: error: {e}", file=sys.stderr)
-        return 2
-    problems = validate(a.data, a.splits, a.labels or None, a.sample_rate, conv_layers)
-    for line in problems:
-        print(line)
-    print(f"{len(problems)} problem(s) in {a.data}", file=sys.stderr)
-    return 1 if problems else 0
+        problems = validate(a.data, a.splits, a.labels or None, a.sample_rate, conv_layers)
+        for line in problems:
+            print(line)
+        print(f"{len(problems)} problem(s) in {a.data}", file=sys.stderr)
+        return 1 if problems else 0
+
+    return run_cli("hjprune-validate", go, (ValueError,))

@@ -8,14 +8,15 @@ import os
 import pytest
 
 from hjprune_fairseq.cli import demo
+from hjprune_fairseq.demo import pipeline
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "asr")
-    sweep = {"macs": [["criterion.target_sparsity=0.2"], demo.MAIN_POINT[1]], "size": [["criterion.target_sparsity=0.2"]]}
+    sweep = {"macs": [["criterion.target_sparsity=0.2"], pipeline.MAIN_POINT[1]], "size": [["criterion.target_sparsity=0.2"]]}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(demo, "SWEEP", sweep)
+        mp.setattr(pipeline, "SWEEP", sweep)
         assert demo.main(["--quick", "--sweep", "--baselines", "--jobs", "2", "--out", out]) == 0
     return out
 

@@ -10,6 +10,7 @@ from fairseq_fixtures import save_like_trainer
 from helpers import gated_model
 
 from hjprune_fairseq.cli import demo, export
+from hjprune_fairseq.demo import pipeline as demo_pipeline
 from hjprune_manifests import synth
 
 TINY = ["--train", "2", "--valid", "1", "--test", "1"]
@@ -111,11 +112,11 @@ def no_pipeline(monkeypatch):
         write(os.path.join(save, "checkpoint_last.pt"), "new checkpoint")
 
     def pipeline(self):
-        self.train("pretrain", demo.config_set_dir("tiny"), "pretrain", [])
+        self.train("pretrain", demo_pipeline.config_set_dir("tiny"), "pretrain", [])
         raise Ran("pipeline stopped by the test")
 
-    monkeypatch.setattr(demo.Demo, "step", step)
-    monkeypatch.setattr(demo.Demo, "pipeline", pipeline)
+    monkeypatch.setattr(demo_pipeline.Demo, "step", step)
+    monkeypatch.setattr(demo_pipeline.Demo, "pipeline", pipeline)
 
 
 def test_demo_refuses_a_folder_with_user_data(tmp_path, capsys, no_pipeline):

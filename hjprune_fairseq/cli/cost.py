@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Dict, List, Optional
 
+from hjprune_manifests.cli import run_cli
+
 from ..core.spec import PRESETS
 from ..cost_report import describe
 
@@ -51,13 +53,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     if (a.checkpoint is None) == (a.preset is None):
         p.error("give either a CHECKPOINT or --preset NAME")
-    try:
+
+    def go() -> int:
         r = describe(a.preset or a.checkpoint, a.seconds)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"hjprune-cost: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(r, indent=2) if a.json else format_table(r))
-    return 0
+        print(json.dumps(r, indent=2) if a.json else format_table(r))
+        return 0
+
+    return run_cli("hjprune-cost", go, (ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

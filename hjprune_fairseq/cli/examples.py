@@ -8,6 +8,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from hjprune_manifests.cli import run_cli
+
 from ..config_sets import USER_DIR, config_set_dir, config_sets, examples_dir
 
 
@@ -18,17 +20,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--list", action="store_true", help="print the names of the config sets, one a line")
     p.add_argument("--user-dir", action="store_true", help="print the plugin's folder, for common.user_dir")
     a = p.parse_args(argv)
-    try:
+
+    def go() -> int:
         if a.user_dir:
             print(USER_DIR)
         elif a.list:
             print("\n".join(config_sets()))
         else:
             print(config_set_dir(a.name) if a.name else examples_dir())
-    except FileNotFoundError as e:
-        print(f"hjprune-examples: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli("hjprune-examples", go, (FileNotFoundError,))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import List, Optional
 
+from hjprune_manifests.cli import USER_ERRORS, run_cli
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(
@@ -27,20 +29,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ..checkpoints import export_slim
     from ..cost_report import describe
 
-    try:
+    def go() -> int:
         export_slim(a.gated, a.slim, overwrite=a.overwrite, allow_no_gates=a.allow_no_gates)
         before, after = describe(a.gated, a.seconds), describe(a.slim, a.seconds)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"hjprune-export: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({
-        "gated": a.gated, "slim": a.slim,
-        "params": after["params"], "gmacs": after["gmacs"],
-        "size_sparsity": after["size_sparsity"], "macs_sparsity": after["macs_sparsity"],
-        "gated_size_sparsity": before["size_sparsity"], "gated_macs_sparsity": before["macs_sparsity"],
-        "layers": after["layers"],
-    }, indent=2))
-    return 0
+        print(json.dumps({
+            "gated": a.gated, "slim": a.slim,
+            "params": after["params"], "gmacs": after["gmacs"],
+            "size_sparsity": after["size_sparsity"], "macs_sparsity": after["macs_sparsity"],
+            "gated_size_sparsity": before["size_sparsity"], "gated_macs_sparsity": before["macs_sparsity"],
+            "layers": after["layers"],
+        }, indent=2))
+        return 0
+
+    return run_cli("hjprune-export", go, USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""Side-by-side timing shared by the benchmarks: alternate the contenders, keep the median."""
+"""Side-by-side timing shared by the benchmarks and the demo: alternate the contenders, keep the median."""
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from typing import Callable, Dict, List
@@ -10,14 +9,8 @@ from typing import Callable, Dict, List
 import torch
 
 
-def add_timing_args(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--repeats", type=int, default=7, help=f"timed {what} per contender; the median is reported (default: 7)")
-    p.add_argument("--warmup", type=int, default=2, help=f"untimed {what} per contender first (default: 2)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
 def apply_threads(threads: int) -> None:
+    """Use ``threads`` torch threads; 0 or less keeps torch's choice."""
     if threads > 0:
         torch.set_num_threads(threads)
 

@@ -1,0 +1,126 @@
+"""CPU latency of a dense encoder vs a slim one with about ``macs_sparsity`` fewer MACs.
+
+The slim structure follows the pattern HJ-Pruning-MAC learns (paper Fig. 5): early CNN layers (long
+sequences) lose the most channels, upper Transformer layers the most heads and FFN units, and the
+hidden size loses a few dims spread unevenly over the positional-conv groups. One knob scales the
+whole pattern; it is bisected until the cost model gives the requested MACs sparsity. The models are
+timed in the same process, alternately, with the same threads; the median of ``repeats`` is kept.
+
+``fine_grained`` adds a third model at the same MACs sparsity, pruned the task-agnostic way (Wang et
+al. 2023): every head stays, and its query/key and value/output dims are pruned instead, a random
+choice over the layer's (heads x head_dim) dims, so the heads of a layer end up of uneven widths, as
+learned gates leave them. The slim attention runs one call per distinct (QK, VO) width in a layer.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from hjprune_manifests.audio import SAMPLE_RATE
+
+from ..core import cost_model
+from ..core.encoder import Wav2Vec2Encoder
+from ..core.gate_state import GateMasks
+from ..core.spec import PRESETS, EncoderSpec
+from ..timing import median_times
+
+GOAL = 0.85  # the slim model should reach speed-up >= GOAL x MAC ratio
+
+
+def _keep_top(n: int, frac: float, g: torch.Generator) -> torch.Tensor:
+    """A 0/1 mask keeping round(frac * n) units (at least one), chosen at random."""
+    k = max(1, min(n, int(round(frac * n))))
+    mask = torch.zeros(n)
+    mask[torch.randperm(n, generator=g)[:k]] = 1.0
+    return mask
+
+
+def _keep_dims(heads: int, head_dim: int, frac: float, g: torch.Generator) -> torch.Tensor:
+    """A (heads, head_dim) 0/1 mask keeping round(frac * heads * head_dim) dims, at random over the layer."""
+    return _keep_top(heads * head_dim, frac, g).view(heads, head_dim)
+
+
+def fig5_masks(spec: EncoderSpec, strength: float, seed: int = 0, fine_grained: bool = False) -> GateMasks:
+    """0/1 masks shaped like Fig. 5; ``strength`` in [0, 1] scales how much is pruned.
+
+    ``fine_grained``: the attention loses dims inside its heads (qk / vo masks) instead of whole heads.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n_conv, L = len(spec.conv_layers), spec.num_layers
+    # Fraction pruned per group: CNN from 0.9*s (first layer) down to 0.3*s (last);
+    # Transformer from 0.2*s (bottom) up to 0.9*s (top); hidden 0.15*s.
+    conv = [_keep_top(c, 1 - strength * (0.9 - 0.6 * i / max(1, n_conv - 1)), g) for i, (c, _, _) in enumerate(spec.conv_layers)]
+    keep = [1 - strength * (0.2 + 0.7 * i / max(1, L - 1)) for i in range(L)]  # per Transformer layer
+    heads = [_keep_top(h, f, g) for h, f in zip(spec.num_heads, keep)]
+    ffn = [_keep_top(n, f, g) for n, f in zip(spec.ffn_dims, keep)]
+    hidden = _keep_top(spec.embed_dim, 1 - 0.15 * strength, g)
+    if not fine_grained:
+        return GateMasks(conv=conv, heads=heads, ffn=ffn, hidden=hidden)
+    qk = [_keep_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
+    vo = [_keep_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
+    return GateMasks(conv=conv, ffn=ffn, hidden=hidden, qk=qk, vo=vo)  # heads not gated: every head stays
+
+
+def slim_spec_for(spec: EncoderSpec, macs_sparsity: float, seconds: float, seed: int = 0,
+                  fine_grained: bool = False) -> EncoderSpec:
+    """Bisect the Fig. 5 strength until the slim encoder has ``macs_sparsity`` fewer MACs."""
+    from ..core.slim import slim_encoder
+
+    dense = cost_model.to_float(cost_model.cost(spec, None, seconds).encoder_macs)
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        masks = fig5_masks(spec, mid, seed, fine_grained)
+        s = 1 - cost_model.to_float(cost_model.cost(spec, masks, seconds).encoder_macs) / dense
+        lo, hi = (mid, hi) if s < macs_sparsity else (lo, mid)
+    masks = fig5_masks(spec, (lo + hi) / 2, seed, fine_grained)
+    state = Wav2Vec2Encoder(spec).state_dict()
+    return slim_encoder(spec, state, masks, source="bench")[0]
+
+
+def compare_latency(preset: str, macs_sparsity: float, seconds: float, seed: int = 0, fine_grained: bool = False,
+                    repeats: int = 7, warmup: int = 2) -> Dict:
+    """Time the dense ``preset`` encoder against its Fig. 5 slim counterpart (and the fine-grained one)
+    on ``seconds`` of random audio with torch's current threads: latencies (s), GMACs, parameters,
+    the speed-up, the MAC ratio, whether the goal is met, and the slim structure."""
+    torch.manual_seed(seed)
+    dense_spec = PRESETS[preset]
+    specs = {"dense": dense_spec, "slim": slim_spec_for(dense_spec, macs_sparsity, seconds, seed)}
+    if fine_grained:
+        specs["fine_grained"] = slim_spec_for(dense_spec, macs_sparsity, seconds, seed, fine_grained=True)
+    models = {k: Wav2Vec2Encoder(spec).eval() for k, spec in specs.items()}
+    wav = torch.randn(1, int(seconds * SAMPLE_RATE))
+    with torch.inference_mode():
+        lat = median_times({k: (lambda i, m=m: m(wav)) for k, m in models.items()}, repeats, warmup)
+    costs = {k: cost_model.cost(spec, None, seconds) for k, spec in specs.items()}
+    gmacs = {k: cost_model.to_float(c.encoder_macs) / 1e9 for k, c in costs.items()}
+    params = {k: int(cost_model.to_float(c.encoder_params)) for k, c in costs.items()}
+    slim_spec = specs["slim"]
+    mac_ratio = gmacs["dense"] / gmacs["slim"]
+    speedup = lat["dense"] / lat["slim"]
+    r = {
+        "preset": preset, "seconds": seconds, "threads": torch.get_num_threads(), "repeats": repeats,
+        "dense_gmacs": gmacs["dense"], "slim_gmacs": gmacs["slim"],
+        "dense_params": params["dense"], "slim_params": params["slim"],
+        "dense_latency_s": lat["dense"], "slim_latency_s": lat["slim"],
+        "speedup": speedup, "mac_ratio": mac_ratio, "speedup_over_mac_ratio": speedup / mac_ratio,
+        "goal_met": speedup >= GOAL * mac_ratio,
+        "slim_structure": {"conv_channels": [c for c, _, _ in slim_spec.conv_layers], "heads": slim_spec.num_heads,
+                           "ffn_units": slim_spec.ffn_dims, "hidden": slim_spec.embed_dim,
+                           "pos_conv_groups": slim_spec.pos_conv_groups},
+    }
+    if fine_grained:
+        fine = specs["fine_grained"]
+        f_ratio, f_speedup = gmacs["dense"] / gmacs["fine_grained"], lat["dense"] / lat["fine_grained"]
+        r["fine_grained"] = {
+            "gmacs": gmacs["fine_grained"], "params": params["fine_grained"], "latency_s": lat["fine_grained"],
+            "speedup": f_speedup, "mac_ratio": f_ratio, "speedup_over_mac_ratio": f_speedup / f_ratio,
+            "goal_met": f_speedup >= GOAL * f_ratio,
+            "speedup_vs_whole_heads": lat["slim"] / lat["fine_grained"],
+            # one attention call per distinct (QK, VO) head width in a layer
+            "attention_calls": [len(set(zip(fine.head_qk(i), fine.head_vo(i)))) for i in range(fine.num_layers)],
+            "qk_dims": [sum(fine.head_qk(i)) for i in range(fine.num_layers)],
+            "vo_dims": [sum(fine.head_vo(i)) for i in range(fine.num_layers)],
+        }
+    return r

@@ -1,0 +1,247 @@
+"""The demo's pipeline: stages, the parallel runner of sweep / baseline points, CPU latency.
+
+Stages (each one the real tool, its output in OUT/logs/STAGE.log): synthesise the corpus
+(hjprune-synth) -> pre-train a tiny wav2vec2 with stock fairseq (examples/tiny/pretrain.yaml) ->
+fine-tune (finetune.yaml) -> prune with ``macs`` (prune.yaml) -> hjprune-export -> fine-tune the slim
+model (final.yaml) -> decode the test split with fairseq-generate -> time both models on CPU.
+``Demo.sweep`` then prunes the fine-tuned model with every sparsity mode at three budgets (the paper's
+Fig. 1); ``Demo.baselines`` adds PARP (unstructured, at the parameter count of macs_40) and
+task-agnostic pruning (distillation from the pre-trained model with fine-grained heads and
+straight-through gates, 40 % fewer MACs, then fine-tuning).
+
+Progress goes to this module's logger, one line per stage.
+"""
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+from hjprune_manifests import output_dir
+from hjprune_manifests.audio import SAMPLE_RATE
+
+from ..config_sets import USER_DIR, config_set_dir
+from ..stages import console_script, run_stage
+from .scores import parse_generate, subset_scores
+
+logger = logging.getLogger(__name__)
+
+TOOL = "hjprune-demo"  # the name of its marker files, .hjprune-demo (output_dir)
+SCORING = {"asr": "wer", "slu": "hjprune_accuracy"}  # fairseq-generate --scoring, per task
+METRIC = {"asr": "wer", "slu": "accuracy"}  # the report's name of that score
+
+
+@dataclass
+class Budget:
+    """Corpus sizes and updates per stage."""
+
+    train: int
+    valid: int
+    test: int
+    pretrain: int
+    finetune: int
+    prune: int
+    warmup: int
+    final: int
+
+
+FULL = Budget(train=1500, valid=100, test=200, pretrain=100, finetune=600, prune=600, warmup=200, final=300)
+QUICK = Budget(train=80, valid=10, test=20, pretrain=10, finetune=30, prune=30, warmup=10, final=20)
+MAIN_POINT = ("macs", ["criterion.target_sparsity=0.4"])  # the pipeline's pruned model, named macs_40
+SWEEP = {  # (mode, overrides) per point: about 20, 40 and 60 % fewer MACs for each method
+    "macs": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
+    "sep_size": [[f"criterion.target_cnn_sparsity={c}", f"criterion.target_transformer_sparsity={t}"]
+                 for c, t in ((0.3, 0.1), (0.6, 0.2), (0.85, 0.35))],
+    "size": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
+    "transformer_only": [["criterion.target_sparsity=0.3"], ["criterion.target_sparsity=0.5"], ["criterion.target_sparsity=0.7"]],
+}
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+class Demo:
+    def __init__(self, out: str, task: str, budget: Budget, threads: Optional[int] = None):
+        self.out, self.task, self.budget = out, task, budget
+        self.threads = threads  # torch threads per stage (None: torch's default, every core)
+        self.data = os.path.join(out, "data")
+        self.config_dir = config_set_dir("tiny_slu" if task == "slu" else "tiny")
+        self.timings: Dict[str, float] = {}
+        os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+
+    def step(self, name: str, cmd: List[str]) -> None:
+        logger.info(f"[{_now()}] {name} ...")
+        log = os.path.join(self.out, "logs", f"{name}.log")
+        env = dict(os.environ)
+        if self.threads:
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        run = run_stage(cmd, log, self.out, env)
+        self.timings[name] = round(run.wall_s, 1)
+        if run.rc:
+            tail = open(log).read().splitlines()[-15:]
+            raise RuntimeError(f"stage {name} failed (exit {run.rc}); end of {log}:\n" + "\n".join(tail))
+        logger.info(f"[{_now()}] {name} done in {self.timings[name]} s")
+
+    def train(self, name: str, config_dir: str, config: str, overrides: Sequence[str]) -> str:
+        save = os.path.join(self.out, "checkpoints", name)
+        # A fresh folder, renamed in when training ends: fairseq would resume from an earlier run's
+        # checkpoint_last.pt, and only an earlier demo's checkpoints/NAME (its marker) is replaced.
+        with output_dir.staging(save) as tmp:
+            self.step(name, [console_script("fairseq-hydra-train"), "--config-dir", config_dir, "--config-name", config,
+                             f"common.user_dir={USER_DIR}", f"task.data={self.data}", f"checkpoint.save_dir={tmp}",
+                             *overrides])
+            output_dir.replace_entry(os.path.dirname(save), name, tmp, TOOL)
+        output_dir.record(self.out, TOOL, os.listdir(self.out))  # with what fairseq-hydra-train wrote in OUT
+        return save
+
+    def export(self, name: str, gated: str) -> str:
+        """hjprune-export of the gated checkpoint ``gated`` to OUT/slim_NAME.pt."""
+        slim = os.path.join(self.out, f"slim_{name}.pt")
+        self.step(f"export_{name}", [console_script("hjprune-export"), gated, slim, "--overwrite"])
+        return slim
+
+    # ---- stages ---------------------------------------------------------------------------------
+    def synthesise(self) -> None:
+        t0 = time.time()
+        logger.info(f"[{_now()}] synthesise {self.task} corpus ...")
+        from hjprune_manifests.synth import write_corpus
+
+        b = self.budget
+        sizes = write_corpus(self.data, self.task, {"train": b.train, "valid": b.valid, "test": b.test}, overwrite=True)
+        self.timings["synthesise"] = round(time.time() - t0, 1)
+        logger.info(f"[{_now()}] corpus: {sizes}")
+
+    def pipeline(self) -> Dict:
+        b = self.budget
+        self.synthesise()
+        pre = self.train("pretrain", config_set_dir("tiny"), "pretrain", [f"optimization.max_update={b.pretrain}"])
+        ft = self.train("finetune", self.config_dir, "finetune", [
+            f"model.w2v_path={pre}/checkpoint_last.pt", f"optimization.max_update={b.finetune}"])
+        models = [self.evaluate("unpruned", f"{ft}/checkpoint_best.pt", "none")]
+        models.append(self.prune_point(*MAIN_POINT, f"{ft}/checkpoint_best.pt", "macs_40"))
+        return {"models": models, "finetuned": f"{ft}/checkpoint_best.pt", "pretrained": f"{pre}/checkpoint_last.pt"}
+
+    def prune_point(self, mode: str, overrides: List[str], finetuned: str, name: str) -> Dict:
+        b = self.budget
+        pr = self.train(f"prune_{name}", self.config_dir, "prune", [
+            f"mode={mode}", *overrides, f"model.w2v_path={finetuned}", f"optimization.max_update={b.prune}",
+            f"criterion.sparsity_warmup_updates={b.warmup}"])
+        slim = self.export(name, f"{pr}/checkpoint_last.pt")
+        fin = self.train(f"final_{name}", self.config_dir, "final", [f"model.w2v_path={slim}", f"optimization.max_update={b.final}"])
+        return self.evaluate(name, f"{fin}/checkpoint_best.pt", mode)
+
+    def parp_point(self, finetuned: str, params: int) -> Dict:
+        """PARP from the fine-tuned model, its sparsity set for ``params`` nonzero encoder weights."""
+        from ..checkpoints import load_model
+        from ..core.parp import prunable_weights
+
+        model, _ = load_model(finetuned)
+        dense = sum(p.numel() for p in model.encoder.parameters())
+        prunable = sum(w.numel() for _, w in prunable_weights(model.encoder))
+        sparsity = min(0.95, max(0.0, (dense - params) / prunable))  # PARP prunes Transformer matrices only
+        run = self.train("parp", self.config_dir, "parp", [
+            f"model.w2v_path={finetuned}", f"model.parp_sparsity={sparsity:.4f}", f"optimization.max_update={self.budget.prune}"])
+        # checkpoint_last: the final prune; a checkpoint between re-prunes holds adjusted (regrown) weights
+        return self.evaluate("parp", f"{run}/checkpoint_last.pt", "parp")
+
+    def distill_point(self, pretrained: str) -> Dict:
+        """Task-agnostic: prune the pre-trained encoder by distillation on the unlabeled training audio
+        (40 % fewer MACs, fine-grained heads, straight-through gates), export, then fine-tune it."""
+        b = self.budget
+        run = self.train("distill", config_set_dir("tiny"), "distill", [
+            "mode=macs", "criterion.target_sparsity=0.4", f"model.w2v_path={pretrained}",
+            f"optimization.max_update={b.prune}", f"criterion.sparsity_warmup_updates={b.warmup}"])
+        slim = self.export("distill_40", f"{run}/checkpoint_last.pt")
+        ft = self.train("finetune_distill_40", self.config_dir, "finetune", [
+            f"model.w2v_path={slim}", f"optimization.max_update={b.finetune}"])
+        return self.evaluate("distill_40", f"{ft}/checkpoint_best.pt", "task_agnostic")
+
+    def evaluate(self, name: str, ckpt: str, mode: str) -> Dict:
+        """Decode the test split with fairseq-generate and score it with the same scorer, overall and
+        on the seen / unseen test sentences; cost and per-layer sizes (latency: time_models)."""
+        from ..cost_report import describe
+
+        scoring, metric = SCORING[self.task], METRIC[self.task]
+        if self.task == "slu":
+            extra = ["--task", "hjprune_audio_classification", "--scoring", scoring]
+        else:
+            extra = ["--task", "hjprune_audio_finetuning", "--post-process", "letter", "--scoring", scoring]
+        self.step(f"decode_{name}", [console_script("fairseq-generate"), self.data, "--user-dir", USER_DIR, "--path", ckpt,
+                                     "--gen-subset", "test", "--max-tokens", "2000000",
+                                     "--results-path", os.path.join(self.out, "decode", name), *extra])
+        hyps, refs = parse_generate(os.path.join(self.out, "decode", name, "generate-test.txt"))
+        seen = [l.split("\t")[4] == "1" for l in open(os.path.join(self.data, "test.meta.tsv")).read().splitlines()[1:]]
+        cost = describe(ckpt, 10.0)
+        r = {"name": name, "mode": mode, "checkpoint": ckpt, "gmacs": cost["encoder_gmacs"],
+             # PARP: its nonzero weights (its MACs and latency stay dense)
+             "params": cost.get("nonzero_encoder_params", cost["encoder_params"]),
+             "macs_sparsity": cost["macs_sparsity"], "size_sparsity": cost.get("nonzero_size_sparsity", cost["size_sparsity"]),
+             "layers": cost["layers"]}
+        ids = sorted(refs)
+        r.update(subset_scores(scoring, refs, hyps, {metric: ids, f"{metric}_seen": [i for i in ids if seen[i]],
+                                                     f"{metric}_unseen": [i for i in ids if not seen[i]]}))
+        logger.info(f"    {name}: " + ", ".join(f"{k} {r[k]:.3f}" for k in ("gmacs", "wer", "accuracy") if k in r))
+        return r
+
+    def sweep(self, result: Dict, jobs: int) -> None:
+        """Every mode at three budgets from the fine-tuned model (the pipeline's macs_40 is the middle
+        macs point)."""
+        points = [(mode, o, f"{mode}_{k + 1}") for mode, pts in SWEEP.items() for k, o in enumerate(pts)
+                  if (mode, o) != MAIN_POINT]
+        result["models"] += self.parallel("sweep", jobs, [
+            functools.partial(self.prune_point, mode, o, result["finetuned"], name) for mode, o, name in points])
+
+    def baselines(self, result: Dict, jobs: int) -> None:
+        """PARP at the parameter count of macs_40, and task-agnostic pruning by distillation."""
+        macs_40 = next(m for m in result["models"] if m["name"] == "macs_40")
+        result["models"] += self.parallel("baselines", jobs, [
+            functools.partial(self.parp_point, result["finetuned"], macs_40["params"]),
+            functools.partial(self.distill_point, result["pretrained"])])
+
+    def parallel(self, name: str, jobs: int, points: List[Callable[[], Dict]]) -> List[Dict]:
+        """Run ``points`` (each a chain of stages) ``jobs`` at a time, each stage with cores / jobs torch
+        threads: on 2 cores two one-thread trainings do ~1.4x the updates per second of one two-thread
+        training. Latency is measured afterwards (time_models), the models taking turns."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        t0 = time.time()
+        self.threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+        try:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(point) for point in points]
+                try:
+                    return [f.result() for f in futures]
+                except BaseException:
+                    for f in futures:  # a failed point stops the rest once the running points end
+                        f.cancel()
+                    raise
+        finally:
+            self.threads = None
+            self.timings[name] = round(time.time() - t0, 1)
+
+    def time_models(self, models: List[Dict]) -> None:
+        """CPU latency of every model, measured side by side once training has finished."""
+        t0 = time.time()
+        logger.info(f"[{_now()}] time {len(models)} models on CPU ...")
+        times = latencies({m["name"]: m["checkpoint"] for m in models})
+        for m in models:
+            m["latency_s"] = times[m["name"]]
+        self.timings["latency"] = round(time.time() - t0, 1)
+
+
+def latencies(checkpoints: Dict[str, str], seconds: float = 10.0, repeats: int = 25, warmup: int = 3) -> Dict[str, float]:
+    """Median CPU time of one forward pass on ``seconds`` of audio, per model. The models take turns
+    (hjprune-bench's timer), so a drift in machine speed hits them all alike. Timed one after the
+    other (median of 5 each), a sweep reported macs_40 2.03x faster where taking turns gives 1.30x."""
+    import torch
+
+    from ..checkpoints import load_model
+    from ..timing import median_times
+
+    models = {name: load_model(ckpt)[0].eval() for name, ckpt in checkpoints.items()}
+    wav = torch.randn(1, int(seconds * SAMPLE_RATE))
+    with torch.inference_mode():
+        return median_times({name: (lambda i, m=m: m(source=wav)) for name, m in models.items()}, repeats, warmup)

@@ -1,0 +1,83 @@
+"""The demo's report: report.json, PNG plots (score vs GMACs, kept units per layer, latency) and
+report.md, from the models the pipeline evaluated and timed."""
+
+import json
+import os
+from typing import Dict, List
+
+from .pipeline import METRIC, Budget
+
+
+def write_report(out: str, task: str, result: Dict, timings: Dict[str, float], budget: Budget) -> None:
+    """OUT/report.json, OUT/METRIC_vs_gmacs.png, OUT/kept_per_layer.png, OUT/latency.png, OUT/report.md."""
+    metric = METRIC[task]
+    models = result["models"]
+    json.dump({"task": task, "budget": budget.__dict__, "timings_s": timings, "models": models},
+              open(os.path.join(out, "report.json"), "w"), indent=2)
+    plot(out, metric, models)
+    open(os.path.join(out, "report.md"), "w").write(markdown(task, metric, models, timings, budget))
+
+
+def plot(out: str, metric: str, models: List[Dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode in dict.fromkeys(m["mode"] for m in models):
+        pts = sorted((m["gmacs"], m[metric]) for m in models if m["mode"] == mode)
+        ax.plot(*zip(*pts), "o-" if len(pts) > 1 else "*", label=mode, markersize=8)
+    ax.set_xlabel("GMACs (10 s input)")
+    ax.set_ylabel("WER (%)" if metric == "wer" else "accuracy (%)")
+    ax.set_title(f"{metric.upper() if metric == 'wer' else 'Accuracy'} vs computation (cf. paper Fig. 1/2)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, f"{metric}_vs_gmacs.png"), dpi=100)
+
+    pruned = [m for m in models if m["mode"] != "none"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key, title in zip(axes, ("conv_channels", "heads", "ffn_units"), ("CNN channels", "attention heads", "FFN units")):
+        for m in [models[0]] + pruned:
+            ax.plot(range(1, len(m["layers"][key]) + 1), m["layers"][key], "o-", label=m["name"])
+        ax.set_title(f"kept {title} per layer (cf. Fig. 5)")
+        ax.set_xlabel("layer")
+        ax.set_ylim(bottom=0)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "kept_per_layer.png"), dpi=100)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([m["name"] for m in models], [m["latency_s"] for m in models])
+    ax.set_ylabel("CPU latency, 10 s input (s)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "latency.png"), dpi=100)
+    plt.close("all")
+
+
+def markdown(task: str, metric: str, models: List[Dict], timings: Dict[str, float], budget: Budget) -> str:
+    """report.md: the table of models (the first is the unpruned baseline of the speed-ups), notes on
+    the baselines, the plots and the stage times."""
+    base = models[0]
+    rows = [f"| {m['name']} | {m['mode']} | {m['gmacs']:.3f} | {m['params']:,} | {m['macs_sparsity']:.3f} | "
+            f"{m[metric]:.2f} | {m[metric + '_seen']:.2f} | {m[metric + '_unseen']:.2f} | {m['latency_s']:.3f} | "
+            f"{base['latency_s'] / m['latency_s']:.2f}x |" for m in models]
+    name = "WER %" if metric == "wer" else "accuracy %"
+    notes = []
+    if any(m["mode"] == "parp" for m in models):
+        notes += ["PARP (unstructured): `params` counts its nonzero encoder weights, set to match macs_40. The model "
+                  "stays dense, so its GMACs and its latency are those of the unpruned model.", ""]
+    if any(m["mode"] == "task_agnostic" for m in models):
+        notes += ["distill_40 (task-agnostic): the pre-trained encoder pruned without labels by distillation from "
+                  "itself (fine-grained heads, straight-through gates, 40 % fewer MACs), then fine-tuned like the "
+                  "unpruned model.", ""]
+    md = [f"# hjprune-demo report ({task})", "",
+          f"Synthetic eSpeak NG corpus: {budget.train} train / {budget.valid} valid / {budget.test} test utterances; the test "
+          "voices and rates are unseen in training; 'seen' / 'unseen' split the test sentences by whether they occur in "
+          "training.", "",
+          f"| model | mode | GMACs | params | MACs sparsity | {name} | seen | unseen | latency s | speed-up |",
+          "|---|---|---|---|---|---|---|---|---|---|", *rows, "", *notes,
+          f"![{metric} vs GMACs]({metric}_vs_gmacs.png)", "", "![kept units per layer](kept_per_layer.png)", "",
+          "![latency](latency.png)", "", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())]
+    return "\n".join(md) + "\n"
