@@ -48,7 +48,7 @@ class Budget:
 
 
 FULL = Budget(train=1500, valid=100, test=200, pretrain=100, finetune=600, prune=600, warmup=200, final=300)
-QUICK = Budget(train=80, valid=10, test=20, pretrain=10, finetune=30, prune=30, warmup=10, final=20)
+QUICK = Budget(train=60, valid=8, test=16, pretrain=6, finetune=20, prune=24, warmup=8, final=12)
 MAIN_POINT = ("macs", ["criterion.target_sparsity=0.4"])  # the pipeline's pruned model, named macs_40
 SWEEP = {  # (mode, overrides) per point: about 20, 40 and 60 % fewer MACs for each method
     "macs": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
