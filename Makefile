@@ -17,7 +17,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests  # two workers, a test file each at a time
 
 demo: setup
 	$(BIN)/hjprune-demo --out demo_out/asr --overwrite

@@ -24,7 +24,7 @@ setup(
         "espeakng-loader",  # eSpeak NG library and voices for hjprune-synth (no system package)
         "matplotlib",  # the demo report's plots
     ],
-    extras_require={"test": ["pytest", "pyyaml"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "pyyaml"]},
     entry_points={
         "console_scripts": [
             "hjprune-cost=hjprune_fairseq.cli.cost:main",
