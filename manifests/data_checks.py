@@ -190,23 +190,31 @@ def dictionary_symbols(dictionary) -> set:
     return set(dictionary.symbols[dictionary.nspecial:])
 
 
+def dictionary_lines(path: str) -> Iterator[Tuple[int, str, Optional[str], bool]]:
+    """(line number, line, symbol or None if the line is not ``symbol count [#fairseq:overwrite]``,
+    overwrite flag) for every line of a fairseq dictionary file."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f.read().splitlines(), start=1):
+            body = line.rstrip()
+            overwrite = body.endswith(" #fairseq:overwrite")  # fairseq's flag for a deliberate repeat
+            parts = body[:-len(" #fairseq:overwrite")].rsplit(" ", 1) if overwrite else body.rsplit(" ", 1)
+            ok = len(parts) == 2 and parts[0] and parts[1].isdigit()
+            yield n, line, parts[0] if ok else None, overwrite
+
+
 def dictionary_problems(path: str) -> Iterator[str]:
     """Lines of a fairseq dictionary file that are not ``symbol count [#fairseq:overwrite]``, and repeats."""
     if not os.path.isfile(path):
         yield f"{path}: dictionary not found"
         return
     first = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f.read().splitlines(), start=1):
-            body = line.rstrip()
-            overwrite = body.endswith(" #fairseq:overwrite")  # fairseq's flag for a deliberate repeat
-            parts = body[:-len(" #fairseq:overwrite")].rsplit(" ", 1) if overwrite else body.rsplit(" ", 1)
-            if len(parts) != 2 or not parts[0] or not parts[1].isdigit():
-                yield f"{path}:{n}: expected 'symbol count', got {line!r}"
-            elif parts[0] in first and not overwrite:
-                yield f"{path}:{n}: symbol {parts[0]!r} already on line {first[parts[0]]} (expected each symbol once)"
-            else:
-                first.setdefault(parts[0], n)
+    for n, line, symbol, overwrite in dictionary_lines(path):
+        if symbol is None:
+            yield f"{path}:{n}: expected 'symbol count', got {line!r}"
+        elif symbol in first and not overwrite:
+            yield f"{path}:{n}: symbol {symbol!r} already on line {first[symbol]} (expected each symbol once)"
+        else:
+            first.setdefault(symbol, n)
 
 
 def check_dictionary(path: str) -> None:

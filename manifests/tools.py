@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .audio import SAMPLE_RATE, WAV2VEC2_CONV, format_conv_layers, parse_conv_layers
 from .cli import run_cli
-from .data_checks import (audio_problem, dictionary_problems, frame_problems, label_problems, manifest_problems,
+from .data_checks import (audio_problem, dictionary_lines, dictionary_problems, frame_problems, label_problems, manifest_problems,
                           manifest_rows)
 from .labels import by_count, letters, write_dictionary, write_lines
 
@@ -127,7 +127,7 @@ def validate(data: str, splits: Sequence[str], labels: Optional[str], sample_rat
         found = list(dictionary_problems(dict_path))
         problems += found
         if not found:
-            symbols = {line.rsplit(" ", 1)[0] for line in open(dict_path).read().splitlines()}
+            symbols = {symbol for _, _, symbol, _ in dictionary_lines(dict_path)}
     for split in splits:
         manifest = os.path.join(data, f"{split}.tsv")
         try:

@@ -241,3 +241,12 @@ def test_conv_layers_strings_round_trip():
 
     assert format_conv_layers(WAV2VEC2_CONV) == "[(512,10,5)]+[(512,3,2)]*4+[(512,2,2)]*2"
     assert parse_conv_layers("[(512, 10, 5)] + [(512, 3, 2)] * 4 + 2 * [(512, 2, 2)]") == WAV2VEC2_CONV
+
+
+def test_validate_reads_symbols_of_flagged_dictionary_lines(data, capsys):
+    """A '#fairseq:overwrite' line names its symbol, for hjprune-validate as for the training check."""
+    from hjprune_manifests import tools
+
+    (data / "dict.ltr.txt").write_text((data / "dict.ltr.txt").read_text() + "E 3 #fairseq:overwrite\n")
+    assert tools.validate_main([str(data), "--splits", "test"]) == 0
+    assert [s for _, _, s, _ in data_checks.dictionary_lines(str(data / "dict.ltr.txt"))][-1] == "E"
