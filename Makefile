@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install -e ".[test,hf,onnx]"  # the optional extras too, so their tests always run
 	touch $(STAMP)
 
 test: setup

@@ -24,7 +24,13 @@ setup(
         "espeakng-loader",  # eSpeak NG library and voices for hjprune-synth (no system package)
         "matplotlib",  # the demo report's plots
     ],
-    extras_require={"test": ["pytest", "pytest-xdist", "pyyaml"]},
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "pyyaml"],
+        # Hugging Face checkpoints in (hjprune-import-hf) and out (hjprune-export --hf)
+        "hf": ["transformers>=4.40", "safetensors"],
+        # ONNX export, int8 quantisation and the onnxruntime benchmark
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],
+    },
     entry_points={
         "console_scripts": [
             "hjprune-cost=hjprune_fairseq.cli.cost:main",

@@ -1,4 +1,4 @@
-"""The one place that works around fairseq-fixed 0.12.3.1 quirks on Python 3.11 / torch 2.13.
+"""The one place that works around fairseq-fixed 0.12.3.1 (and transformers) quirks on Python 3.11 / torch 2.13.
 
 Each workaround has a test in ``tests/test_compat.py`` that fails loudly when the quirk changes
 (so the workaround can be dropped or revisited).
@@ -286,3 +286,16 @@ def name_the_architecture(model_cfg, arch: str) -> None:
 
     with open_dict(model_cfg):
         model_cfg._name = arch
+
+
+def import_transformers():
+    """``transformers``, imported without torchaudio (quirk 15); a one-line error if it is absent."""
+    try:
+        import transformers.utils as utils
+        import transformers.utils.import_utils as import_utils
+    except ImportError as e:
+        raise ImportError(f"this needs the Hugging Face extra: pip install 'hjprune-fairseq[hf]' ({e})") from e
+    utils.is_torchaudio_available = import_utils.is_torchaudio_available = lambda: False
+    import transformers
+
+    return transformers

@@ -216,3 +216,17 @@ def test_fairseq_names_no_architecture_on_a_nested_model_config(monkeypatch, w2v
     assert given["cfg"].w2v_path == w2v_pretrained and given["cfg"]._name is None
     model = models.build_model(nested(), task)
     assert type(model) is HJPruneGatedCtc and model.cfg._name == "hjprune_wav2vec_ctc"
+
+
+def test_transformers_imports_torchaudio_unless_told_it_is_absent():
+    import subprocess
+    import sys
+
+    stock = subprocess.run(
+        [sys.executable, "-c", "import transformers; transformers.Wav2Vec2Model"], capture_output=True, text=True)
+    assert stock.returncode != 0 and "torchaudio" in stock.stderr  # quirk 15: the stock import fails
+    ours = subprocess.run(
+        [sys.executable, "-c", "import sys; from hjprune_fairseq import compat; "
+         "compat.import_transformers().Wav2Vec2Model; assert 'torchaudio' not in sys.modules"],
+        capture_output=True, text=True)
+    assert ours.returncode == 0, ours.stderr
