@@ -13,6 +13,10 @@ Eq. 10-12; biases, norms, activations and softmax cost no MACs):
   params include the self-attention LayerNorm. With per-head sizes (fine-grained pruning), h*d_head
   splits into QK = sum of query/key dims and VO = sum of value/output dims over the kept heads:
   MAC = 2*T*d*QK + 2*T*d*VO + T^2*QK + T^2*VO.
+- WavLM's gated relative position bias (in attention): the bias table (buckets x original heads,
+  kept whole, no MACs: a lookup); per layer with a head left, rel_gate (head_dim -> 8, kept whole) and
+  one rel_gate_const per kept head; rel_gate's MAC = 8*T*h*d_head per layer (h: heads with a
+  value/output dim, which export keeps). Scaling and adding the bias are element-wise: no MACs.
 - ffn: MAC = 2*T*d*d_int (Eq. 11); params include the final LayerNorm.
 - other: feature LayerNorm, feature projection (MAC = T * C_last * d), mask embedding, encoder
   LayerNorm.
@@ -48,6 +52,7 @@ class Counts:
     pos_groups: List[Number]  # kept hidden dims in each positional-conv group
     qk: List[Number]  # per layer: query/key dims summed over the kept heads
     vo: List[Number]  # per layer: value/output dims summed over the kept heads
+    attn_heads: List[Number] = field(default_factory=list)  # per layer: kept heads with a value/output dim
 
     @property
     def hidden(self) -> Number:
@@ -103,12 +108,13 @@ def counts(spec: EncoderSpec, keep: Optional[GateMasks] = None) -> Counts:
     ffn = if_gated(keep.ffn, totals, list(spec.ffn_dims))
     pos_groups = if_gated(keep.hidden, lambda h: totals(torch.split(h, spec.pos_conv_groups)), list(spec.pos_conv_groups))
 
-    qk, vo = [], []
+    qk, vo, attn_heads = [], [], []
     for i in range(spec.num_layers):
         full_qk, full_vo = spec.head_qk(i), spec.head_vo(i)
         if keep.heads is None and keep.qk is None and keep.vo is None:  # no attention gate: exact ints
             qk.append(sum(full_qk))
             vo.append(sum(full_vo))
+            attn_heads.append(spec.num_heads[i])
             continue
         # Per head: its kept dims, times its keep value; a head without value/output dims is gone,
         # query/key dims included (min(1, VO_h): exact for 0/1 masks, 1 for any real expected head).
@@ -117,7 +123,26 @@ def counts(spec: EncoderSpec, keep: Optional[GateMasks] = None) -> Counts:
         z = if_gated(keep.heads, lambda g: g[i].to(f64), 1.0)
         qk.append((z * q_h * v_h.clamp(max=1.0)).sum())
         vo.append((z * v_h).sum())
-    return Counts(conv, heads, ffn, pos_groups, qk, vo)
+        attn_heads.append((z * v_h.clamp(max=1.0)).sum())
+    return Counts(conv, heads, ffn, pos_groups, qk, vo, attn_heads)
+
+
+def at_most_one(n: Number) -> Number:
+    """min(1, n): 1 when a group of units keeps any (exact for 0/1 masks, differentiable below 1)."""
+    return n.clamp(max=1.0) if isinstance(n, torch.Tensor) else min(1, n)
+
+
+def position_bias_cost(spec: EncoderSpec, attn_heads: List[Number], T: int):
+    """WavLM's gated relative position bias: (params, per-layer MACs); zero without one.
+
+    attn_heads: kept heads per layer. Params: the table (whole) + per layer with a head, rel_gate
+    (8 * head_dim + 8) + one rel_gate_const per head. MACs: rel_gate on every head's slice, every frame.
+    """
+    if not spec.has_rel_pos:
+        return 0, [0] * len(attn_heads)
+    gate = 8 * spec.head_dim + 8
+    params = spec.rel_pos_buckets * spec.rel_pos_heads + sum(gate * at_most_one(h) + h for h in attn_heads)
+    return params, [8 * T * h * spec.head_dim for h in attn_heads]
 
 
 def frames_for(spec: EncoderSpec, seconds: float, sample_rate: int = SAMPLE_RATE) -> List[int]:
@@ -157,12 +182,13 @@ def cost(
     c_last = c_in
 
     sq = sum(n * n for n in c.pos_groups)
-    att_m = [2 * T * d * (qk + vo) + T * T * (qk + vo) for qk, vo in zip(c.qk, c.vo)]
+    bias_p, bias_m = position_bias_cost(spec, c.attn_heads, T)
+    att_m = [2 * T * d * (qk + vo) + T * T * (qk + vo) + b for qk, vo, b in zip(c.qk, c.vo, bias_m)]
     ffn_m = [2 * T * d * f for f in c.ffn]
     params = {
         "cnn": cnn_p,
         "pos_conv": K * sq + K + d,
-        "attention": sum(2 * d * (qk + vo) + 2 * qk + vo + d + 2 * d for qk, vo in zip(c.qk, c.vo)),
+        "attention": sum(2 * d * (qk + vo) + 2 * qk + vo + d + 2 * d for qk, vo in zip(c.qk, c.vo)) + bias_p,
         "ffn": sum(2 * d * f + f + d + 2 * d for f in c.ffn),
         "other": 2 * c_last + c_last * d + d + d + 2 * d,
     }

@@ -1,8 +1,11 @@
-"""A wav2vec2/HuBERT encoder whose every prunable unit can be masked, built from an EncoderSpec.
+"""A wav2vec2/HuBERT/WavLM encoder whose every prunable unit can be masked, built from an EncoderSpec.
 
 The same modules serve the gated model (masks passed to ``forward``) and the slim model (per-layer
 sizes in the spec, no masks). With no masks the computation equals fairseq's ``Wav2Vec2Model`` /
 ``HubertModel`` feature path (``extract_features``) in eval mode; ``fairseq_import`` maps weights.
+A spec with a relative position bias (``rel_pos_buckets`` > 0) is WavLM (Chen et al. 2022): every
+layer adds a gated relative position bias to its attention scores, and then equals transformers'
+``WavLMModel`` (``hf_import`` maps its weights).
 
 Tensors are batch-first: waveform (B, S), frames (B, T, C). Where the hidden mask ``hidden`` (d,) is
 given, it is applied as in CoFiPruning: to the feature projection, to every sub-layer output and to
@@ -210,6 +213,24 @@ class PositionalConv(nn.Module):
         return F.gelu(y).transpose(1, 2)
 
 
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device=None) -> torch.Tensor:
+    """WavLM's bucket of every (query, key) offset -> (T, T) long, T = ``length``.
+
+    Half the buckets are for keys after the query, half for the others; in each half, offsets below
+    ``num_buckets // 4`` have a bucket each and larger ones share log-spaced buckets up to
+    ``max_distance`` (the last bucket takes everything beyond). The same maths as transformers'
+    ``WavLMAttention._relative_positions_bucket`` (T5's bidirectional buckets), written for this module.
+    """
+    pos = torch.arange(length, device=device)
+    offset = pos.view(1, -1) - pos.view(-1, 1)  # key - query
+    half = num_buckets // 2
+    exact = half // 2
+    distance = offset.abs()
+    far = exact + (torch.log(distance.float() / exact) / math.log(max_distance / exact) * (half - exact)).long()
+    far = far.clamp(max=half - 1)
+    return (offset > 0).long() * half + torch.where(distance < exact, distance, far)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with per-head gates; ``num_heads`` may be 0 (bias only).
 
@@ -217,10 +238,21 @@ class SelfAttention(nn.Module):
     fine-grained pruning); the scale stays 1/sqrt(head_dim), as in the model it was pruned from.
     Heads of one size run in one attention call. A head with no query/key dim scores every key 0:
     it attends uniformly to the unpadded keys, as the masked model does.
+
+    ``rel_pos`` (WavLM): the scores of every head get the relative position bias of the head it was in
+    the unpruned model (``head_ids`` (H,): its row of the encoder's shared bias), scaled per query
+    by a gate computed from the layer input (:meth:`position_gate`), whatever the head's query/key
+    dims (a head without any scores the gated bias only). ``rel_gate`` (head_dim -> 8) is kept whole,
+    ``rel_gate_const`` (H,) is one value per kept head, and ``rel_gate_index`` (H, head_dim) says where
+    each dim of a head's ORIGINAL slice of the hidden vector is in this (possibly slim) hidden vector,
+    or ``embed_dim`` where that dim was pruned (it reads a zero, as the masked model's pruned dims are).
+    A layer without heads has none of these. Keeping the original head index per kept head follows
+    DPHuBERT's ``WavLMSelfAttention.remaining_heads`` (github.com/pyf98/DPHuBERT, wav2vec2/components.py),
+    which slices the gated bias of all heads; here only the kept heads' gates are computed.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, dropout: float = 0.0,
-                 qk_dims: Optional[List[int]] = None, vo_dims: Optional[List[int]] = None):
+                 qk_dims: Optional[List[int]] = None, vo_dims: Optional[List[int]] = None, rel_pos: bool = False):
         super().__init__()
         self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
         self.qk_dims = list(qk_dims) if qk_dims is not None else [head_dim] * num_heads
@@ -233,19 +265,49 @@ class SelfAttention(nn.Module):
         self.k_proj = _linear(embed_dim, sum(self.qk_dims))
         self.v_proj = _linear(embed_dim, sum(self.vo_dims))
         self.out_proj = _linear(sum(self.vo_dims), embed_dim)
+        self.rel_pos = rel_pos and num_heads > 0
+        if self.rel_pos:
+            self.rel_gate = nn.Linear(head_dim, 8)
+            self.rel_gate_const = nn.Parameter(torch.ones(num_heads))
+            # The dense layout; a slim model loads its own values. Dims beyond embed_dim read the pad.
+            self.register_buffer("head_ids", torch.arange(num_heads))
+            self.register_buffer("rel_gate_index", torch.arange(num_heads * head_dim).clamp(max=embed_dim).view(num_heads, head_dim))
+
+    def position_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """WavLM's gate of the relative position bias, per head and query: x (B, T, d) -> (B, H, T, 1), fp32.
+
+        Each head reads its original head_dim slice of the hidden vector (``rel_gate_index``; pruned
+        dims read 0): rel_gate -> 8 values -> two sums of 4 -> sigmoid -> a, b;
+        gate = a * (b * rel_gate_const - 1) + 2 (transformers' ``WavLMAttention.forward``).
+        """
+        B, T, d = x.shape
+        padded = torch.cat([x.float(), x.new_zeros(B, T, 1, dtype=torch.float32)], -1)
+        chunks = padded[..., self.rel_gate_index]  # (B, T, H, head_dim)
+        proj = F.linear(chunks, self.rel_gate.weight.float(), self.rel_gate.bias.float())
+        a, b = torch.sigmoid(proj.view(B, T, self.num_heads, 2, 4).sum(-1)).unbind(-1)
+        gate = a * (b * self.rel_gate_const.float() - 1.0) + 2.0  # (B, T, H)
+        return gate.transpose(1, 2).unsqueeze(-1)
 
     def forward(
         self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None, head_gate: Optional[torch.Tensor] = None,
         qk_gate: Optional[torch.Tensor] = None, vo_gate: Optional[torch.Tensor] = None,
+        position_bias: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x (B, T, d); key_padding_mask (B, T) True at padding; head_gate (H,), qk_gate / vo_gate
-        (H, head_dim) -> (B, T, d)."""
+        (H, head_dim); position_bias (rel_pos_heads, T, T) fp32, the encoder's ungated relative position
+        bias (needed with ``rel_pos``) -> (B, T, d)."""
         B, T, _ = x.shape
         if self.num_heads == 0:
             # Every head pruned: the block reduces to its output bias (the layer keeps its residual).
             return self.out_proj.bias.to(x.dtype).expand(B, T, -1)
         attn_mask = None
-        if key_padding_mask is not None:
+        if self.rel_pos:
+            if position_bias is None:
+                raise ValueError("a WavLM attention layer needs the encoder's position_bias, got None")
+            # Float mask (B, H, T, T): gated bias in fp32, cast to the activations' dtype, -inf at padded keys.
+            bias = (self.position_gate(x) * position_bias[self.head_ids]).to(x.dtype)
+            attn_mask = bias if key_padding_mask is None else bias.masked_fill(key_padding_mask.view(B, 1, 1, T), float("-inf"))
+        elif key_padding_mask is not None:
             attn_mask = (~key_padding_mask).view(B, 1, 1, T)
         dropout = self.dropout if self.training else 0.0
         scale = self.head_dim ** -0.5
@@ -266,7 +328,9 @@ class SelfAttention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
     def _per_size(self, x, attn_mask, dropout: float, scale: float, head_gate) -> torch.Tensor:
-        """Heads of uneven sizes: one attention call per (qk, vo) size -> (B, T, sum of vo dims)."""
+        """Heads of uneven sizes: one attention call per (qk, vo) size -> (B, T, sum of vo dims).
+
+        ``attn_mask`` is (B, 1, 1, T) boolean, or (B, H, T, T) float (WavLM: sliced per call)."""
         B, T, _ = x.shape
         qs = torch.split(self.q_proj(x), self.qk_dims, dim=-1)
         ks = torch.split(self.k_proj(x), self.qk_dims, dim=-1)
@@ -278,7 +342,8 @@ class SelfAttention(nn.Module):
                 q = k = x.new_zeros(B, len(idx), T, 1)
             else:
                 q, k = torch.stack([qs[h] for h in idx], 1), torch.stack([ks[h] for h in idx], 1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
+            mask = attn_mask[:, idx] if attn_mask is not None and attn_mask.dtype != torch.bool else attn_mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
             for j, h in enumerate(idx):
                 ys[h] = y[:, j] if head_gate is None else y[:, j] * head_gate[h].to(y.dtype)
         return torch.cat(ys, dim=-1)
@@ -306,11 +371,11 @@ class EncoderLayer(nn.Module):
     def __init__(
         self, embed_dim: int, num_heads: int, head_dim: int, ffn_dim: int, layer_norm_first: bool,
         dropout: float = 0.0, attention_dropout: float = 0.0, activation_dropout: float = 0.0,
-        qk_dims: Optional[List[int]] = None, vo_dims: Optional[List[int]] = None,
+        qk_dims: Optional[List[int]] = None, vo_dims: Optional[List[int]] = None, rel_pos: bool = False,
     ):
         super().__init__()
         self.layer_norm_first = layer_norm_first
-        self.self_attn = SelfAttention(embed_dim, num_heads, head_dim, attention_dropout, qk_dims, vo_dims)
+        self.self_attn = SelfAttention(embed_dim, num_heads, head_dim, attention_dropout, qk_dims, vo_dims, rel_pos)
         self.self_attn_layer_norm = MaskedLayerNorm(embed_dim, eps=1e-5)
         self.ffn = FeedForward(embed_dim, ffn_dim, activation_dropout)
         self.final_layer_norm = MaskedLayerNorm(embed_dim, eps=1e-5)
@@ -320,13 +385,15 @@ class EncoderLayer(nn.Module):
         self, x: torch.Tensor, padding_mask: Optional[torch.Tensor], head_gate: Optional[torch.Tensor] = None,
         ffn_gate: Optional[torch.Tensor] = None, hidden: Optional[torch.Tensor] = None,
         qk_gate: Optional[torch.Tensor] = None, vo_gate: Optional[torch.Tensor] = None,
+        position_bias: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         if self.layer_norm_first:
-            a = self.self_attn(self.self_attn_layer_norm(x, hidden), padding_mask, head_gate, qk_gate, vo_gate)
+            a = self.self_attn(self.self_attn_layer_norm(x, hidden), padding_mask, head_gate, qk_gate, vo_gate,
+                               position_bias)
             x = x + self.dropout(_mul(a, hidden))
             f = self.ffn(self.final_layer_norm(x, hidden), ffn_gate)
             return x + self.dropout(_mul(f, hidden))
-        a = self.self_attn(x, padding_mask, head_gate, qk_gate, vo_gate)
+        a = self.self_attn(x, padding_mask, head_gate, qk_gate, vo_gate, position_bias)
         x = self.self_attn_layer_norm(x + self.dropout(_mul(a, hidden)), hidden)
         f = self.ffn(x, ffn_gate)
         return self.final_layer_norm(x + self.dropout(_mul(f, hidden)), hidden)
@@ -336,7 +403,9 @@ class Wav2Vec2Encoder(nn.Module):
     """CNN feature extractor + feature projection + Transformer, from an :class:`EncoderSpec`.
 
     Parameter names mirror fairseq where a module has a fairseq twin (``layer_norm``,
-    ``post_extract_proj``, ``mask_emb``, ``layers.N.self_attn.q_proj`` ...).
+    ``post_extract_proj``, ``mask_emb``, ``layers.N.self_attn.q_proj`` ...). WavLM's relative position
+    table ``rel_pos_embed`` (buckets, rel_pos_heads) is one for all layers (transformers keeps it in
+    layer 0): the encoder looks it up once per forward and every layer gates it.
     """
 
     def __init__(
@@ -362,9 +431,11 @@ class Wav2Vec2Encoder(nn.Module):
         self.encoder_layer_norm = MaskedLayerNorm(d, eps=1e-5)
         self.layers = nn.ModuleList(
             EncoderLayer(d, h, spec.head_dim, f, spec.layer_norm_first, dropout, attention_dropout, activation_dropout,
-                         spec.head_qk(i), spec.head_vo(i))
+                         spec.head_qk(i), spec.head_vo(i), spec.has_rel_pos)
             for i, (h, f) in enumerate(zip(spec.num_heads, spec.ffn_dims))
         )
+        if spec.has_rel_pos:
+            self.rel_pos_embed = nn.Embedding(spec.rel_pos_buckets, spec.rel_pos_heads)
         self.dropout_input = nn.Dropout(dropout_input)
         self.dropout = nn.Dropout(dropout)
         self.layerdrop = layerdrop
@@ -383,6 +454,14 @@ class Wav2Vec2Encoder(nn.Module):
             return padding_mask.view(padding_mask.size(0), num_frames, -1).all(-1)
         lengths = conv_output_lengths((~padding_mask).long().sum(-1), self.spec.conv_layers)
         return torch.arange(num_frames, device=padding_mask.device).unsqueeze(0) >= lengths.unsqueeze(1)
+
+    def position_bias(self, num_frames: int) -> Optional[torch.Tensor]:
+        """WavLM's ungated relative position bias (rel_pos_heads, T, T) in fp32; None without one."""
+        if not self.spec.has_rel_pos:
+            return None
+        buckets = relative_position_buckets(num_frames, self.spec.rel_pos_buckets, self.spec.rel_pos_max_distance,
+                                            self.rel_pos_embed.weight.device)
+        return F.embedding(buckets, self.rel_pos_embed.weight).float().permute(2, 0, 1)
 
     def apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Time masking with ``mask_emb`` and channel masking with zeros (fairseq's apply_mask)."""
@@ -456,6 +535,7 @@ class Wav2Vec2Encoder(nn.Module):
         if not self.spec.layer_norm_first:
             x = self.encoder_layer_norm(x, hidden)
         x = self.dropout(x)
+        position_bias = self.position_bias(x.size(1))
 
         for i, layer in enumerate(self.layers):
             if self.training and self.layerdrop > 0 and torch.rand(()).item() < self.layerdrop:
@@ -463,7 +543,7 @@ class Wav2Vec2Encoder(nn.Module):
             x = layer(
                 x, frame_pad,
                 head_gate=_block(gates.heads, i), ffn_gate=_block(gates.ffn, i), hidden=hidden,
-                qk_gate=_block(gates.qk, i), vo_gate=_block(gates.vo, i),
+                qk_gate=_block(gates.qk, i), vo_gate=_block(gates.vo, i), position_bias=position_bias,
             )
             if return_layers:
                 outputs.append(x)

@@ -12,6 +12,12 @@ Whole layers: a CNN layer or the hidden size with no unit left cannot be exporte
 would output a constant) -> ValueError. A Transformer layer with no head (or no FFN unit) keeps its
 residual path: the block reduces to its output bias, as in the masked model. A head with no
 value/output dim left is dropped; one with no query/key dim is kept (it attends uniformly).
+
+WavLM's relative position bias: the table ``rel_pos_embed`` (columns = the original heads) and every
+layer's ``rel_gate`` are kept whole; ``rel_gate_const`` keeps the kept heads' values, ``head_ids`` their
+original head index, and ``rel_gate_index`` (where each dim of a head's original hidden slice is) is
+renumbered to the kept hidden dims, pruned ones pointing one past the end (a zero pad). A layer with no
+head left keeps none of them.
 """
 
 from __future__ import annotations
@@ -87,6 +93,8 @@ def slim_encoder(spec: EncoderSpec, state: State, masks: GateMasks, source: str 
     for g, (_, s) in enumerate(vs):
         out[f"pos_conv.weight_v.{g}"] = s
     out["pos_conv.bias"] = state["pos_conv.bias"][hid]
+    if spec.has_rel_pos:
+        out["rel_pos_embed.weight"] = state["rel_pos_embed.weight"]
 
     fine = masks.qk is not None or masks.vo is not None or spec.qk_dims is not None or spec.vo_dims is not None
     qk_dims: List[List[int]] = []
@@ -94,7 +102,7 @@ def slim_encoder(spec: EncoderSpec, state: State, masks: GateMasks, source: str 
     num_heads: List[int] = []
     for i in range(spec.num_layers):
         p = f"layers.{i}."
-        qk_rows, vo_rows, qk_dims_i, vo_dims_i = _head_rows(spec, i, head_idx[i], masks)
+        qk_rows, vo_rows, qk_dims_i, vo_dims_i, kept_heads = _head_rows(spec, i, head_idx[i], masks)
         for proj, rows in (("q_proj", qk_rows), ("k_proj", qk_rows), ("v_proj", vo_rows)):
             out[f"{p}self_attn.{proj}.weight"] = state[f"{p}self_attn.{proj}.weight"][rows][:, hid]
             out[f"{p}self_attn.{proj}.bias"] = state[f"{p}self_attn.{proj}.bias"][rows]
@@ -103,6 +111,8 @@ def slim_encoder(spec: EncoderSpec, state: State, masks: GateMasks, source: str 
         vo_dims.append(vo_dims_i)
         num_heads.append(len(vo_dims_i))
         out[f"{p}self_attn.out_proj.bias"] = state[f"{p}self_attn.out_proj.bias"][hid]
+        if spec.has_rel_pos and kept_heads:
+            out.update(_position_gate(state, f"{p}self_attn.", kept_heads, hid, spec.embed_dim))
         out[f"{p}ffn.fc1.weight"] = state[f"{p}ffn.fc1.weight"][ffn_idx[i]][:, hid]
         out[f"{p}ffn.fc1.bias"] = state[f"{p}ffn.fc1.bias"][ffn_idx[i]]
         out[f"{p}ffn.fc2.weight"] = state[f"{p}ffn.fc2.weight"][hid][:, ffn_idx[i]]
@@ -118,19 +128,22 @@ def slim_encoder(spec: EncoderSpec, state: State, masks: GateMasks, source: str 
         num_heads=num_heads, head_dim=spec.head_dim,
         ffn_dims=[int(f.numel()) for f in ffn_idx], layer_norm_first=spec.layer_norm_first,
         frame_padding=spec.frame_padding, qk_dims=qk_dims if fine else None, vo_dims=vo_dims if fine else None,
+        rel_pos_buckets=spec.rel_pos_buckets, rel_pos_max_distance=spec.rel_pos_max_distance,
+        rel_pos_heads=spec.rel_pos_heads,
     )
     return slim, {k: v.clone().contiguous() for k, v in out.items()}
 
 
 def _head_rows(spec: EncoderSpec, layer: int, heads: torch.Tensor, masks: GateMasks):
-    """Rows of q/k (and of v, = columns of out_proj) kept in ``layer``, and each kept head's sizes.
+    """Rows of q/k (and of v, = columns of out_proj) kept in ``layer``, each kept head's sizes, and the
+    kept heads (indices among the layer's heads).
 
     ``heads`` are the heads the head gates keep; a head whose value/output dims are all pruned goes too.
     """
     qk_sizes, vo_sizes = spec.head_qk(layer), spec.head_vo(layer)
     qk_start = [sum(qk_sizes[:h]) for h in range(len(qk_sizes))]
     vo_start = [sum(vo_sizes[:h]) for h in range(len(vo_sizes))]
-    qk_rows, vo_rows, qk_dims, vo_dims = [], [], [], []
+    qk_rows, vo_rows, qk_dims, vo_dims, kept = [], [], [], [], []
     for h in heads.tolist():
         q = if_gated(masks.qk, lambda g: kept_indices(g[layer][h]), _all(qk_sizes[h]))
         v = if_gated(masks.vo, lambda g: kept_indices(g[layer][h]), _all(vo_sizes[h]))
@@ -140,8 +153,25 @@ def _head_rows(spec: EncoderSpec, layer: int, heads: torch.Tensor, masks: GateMa
         vo_rows.append(v + vo_start[h])
         qk_dims.append(int(q.numel()))
         vo_dims.append(int(v.numel()))
+        kept.append(h)
     empty = torch.zeros(0, dtype=torch.long)
-    return (torch.cat(qk_rows) if qk_rows else empty, torch.cat(vo_rows) if vo_rows else empty, qk_dims, vo_dims)
+    return (torch.cat(qk_rows) if qk_rows else empty, torch.cat(vo_rows) if vo_rows else empty, qk_dims, vo_dims, kept)
+
+
+def _position_gate(state: State, prefix: str, heads: List[int], hid: torch.Tensor, embed_dim: int) -> State:
+    """A layer's WavLM position-gate entries for its kept ``heads``; ``hid`` (d',) are the kept hidden dims
+    of the ``embed_dim`` it had. An index that pointed at a pruned dim (or at the old pad, ``embed_dim``)
+    points at the new pad, d'."""
+    renumber = torch.full((embed_dim + 1,), int(hid.numel()), dtype=torch.long)
+    renumber[hid] = torch.arange(hid.numel())
+    rows = torch.tensor(heads, dtype=torch.long)
+    return {
+        prefix + "rel_gate.weight": state[prefix + "rel_gate.weight"],
+        prefix + "rel_gate.bias": state[prefix + "rel_gate.bias"],
+        prefix + "rel_gate_const": state[prefix + "rel_gate_const"][rows],
+        prefix + "head_ids": state[prefix + "head_ids"][rows],
+        prefix + "rel_gate_index": renumber[state[prefix + "rel_gate_index"][rows]],
+    }
 
 
 def slim_head(state: State, masks: GateMasks) -> State:

@@ -1,4 +1,4 @@
-"""The shape of a wav2vec2/HuBERT encoder, dense or slim.
+"""The shape of a wav2vec2/HuBERT/WavLM encoder, dense or slim.
 
 An :class:`EncoderSpec` is everything the cost model and the module builders need to know about an
 encoder's dimensions. A dense pre-trained model has uniform per-layer sizes; a slim (exported) model
@@ -40,6 +40,11 @@ class EncoderSpec:
     layer_norm_first: pre-LN (True, e.g. wav2vec2-large) or post-LN (False, wav2vec2-base).
     frame_padding: how a frame is marked as padding: "wav2vec2" (conv output-length formula) or
         "hubert" (a frame is padding when all its samples are).
+    rel_pos_buckets, rel_pos_max_distance: WavLM's gated relative position bias (Chen et al. 2022,
+        Sec. 2.2): the buckets of its bias table and the distance at which the log-spaced buckets
+        end; 0 means no relative position bias (wav2vec2, HuBERT).
+    rel_pos_heads: columns of the bias table: the number of heads of the UNPRUNED model (the table is
+        kept whole; a kept head reads its original column). 0 without a relative position bias.
     """
 
     conv_layers: List[Tuple[int, int, int]]
@@ -55,6 +60,9 @@ class EncoderSpec:
     frame_padding: str = "wav2vec2"
     qk_dims: Optional[List[List[int]]] = None
     vo_dims: Optional[List[List[int]]] = None
+    rel_pos_buckets: int = 0
+    rel_pos_max_distance: int = 0
+    rel_pos_heads: int = 0
 
     def __post_init__(self) -> None:
         self.conv_layers = [tuple(int(v) for v in c) for c in self.conv_layers]
@@ -87,6 +95,34 @@ class EncoderSpec:
                     not low <= v <= self.head_dim for layer in dims for v in layer):
                 raise ValueError(f"{name} must give every head of every layer ({self.num_heads}) a size in "
                                  f"{low}..{self.head_dim}, got {dims}")
+        self._check_rel_pos()
+
+    def _check_rel_pos(self) -> None:
+        """All three relative-position fields 0, or a usable WavLM bias table (one-line ValueErrors)."""
+        self.rel_pos_buckets, self.rel_pos_max_distance, self.rel_pos_heads = (
+            int(self.rel_pos_buckets), int(self.rel_pos_max_distance), int(self.rel_pos_heads))
+        fields = {"rel_pos_buckets": self.rel_pos_buckets, "rel_pos_max_distance": self.rel_pos_max_distance,
+                  "rel_pos_heads": self.rel_pos_heads}
+        if not any(fields.values()):
+            return
+        if not all(v > 0 for v in fields.values()):
+            raise ValueError(f"rel_pos_buckets, rel_pos_max_distance and rel_pos_heads must be all 0 (no relative "
+                             f"position bias) or all positive, got {fields}")
+        # Half the buckets per direction, of which half are exact distances (max_exact = buckets // 4).
+        if self.rel_pos_buckets < 4:
+            raise ValueError(f"rel_pos_buckets must be >= 4 (two directions, exact and log-spaced buckets), "
+                             f"got {self.rel_pos_buckets}")
+        if self.rel_pos_max_distance <= self.rel_pos_buckets // 4:
+            raise ValueError(f"rel_pos_max_distance must exceed rel_pos_buckets // 4 = {self.rel_pos_buckets // 4}, "
+                             f"got {self.rel_pos_max_distance}")
+        if max(self.num_heads, default=0) > self.rel_pos_heads:
+            raise ValueError(f"rel_pos_heads must be at least the heads of every layer ({self.num_heads}), "
+                             f"got {self.rel_pos_heads}")
+
+    @property
+    def has_rel_pos(self) -> bool:
+        """Whether the encoder has WavLM's gated relative position bias."""
+        return self.rel_pos_buckets > 0
 
     def head_qk(self, layer: int) -> List[int]:
         """Query/key dims of every head of ``layer``."""
@@ -132,8 +168,11 @@ class EncoderSpec:
         extractor_mode: str = "default",
         layer_norm_first: bool = False,
         frame_padding: str = "wav2vec2",
+        rel_pos_buckets: int = 0,
+        rel_pos_max_distance: int = 0,
     ) -> "EncoderSpec":
-        """A dense encoder with the same sizes in every layer (what pre-training produces)."""
+        """A dense encoder with the same sizes in every layer (what pre-training produces); a relative
+        position bias (``rel_pos_buckets`` > 0) has a column per head."""
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
         if embed_dim % pos_conv_groups:
@@ -150,6 +189,9 @@ class EncoderSpec:
             ffn_dims=[ffn_dim] * num_layers,
             layer_norm_first=layer_norm_first,
             frame_padding=frame_padding,
+            rel_pos_buckets=rel_pos_buckets,
+            rel_pos_max_distance=rel_pos_max_distance,
+            rel_pos_heads=num_heads if rel_pos_buckets else 0,
         )
 
 
@@ -167,6 +209,9 @@ PRESETS: Dict[str, EncoderSpec] = {
         WAV2VEC2_CONV, 1024, 24, 16, 4096, 128, 16, conv_bias=True, extractor_mode="layer_norm",
         layer_norm_first=True,
     ),
+    # wavlm-base-plus (WavLM, Chen et al. 2022): wav2vec2-base's shape plus a gated relative position bias.
+    "wavlm_base": EncoderSpec.uniform(WAV2VEC2_CONV, 768, 12, 12, 3072, 128, 16, rel_pos_buckets=320,
+                                      rel_pos_max_distance=800),
     # The model the demo and the tests train on 2 CPU cores.
     "tiny": EncoderSpec.uniform(
         [(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2, 192, 4, 4, 768, 32, 4,
