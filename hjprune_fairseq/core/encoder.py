@@ -87,7 +87,8 @@ def masked_layer_norm(
     dtype = x.dtype
     x = x.float()
     if keep is None:
-        return F.layer_norm(x, (x.shape[-1],), weight.float(), bias.float(), eps).to(dtype)
+        # weight's size, not x's: a traced graph (onnx_export) needs the normalised shape constant
+        return F.layer_norm(x, (weight.shape[0],), weight.float(), bias.float(), eps).to(dtype)
     m = (keep != 0).float()
     n = m.sum().clamp(min=1.0)
     mean = (x * m).sum(-1, keepdim=True) / n
@@ -190,7 +191,7 @@ class PositionalConv(nn.Module):
 
     def weights(self) -> List[torch.Tensor]:
         """Per-group effective weights g * v / ||v|| (norm over everything but the kernel tap)."""
-        sq = sum((v.float() ** 2).sum(dim=(0, 1)) for v in self.weight_v if v.numel())
+        sq = sum((v.float() ** 2).sum(dim=(0, 1)) for v, n in zip(self.weight_v, self.group_sizes) if n)
         scale = (self.weight_g.float() / torch.sqrt(sq)).to(self.weight_g.dtype)
         return [v * scale for v in self.weight_v]
 
@@ -408,6 +409,10 @@ class Wav2Vec2Encoder(nn.Module):
     layer 0): the encoder looks it up once per forward and every layer gates it.
     """
 
+    # onnx_export sets it: compute the frame padding mask for every input, even one without padding,
+    # so that a traced graph keeps padding as an input (the "no padding" shortcut would freeze into it).
+    trace_padding = False
+
     def __init__(
         self, spec: EncoderSpec, dropout: float = 0.0, attention_dropout: float = 0.0,
         activation_dropout: float = 0.0, dropout_input: float = 0.0, layerdrop: float = 0.0,
@@ -445,13 +450,11 @@ class Wav2Vec2Encoder(nn.Module):
 
     def frame_padding_mask(self, padding_mask: Optional[torch.Tensor], num_frames: int) -> Optional[torch.Tensor]:
         """Sample-level padding (B, S) -> frame-level padding (B, T), by the spec's rule."""
-        if padding_mask is None or not padding_mask.any():
+        if padding_mask is None or (not self.trace_padding and not padding_mask.any()):
             return None
-        if self.spec.frame_padding == "hubert":
-            extra = padding_mask.size(1) % num_frames
-            if extra > 0:
-                padding_mask = padding_mask[:, :-extra]
-            return padding_mask.view(padding_mask.size(0), num_frames, -1).all(-1)
+        if self.spec.frame_padding == "hubert":  # samples past the last whole frame are dropped, as fairseq
+            usable = num_frames * (padding_mask.size(1) // num_frames)  # no branch on the length: it traces
+            return padding_mask[:, :usable].view(padding_mask.size(0), num_frames, -1).all(-1)
         lengths = conv_output_lengths((~padding_mask).long().sum(-1), self.spec.conv_layers)
         return torch.arange(num_frames, device=padding_mask.device).unsqueeze(0) >= lengths.unsqueeze(1)
 
