@@ -13,7 +13,7 @@ from typing import Any, Dict
 from .checkpoints import arch_of, model_from_state
 from .core import cost_model
 from .core.parp import zero_count
-from .core.spec import PRESETS
+from .core.presets import PRESETS
 from .fairseq_import import load_state, read_checkpoint
 from .models import registry
 

@@ -99,7 +99,7 @@ def run_smoke(updates: int, precision: str, sets: Sequence[str] = CONFIG_SETS) -
     A failed training is a row with its exit status; a failed export raises RuntimeError."""
     from hjprune_manifests.synth import write_corpus
 
-    from .core.spec import PRESETS
+    from .core.presets import PRESETS
     from .fairseq_import import write_random_wav2vec2
 
     with tempfile.TemporaryDirectory(prefix="hjprune-smoke-") as work:

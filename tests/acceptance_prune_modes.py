@@ -21,7 +21,7 @@ import hjprune_fairseq  # noqa: F401  (registers the hjprune classes)
 from hjprune_fairseq.checkpoints import load_model
 from hjprune_fairseq.core import cost_model
 from hjprune_fairseq.core.measures import MEASURES
-from hjprune_fairseq.core.spec import PRESETS
+from hjprune_fairseq.core.presets import PRESETS
 
 TINY = os.path.join(EXAMPLES, "tiny")
 MODES = {"macs": ["macs"], "size": ["size"], "sep_size": ["cnn", "transformer"], "transformer_only": ["transformer_only"]}

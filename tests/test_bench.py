@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hjprune_fairseq.cli import bench, bench_train
-from hjprune_fairseq.core.spec import PRESETS
+from hjprune_fairseq.core.presets import PRESETS
 
 
 def test_latency_bench_reports_ratios(capsys):
@@ -42,7 +42,7 @@ def test_train_step_bench_runs_both_updates(capsys):
 def test_train_step_bench_updates_gates_and_multipliers(tmp_path):
     from hjprune_fairseq.bench import train_update as bench_train
     from hjprune_fairseq.fairseq_import import write_random_wav2vec2
-    from hjprune_fairseq.core.spec import PRESETS
+    from hjprune_fairseq.core.presets import PRESETS
 
     import torch
 

@@ -8,7 +8,7 @@ from helpers import VOCAB, gated_model, randomize_gates
 from hjprune_fairseq.cli import cost as cost_cli
 from hjprune_fairseq.core import cost_model
 from hjprune_fairseq.core.encoder import Wav2Vec2Encoder
-from hjprune_fairseq.core.spec import PRESETS
+from hjprune_fairseq.core.presets import PRESETS
 
 
 def test_wav2vec2_base_matches_paper():

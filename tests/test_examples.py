@@ -90,7 +90,7 @@ def test_pretrain_config_builds_the_tiny_preset(tmp_path):
     from fairseq.criterions import build_criterion
 
     from hjprune_fairseq.fairseq_import import spec_from_fairseq_cfg
-    from hjprune_fairseq.core.spec import PRESETS
+    from hjprune_fairseq.core.presets import PRESETS
 
     cfg = compose_like_fairseq(os.path.join(ROOT, "tiny"), "pretrain", [f"common.user_dir={USER_DIR}", f"task.data={tmp_path}"])
     assert cfg.task._name == "audio_pretraining" and cfg.model._name == "wav2vec2"

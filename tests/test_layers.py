@@ -21,8 +21,8 @@ def test_the_data_tools_import_nothing_of_the_plugin():
 
 
 def test_wav2vec2_conv_has_one_definition():
-    from hjprune_fairseq.core import spec
+    from hjprune_fairseq.core import presets
     from hjprune_manifests import audio, data_checks
 
-    assert spec.WAV2VEC2_CONV is audio.WAV2VEC2_CONV is data_checks.WAV2VEC2_CONV
-    assert spec.PRESETS["wav2vec2_base"].conv_layers == audio.WAV2VEC2_CONV
+    assert presets.WAV2VEC2_CONV is audio.WAV2VEC2_CONV is data_checks.WAV2VEC2_CONV
+    assert presets.PRESETS["wav2vec2_base"].conv_layers == audio.WAV2VEC2_CONV

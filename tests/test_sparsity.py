@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from hjprune_fairseq.core import cost_model
 from hjprune_fairseq.core.gates import EncoderGates
 from hjprune_fairseq.core.hard_concrete import keep_prob
-from hjprune_fairseq.core.spec import PRESETS
+from hjprune_fairseq.core.presets import PRESETS
 from hjprune_fairseq.core.sparsity import add_to_logging_output, reduce_logged
 from hjprune_fairseq.criterions.sparsity_config import SparsityConfig, constraint_from_config
 from hjprune_fairseq.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig

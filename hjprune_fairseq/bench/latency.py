@@ -22,7 +22,8 @@ from hjprune_manifests.audio import SAMPLE_RATE
 from ..core import cost_model
 from ..core.encoder import Wav2Vec2Encoder
 from ..core.gate_state import GateMasks
-from ..core.spec import PRESETS, EncoderSpec
+from ..core.presets import PRESETS
+from ..core.spec import EncoderSpec
 from ..timing import median_times
 
 GOAL = 0.85  # the slim model should reach speed-up >= GOAL x MAC ratio

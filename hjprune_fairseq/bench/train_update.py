@@ -18,7 +18,7 @@ from typing import Dict
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
-from ..core.spec import PRESETS
+from ..core.presets import PRESETS
 from ..timing import median_times
 
 VOCAB_SYMBOLS = list("ETAOINSHRDLUCMWFGYPBVKJXQZ'|")

@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from ..bench.latency import GOAL, compare_latency
-from ..core.spec import PRESETS
+from ..core.presets import PRESETS
 from ..timing import apply_threads
 from .options import add_timing_args
 

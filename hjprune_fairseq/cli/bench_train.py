@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from ..bench.train_update import GOAL, compare_updates
-from ..core.spec import PRESETS
+from ..core.presets import PRESETS
 from ..timing import apply_threads
 from .options import add_timing_args
 

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 from hjprune_manifests.cli import run_cli
 
-from ..core.spec import PRESETS
+from ..core.presets import PRESETS
 from ..cost_report import describe
 
 

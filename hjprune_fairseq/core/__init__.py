@@ -1,6 +1,7 @@
 """The torch-only core of hjprune: everything that does not need fairseq, omegaconf or hydra.
 
-- ``spec``: :class:`EncoderSpec`, the one description of an encoder's shape, and the presets;
+- ``spec``: :class:`EncoderSpec`, the one description of an encoder's shape (torch and stdlib only);
+- ``presets``: named shapes (wav2vec2-base, HuBERT-base, ...);
 - ``gate_state``: :class:`GateMasks`, the gate values of one forward pass, and what "not gated" means;
 - ``hard_concrete``: the HardConcrete L0 gate maths and its gate module;
 - ``gates``: :class:`EncoderGates`, the HardConcrete gates of every prunable group of an encoder;

@@ -4,7 +4,8 @@ An :class:`EncoderSpec` is everything the cost model and the module builders nee
 encoder's dimensions. A dense pre-trained model has uniform per-layer sizes; a slim (exported) model
 has the kept sizes of every layer. The spec is stored in every checkpoint this plugin writes
 (``model.encoder_spec``), so checkpoints are self-contained. :func:`conv_output_lengths` gives the
-frames the CNN makes of a number of samples.
+frames the CNN makes of a number of samples. It imports nothing but torch and the standard library
+(``hjprune-export --hf`` ships it as modelling code); the named shapes are in ``presets``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from hjprune_manifests.audio import WAV2VEC2_CONV  # one definition, shared with the data tools
 
 EXTRACTOR_MODES = ("default", "layer_norm")
 FRAME_PADDING_RULES = ("wav2vec2", "hubert")
@@ -201,19 +201,3 @@ def conv_output_lengths(lengths: torch.Tensor, conv_layers: Sequence[Tuple[int, 
         lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
     return lengths
 
-
-PRESETS: Dict[str, EncoderSpec] = {
-    "wav2vec2_base": EncoderSpec.uniform(WAV2VEC2_CONV, 768, 12, 12, 3072, 128, 16),
-    "hubert_base": EncoderSpec.uniform(WAV2VEC2_CONV, 768, 12, 12, 3072, 128, 16, frame_padding="hubert"),
-    "wav2vec2_large": EncoderSpec.uniform(
-        WAV2VEC2_CONV, 1024, 24, 16, 4096, 128, 16, conv_bias=True, extractor_mode="layer_norm",
-        layer_norm_first=True,
-    ),
-    # wavlm-base-plus (WavLM, Chen et al. 2022): wav2vec2-base's shape plus a gated relative position bias.
-    "wavlm_base": EncoderSpec.uniform(WAV2VEC2_CONV, 768, 12, 12, 3072, 128, 16, rel_pos_buckets=320,
-                                      rel_pos_max_distance=800),
-    # The model the demo and the tests train on 2 CPU cores.
-    "tiny": EncoderSpec.uniform(
-        [(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2, 192, 4, 4, 768, 32, 4,
-    ),
-}
