@@ -26,7 +26,7 @@ class ImportedCheckpoint:
     """What a checkpoint provides to initialise an hjprune model."""
 
     path: str
-    kind: str  # "pretrained" | "finetuned_ctc" | "hjprune"
+    kind: str  # "pretrained" | "finetuned_ctc" | "hjprune" | "huggingface" (hf_import)
     arch: str  # fairseq/hjprune model name in the checkpoint
     spec: EncoderSpec
     encoder_state: Dict[str, torch.Tensor]  # keys of Wav2Vec2Encoder
@@ -103,6 +103,29 @@ def spec_from_fairseq_cfg(m: Any, arch: str, path: str) -> EncoderSpec:
     )
 
 
+# torch's two spellings of a weight-normalised module's (g, v): nn.utils.weight_norm and, since torch 2.1,
+# nn.utils.parametrizations.weight_norm. Shared with hf_import (transformers writes either, by version).
+WEIGHT_NORM_SPELLINGS = (("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1"))
+
+
+def weight_norm_pair(sd: Dict[str, torch.Tensor], prefix: str, path: str):
+    """(g, v, their two keys) of the weight-normalised module ``prefix`` in ``sd``, in either spelling."""
+    for g_name, v_name in WEIGHT_NORM_SPELLINGS:
+        if prefix + g_name in sd and prefix + v_name in sd:
+            return sd[prefix + g_name], sd[prefix + v_name], (prefix + g_name, prefix + v_name)
+    raise ValueError(f"{path}: missing the weight-normalised '{prefix}weight_g'/'weight_v' (or "
+                     f"'{prefix}parametrizations.weight.original0'/'original1')")
+
+
+def pos_conv_state(g: torch.Tensor, v: torch.Tensor, spec: EncoderSpec) -> Dict[str, torch.Tensor]:
+    """The :class:`PositionalConv` entries of a dense grouped positional conv with weight norm over the
+    kernel dim: g (1, 1, K) -> ``pos_conv.weight_g`` (K,); v (d, d / G, K) -> ``pos_conv.weight_v.{group}``."""
+    out = {"pos_conv.weight_g": g.reshape(-1)}
+    for gi, chunk in enumerate(torch.split(v, spec.pos_conv_groups, dim=0)):
+        out[f"pos_conv.weight_v.{gi}"] = chunk
+    return out
+
+
 def encoder_state_from_fairseq(sd: Dict[str, torch.Tensor], spec: EncoderSpec, prefix: str, path: str) -> Dict[str, torch.Tensor]:
     """Rename a fairseq ``Wav2Vec2Model``/``HubertModel`` state dict to :class:`Wav2Vec2Encoder` keys."""
     out: Dict[str, torch.Tensor] = {}
@@ -129,16 +152,8 @@ def encoder_state_from_fairseq(sd: Dict[str, torch.Tensor], spec: EncoderSpec, p
         take(f"encoder.layer_norm.{p}", f"encoder_layer_norm.{p}")
     take("mask_emb", "mask_emb")
     take("encoder.pos_conv.0.bias", "pos_conv.bias")
-    pc = prefix + "encoder.pos_conv.0."
-    if pc + "weight_g" in sd:
-        g, v = sd[pc + "weight_g"], sd[pc + "weight_v"]
-    elif pc + "parametrizations.weight.original0" in sd:
-        g, v = sd[pc + "parametrizations.weight.original0"], sd[pc + "parametrizations.weight.original1"]
-    else:
-        raise ValueError(f"{path}: missing weight-normalised '{pc}weight_g'/'weight_v'")
-    out["pos_conv.weight_g"] = g.reshape(-1)
-    for gi, chunk in enumerate(torch.split(v, spec.pos_conv_groups, dim=0)):
-        out[f"pos_conv.weight_v.{gi}"] = chunk
+    g, v, _ = weight_norm_pair(sd, prefix + "encoder.pos_conv.0.", path)
+    out.update(pos_conv_state(g, v, spec))
     for i in range(spec.num_layers):
         src, dst = f"encoder.layers.{i}.", f"layers.{i}."
         for p in ("weight", "bias"):
@@ -187,7 +202,9 @@ def read_checkpoint(path: str) -> ImportedCheckpoint:
         spec = EncoderSpec.from_dict(dict(spec_d))
         enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
         gates = {k[len("gates."):]: v for k, v in sd.items() if k.startswith("gates.")} or None
-        head = {p: sd[f"proj.{p}"] for p in ("weight", "bias")} if "proj.weight" in sd else None
+        # An output layer of no symbols is none: an encoder imported without a CTC head (hf_import).
+        has_head = "proj.weight" in sd and sd["proj.weight"].shape[0] > 0
+        head = {p: sd[f"proj.{p}"] for p in ("weight", "bias")} if has_head else None
         return ImportedCheckpoint(
             path, "hjprune", arch, spec, enc, head, gates, _get(model_cfg, "normalize"), dict(model_cfg),
         )

@@ -172,6 +172,18 @@ def train_ok(config_dir: str, name: str, data: str, w2v_path: str, save_dir, ove
     return r.stdout + r.stderr
 
 
+def fairseq_generate(data: str, path: str, *extra: str, subset: str = "test"):
+    """Run the fairseq-generate console script on ``path`` with the plugin's task, greedy CTC decoding and
+    letter post-processing (WER scoring); returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "fairseq-generate")
+    return subprocess.run([exe, data, "--user-dir", USER_DIR, "--task", "hjprune_audio_finetuning", "--path", path,
+                           "--gen-subset", subset, "--post-process", "letter", "--scoring", "wer",
+                           "--max-tokens", "1000000", *extra], capture_output=True, text=True, timeout=300)
+
+
 INTENTS = ["alarm_set", "weather_query", "music_play", "calendar_set"]
 
 

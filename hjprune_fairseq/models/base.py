@@ -24,7 +24,7 @@ from omegaconf import II, open_dict
 from torch import nn
 
 from .. import compat
-from ..core.encoder import MaskingOptions, Wav2Vec2Encoder
+from ..core.encoder import MaskingOptions, Wav2Vec2Encoder, _linear
 from ..core.gate_state import GateMasks
 from ..core.gates import EncoderGates
 from ..core.spec import EncoderSpec
@@ -151,8 +151,9 @@ class HJPruneModel(BaseFairseqModel):
         """Add the output layer ``proj``: one linear map from the encoder's width to the ``vocab_size``
         symbols (per frame for CTC, per utterance for a classifier). The distillation models add their
         prediction ``heads`` instead (distill.py)."""
-        self.proj = nn.Linear(spec.embed_dim, vocab_size)
-        nn.init.xavier_uniform_(self.proj.weight)
+        self.proj = _linear(spec.embed_dim, vocab_size)  # no symbols: an encoder imported without a CTC head
+        if vocab_size:
+            nn.init.xavier_uniform_(self.proj.weight)
         nn.init.constant_(self.proj.bias, 0.0)
 
     @classmethod
