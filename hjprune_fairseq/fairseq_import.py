@@ -231,6 +231,9 @@ def fairseq_model_config(spec: EncoderSpec) -> Dict[str, Any]:
     """The fairseq ``Wav2Vec2Config`` fields of a dense (uniform) spec: the inverse of spec_from_fairseq_cfg."""
     if len(set(spec.num_heads)) != 1 or len(set(spec.ffn_dims)) != 1 or len(set(spec.pos_conv_groups)) != 1:
         raise ValueError("only a dense encoder (same sizes in every layer) has a fairseq wav2vec2 config")
+    if spec.has_rel_pos:
+        raise ValueError("a WavLM encoder (rel_pos_buckets > 0) has no fairseq config: fairseq has no WavLM "
+                         "(expected a wav2vec2 / HuBERT spec)")
     return dict(
         conv_feature_layers=repr([tuple(c) for c in spec.conv_layers]), conv_bias=spec.conv_bias,
         extractor_mode=spec.extractor_mode, encoder_layers=spec.num_layers, encoder_embed_dim=spec.embed_dim,

@@ -1,5 +1,7 @@
 """The augmented-Lagrangian sparsity constraint: config checks, schedule, the one cost model, convergence."""
 
+import dataclasses
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -21,11 +23,11 @@ MODES = {
 
 
 class GatedStub(torch.nn.Module):
-    """Just the gates of the 'tiny' preset: what the constraint reads from a model."""
+    """Just the gates of the 'tiny' preset (or of ``spec``): what the constraint reads from a model."""
 
-    def __init__(self, conv=True, head_dims=False):
+    def __init__(self, conv=True, head_dims=False, spec=None):
         super().__init__()
-        self.spec = PRESETS["tiny"]
+        self.spec = spec or PRESETS["tiny"]
         self.gates = EncoderGates(self.spec, conv=conv, head_dims=head_dims)
 
 
@@ -116,11 +118,14 @@ def _drive(m, c, cfg, updates, task=None):
     return history
 
 
-@pytest.mark.parametrize("mode, head_dims", [(m, False) for m in sorted(MODES)] + [("macs", True)])
-def test_constraint_alone_reaches_its_target(mode, head_dims):
-    """Driven by hjprune_adamw (ascent on the multipliers) the expected sparsity settles on the target."""
+@pytest.mark.parametrize("mode, head_dims, wavlm", [(m, False, False) for m in sorted(MODES)] + [
+    ("macs", True, False), ("macs", True, True)])
+def test_constraint_alone_reaches_its_target(mode, head_dims, wavlm):
+    """Driven by hjprune_adamw (ascent on the multipliers) the expected sparsity settles on the target
+    (also for WavLM, whose relative position bias adds per-head costs)."""
     torch.manual_seed(0)
-    m = GatedStub(conv=mode != "transformer_only", head_dims=head_dims)
+    spec = dataclasses.replace(PRESETS["tiny"], rel_pos_buckets=320, rel_pos_max_distance=800, rel_pos_heads=4) if wavlm else None
+    m = GatedStub(conv=mode != "transformer_only", head_dims=head_dims, spec=spec)
     c = constraint(mode, sparsity_warmup_updates=100, **MODES[mode])
     logs = _drive(m, c, HJPruneAdamWConfig(lr=[1e-4], gate_lr=0.05, lambda_lr=0.05), 500)[-1]
     for key in [k for k in logs if k.startswith("sparsity")]:
