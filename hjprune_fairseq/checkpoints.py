@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 from omegaconf import OmegaConf
 
+from .core.gate_state import GateMasks
 from .core.slim import slim_encoder, slim_head
+from .core.spec import EncoderSpec
 from .fairseq_import import load_state
 from .models import registry
 from .models.base import HJPruneModel
@@ -47,14 +49,35 @@ def load_model(path: str) -> Tuple[HJPruneModel, Dict[str, Any]]:
     return model_from_state(state, path), state
 
 
+def check_output_path(input_path: str, output_path: str, overwrite: bool) -> None:
+    """Refuse an output that is the input (also through a symlink or hard link), or an existing file
+    without ``overwrite``."""
+    if os.path.realpath(input_path) == os.path.realpath(output_path) or (  # symlinks, hard links
+            os.path.exists(input_path) and os.path.exists(output_path) and os.path.samefile(input_path, output_path)):
+        raise ValueError(f"{output_path}: output would overwrite the input checkpoint")
+    if os.path.exists(output_path) and not overwrite:
+        raise FileExistsError(f"{output_path}: already exists (pass --overwrite to replace it)")
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a fresh temporary name (never a user's file) beside ``path``, then rename it to
+    ``path``: never a half-written output; the temporary file is removed if ``write`` fails."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_no_gates: bool = False) -> Dict[str, Any]:
     """Write the physically pruned model of ``gated_path`` (deterministic masks) to ``slim_path``; a
     model without gates (e.g. a fine-tuned one) is refused unless ``allow_no_gates`` (a dense copy)."""
-    if os.path.realpath(gated_path) == os.path.realpath(slim_path) or (  # symlinks, hard links
-            os.path.exists(gated_path) and os.path.exists(slim_path) and os.path.samefile(gated_path, slim_path)):
-        raise ValueError(f"{slim_path}: output would overwrite the input checkpoint")
-    if os.path.exists(slim_path) and not overwrite:
-        raise FileExistsError(f"{slim_path}: already exists (pass --overwrite to replace it)")
+    check_output_path(gated_path, slim_path, overwrite)
     state = load_state(gated_path)
     arch = registry.find(arch_of(state))
     if arch is None or arch.kind != "gated":
@@ -65,9 +88,19 @@ def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_
         raise ValueError(f"{gated_path}: has no gates (every model.prune_* is false, e.g. a fine-tuned model), so "
                          "nothing would be removed; export the checkpoint of a prune stage (checkpoint_last.pt), "
                          "or pass --allow-no-gates for a dense copy")
+    out, spec, masks = slim_checkpoint(state, model, gated_path)
+    write_atomically(slim_path, lambda tmp: torch.save(out, tmp))
+    return {"spec": spec, "masks": masks}
+
+
+def slim_checkpoint(state: Dict[str, Any], model: HJPruneModel, path: str) -> Tuple[Dict[str, Any], EncoderSpec, GateMasks]:
+    """The slim checkpoint (the dict ``torch.save`` writes), its spec and the masks applied, of ``model``:
+    a gated model rebuilt from the checkpoint ``state`` read from ``path``, with its deterministic masks
+    (every unit kept where it has no gates: a dense copy in the slim format)."""
+    arch = registry.get(arch_of(state))
     masks = model.gates.deterministic() if model.gates is not None else model.gate_masks()
     with torch.no_grad():
-        spec, enc = slim_encoder(model.spec, model.encoder.state_dict(), masks, source=gated_path)
+        spec, enc = slim_encoder(model.spec, model.encoder.state_dict(), masks, source=path)
         if arch.head == "distill":  # one prediction head per distilled layer
             output = {f"heads.{i}.{k}": v for i, h in enumerate(model.heads)
                       for k, v in slim_head(h.state_dict(), masks).items()}
@@ -91,19 +124,8 @@ def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_
             "criterion_name": "none", "optimizer_name": "none", "lr_scheduler_state": {},
             "num_updates": 0,
         }],
-        "extra_state": {"hjprune_exported_from": os.path.abspath(gated_path)},
+        "extra_state": {"hjprune_exported_from": os.path.abspath(path)},
         "last_optimizer_state": None,
         "task_state": copy.deepcopy(state.get("task_state", {})),
     }
-    folder = os.path.dirname(os.path.abspath(slim_path))
-    os.makedirs(folder, exist_ok=True)
-    # A fresh temporary name (never a user's file), renamed in: never a half-written checkpoint.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(slim_path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(out, tmp)
-        os.replace(tmp, slim_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return {"spec": spec, "masks": masks}
+    return out, spec, masks

@@ -10,11 +10,18 @@ timed in the same process, alternately, with the same threads; the median of ``r
 al. 2023): every head stays, and its query/key and value/output dims are pruned instead, a random
 choice over the layer's (heads x head_dim) dims, so the heads of a layer end up of uneven widths, as
 learned gates leave them. The slim attention runs one call per distinct (QK, VO) width in a layer.
+
+``onnx`` also times the models in onnxruntime, traced by ``onnx_export`` (the slim one also int8,
+dynamically quantised), in the same alternation, on the same input (with an all-False padding mask,
+which the graph always takes), with as many intra-op threads as torch has; idle onnxruntime threads
+do not spin, so they take no CPU from the contender that runs next.
 """
 
 from __future__ import annotations
 
-from typing import Dict
+import os
+import tempfile
+from typing import Callable, Dict, Tuple
 
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
@@ -27,6 +34,7 @@ from ..core.spec import EncoderSpec
 from ..timing import median_times
 
 GOAL = 0.85  # the slim model should reach speed-up >= GOAL x MAC ratio
+ONNX_GOAL = 0.9  # in onnxruntime: speed-up >= ONNX_GOAL x MAC ratio
 
 
 def _keep_top(n: int, frac: float, g: torch.Generator) -> torch.Tensor:
@@ -80,11 +88,46 @@ def slim_spec_for(spec: EncoderSpec, macs_sparsity: float, seconds: float, seed:
     return slim_encoder(spec, state, masks, source="bench")[0]
 
 
+def onnx_contenders(models: Dict[str, Wav2Vec2Encoder], wav: torch.Tensor,
+                    folder: str) -> Tuple[Dict[str, Callable[[int], None]], Dict[str, float]]:
+    """The encoders as onnxruntime sessions of graphs traced into ``folder``, the slim one also int8:
+    ``{"onnx_NAME": call}`` for :func:`median_times` (``onnx_slim_int8`` too), and how far the slim
+    graphs' outputs on ``wav`` (1, S) are from PyTorch's (``slim_max_abs_diff``, ``int8_rel_error``)."""
+    from .. import onnx_export
+
+    pad = torch.zeros(wav.shape, dtype=torch.bool)
+    calls: Dict[str, Callable[[int], None]] = {}
+    outputs = {}
+    for name, model in models.items():
+        paths = {name: os.path.join(folder, f"{name}.onnx")}
+        onnx_export.trace_to_onnx(onnx_export.EncoderGraph(model), paths[name], name)  # PyTorch gets no mask: same model
+        if name == "slim":
+            paths["slim_int8"] = os.path.join(folder, "slim_int8.onnx")
+            onnx_export.quantize_int8(paths["slim"], paths["slim_int8"])
+        for k, path in paths.items():
+            sess = onnx_export.session(path, torch.get_num_threads(), spinning=False)
+            calls[f"onnx_{k}"] = lambda i, s=sess: onnx_export.run(s, wav, pad)
+            if k.startswith("slim"):
+                outputs[k] = calls[f"onnx_{k}"](0)
+    with torch.inference_mode():
+        ref = models["slim"](wav)[:1]
+    check = {"slim_max_abs_diff": onnx_export.compare(ref, outputs["slim"], None)["max_abs_diff"],
+             "int8_rel_error": onnx_export.compare(ref, outputs["slim_int8"], None)["rel_error"]}
+    return calls, check
+
+
+def speedups(dense_s: float, model_s: float, mac_ratio: float, goal: float) -> Dict:
+    """speedup (dense / model latency), speedup_over_mac_ratio and goal_met (speed-up >= goal x MAC ratio)."""
+    s = dense_s / model_s
+    return {"speedup": s, "speedup_over_mac_ratio": s / mac_ratio, "goal_met": s >= goal * mac_ratio}
+
+
 def compare_latency(preset: str, macs_sparsity: float, seconds: float, seed: int = 0, fine_grained: bool = False,
-                    repeats: int = 7, warmup: int = 2) -> Dict:
+                    repeats: int = 7, warmup: int = 2, onnx: bool = False) -> Dict:
     """Time the dense ``preset`` encoder against its Fig. 5 slim counterpart (and the fine-grained one)
     on ``seconds`` of random audio with torch's current threads: latencies (s), GMACs, parameters,
-    the speed-up, the MAC ratio, whether the goal is met, and the slim structure."""
+    the speed-up, the MAC ratio, whether the goal is met, and the slim structure. ``onnx``: the same in
+    onnxruntime under ``"onnx"`` (and the slim model int8), timed in the same alternation."""
     torch.manual_seed(seed)
     dense_spec = PRESETS[preset]
     specs = {"dense": dense_spec, "slim": slim_spec_for(dense_spec, macs_sparsity, seconds, seed)}
@@ -92,8 +135,13 @@ def compare_latency(preset: str, macs_sparsity: float, seconds: float, seed: int
         specs["fine_grained"] = slim_spec_for(dense_spec, macs_sparsity, seconds, seed, fine_grained=True)
     models = {k: Wav2Vec2Encoder(spec).eval() for k, spec in specs.items()}
     wav = torch.randn(1, int(seconds * SAMPLE_RATE))
-    with torch.inference_mode():
-        lat = median_times({k: (lambda i, m=m: m(wav)) for k, m in models.items()}, repeats, warmup)
+    calls = {k: (lambda i, m=m: m(wav)) for k, m in models.items()}
+    with tempfile.TemporaryDirectory() as folder:
+        if onnx:
+            ort_calls, ort_check = onnx_contenders(models, wav, folder)
+            calls.update(ort_calls)
+        with torch.inference_mode():
+            lat = median_times(calls, repeats, warmup)
     costs = {k: cost_model.cost(spec, None, seconds) for k, spec in specs.items()}
     gmacs = {k: cost_model.to_float(c.encoder_macs) / 1e9 for k, c in costs.items()}
     params = {k: int(cost_model.to_float(c.encoder_params)) for k, c in costs.items()}
@@ -124,4 +172,19 @@ def compare_latency(preset: str, macs_sparsity: float, seconds: float, seed: int
             "qk_dims": [sum(fine.head_qk(i)) for i in range(fine.num_layers)],
             "vo_dims": [sum(fine.head_vo(i)) for i in range(fine.num_layers)],
         }
+    if onnx:
+        import onnxruntime
+
+        o = {"onnxruntime": onnxruntime.__version__, "goal": ONNX_GOAL, "threads": torch.get_num_threads(),
+             **{f"{k}_latency_s": lat[f"onnx_{k}"] for k in list(specs) + ["slim_int8"]},
+             **speedups(lat["onnx_dense"], lat["onnx_slim"], mac_ratio, ONNX_GOAL)}
+        o.update({f"int8_{k}": v for k, v in speedups(lat["onnx_dense"], lat["onnx_slim_int8"], mac_ratio, ONNX_GOAL).items()})
+        o["int8_vs_fp32_slim"] = lat["onnx_slim"] / lat["onnx_slim_int8"]
+        if fine_grained:
+            f_ratio = gmacs["dense"] / gmacs["fine_grained"]
+            o.update({f"fine_grained_{k}": v for k, v in speedups(lat["onnx_dense"], lat["onnx_fine_grained"], f_ratio,
+                                                                  ONNX_GOAL).items()})
+        o["pytorch_over_onnxruntime"] = {k: lat[k] / lat[f"onnx_{k}"] for k in specs}
+        o.update(ort_check)
+        r["onnx"] = o
     return r

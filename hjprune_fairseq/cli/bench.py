@@ -11,7 +11,7 @@ import json
 import sys
 from typing import List, Optional
 
-from ..bench.latency import GOAL, compare_latency
+from ..bench.latency import GOAL, ONNX_GOAL, compare_latency
 from ..core.presets import PRESETS
 from ..timing import apply_threads
 from .options import add_timing_args
@@ -31,12 +31,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--fine-grained", action="store_true",
                    help="also time a third model at the same MACs sparsity whose attention loses query/key and "
                         "value/output dims inside every head instead of whole heads (task-agnostic pruning)")
+    p.add_argument("--onnx", action="store_true",
+                   help=f"also time the models in onnxruntime (exported to ONNX; the slim one also int8) in the "
+                        f"same run; goal there: speed-up >= {ONNX_GOAL} x MAC ratio (needs the onnx extra)")
     add_timing_args(p, "runs")
     a = p.parse_args(argv)
     if not 0.0 < a.macs_sparsity < 1.0:
         p.error(f"--macs-sparsity must be in (0, 1), got {a.macs_sparsity}")
     apply_threads(a.threads)
-    r = compare_latency(a.preset, a.macs_sparsity, a.seconds, a.seed, a.fine_grained, a.repeats, a.warmup)
+    if a.onnx:
+        from ..onnx_export import import_onnx
+
+        import_onnx()  # a one-line error without the extra, before the models are built
+    r = compare_latency(a.preset, a.macs_sparsity, a.seconds, a.seed, a.fine_grained, a.repeats, a.warmup, a.onnx)
     if a.json:
         print(json.dumps(r, indent=2))
     else:
@@ -53,6 +60,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{f['speedup_over_mac_ratio']:.2f} (goal >= {GOAL}: {'met' if f['goal_met'] else 'NOT met'})")
             print(f"  {f['speedup_vs_whole_heads']:.2f}x the whole-head slim model's speed; attention calls per layer "
                   f"{f['attention_calls']}")
+        if a.onnx:
+            o = r["onnx"]
+            print(f"\n{'runtime':<22} {'dense s':>8} {'slim s':>8} {'speed-up':>9} {'/ MAC ratio':>12}")
+            rows = [("PyTorch", r["dense_latency_s"], r["slim_latency_s"], r["speedup"], r["speedup_over_mac_ratio"]),
+                    (f"onnxruntime {o['onnxruntime']}", o["dense_latency_s"], o["slim_latency_s"], o["speedup"],
+                     o["speedup_over_mac_ratio"]),
+                    ("onnxruntime, slim int8", o["dense_latency_s"], o["slim_int8_latency_s"], o["int8_speedup"],
+                     o["int8_speedup_over_mac_ratio"])]
+            for name, d, s, up, per_mac in rows:
+                print(f"{name:<22} {d:>8.3f} {s:>8.3f} {up:>8.2f}x {per_mac:>12.2f}")
+            print(f"onnxruntime goal speed-up / MAC ratio >= {ONNX_GOAL}: {'met' if o['goal_met'] else 'NOT met'}; "
+                  f"int8 slim {o['int8_vs_fp32_slim']:.2f}x the fp32 slim graph's speed, relative error "
+                  f"{o['int8_rel_error']:.3f}; fp32 slim graph within {o['slim_max_abs_diff']:.1e} of PyTorch")
     return 0
 
 

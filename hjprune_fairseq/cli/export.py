@@ -1,4 +1,4 @@
-"""hjprune-export: physically remove the pruned units of a gated checkpoint."""
+"""hjprune-export: physically remove the pruned units of a gated checkpoint; write a model as ONNX."""
 
 from __future__ import annotations
 
@@ -17,31 +17,58 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "(hjprune_slim_ctc, _cls or _distill): every unit dropped by the deterministic gate masks "
                     "(conv channels, heads, query/key and value/output dims of heads, FFN units, hidden dims) is "
                     "removed from the weights. The result loads with fairseq's checkpoint_utils, "
-                    "fairseq-generate, and as model.w2v_path of a fine-tuning stage.",
+                    "fairseq-generate, and as model.w2v_path of a fine-tuning stage. With --onnx, also (or only) "
+                    "the ONNX graph for onnxruntime (hjprune_fairseq.onnx_export).",
     )
     p.add_argument("gated", help="gated checkpoint: the prune stage's checkpoint_last.pt (checkpoint_best.pt is from before the target was reached)")
-    p.add_argument("slim", help="output path of the slim checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace SLIM if it exists")
+    p.add_argument("slim", nargs="?", help="output path of the slim checkpoint (may be left out with --onnx)")
+    p.add_argument("--onnx", metavar="OUT.onnx",
+                   help="write an ONNX graph: of SLIM when given, else of GATED, which may then be any hjprune "
+                        "checkpoint (dense or fine-tuned, slim, PARP; a gated one has its deterministic masks "
+                        "folded in). Inputs source (B, S) float, padding_mask (B, S) bool; outputs logits and "
+                        "frame_padding_mask (a classifier: logits; a distillation model: features and "
+                        "frame_padding_mask)")
+    p.add_argument("--int8", action="store_true",
+                   help="with --onnx: onnxruntime dynamic quantisation (MatMul/Gemm weights int8)")
+    p.add_argument("--overwrite", action="store_true", help="replace SLIM (and OUT.onnx) if it exists")
     p.add_argument("--allow-no-gates", action="store_true",
                    help="export a checkpoint without gates too (a dense copy in the slim format; refused otherwise)")
     p.add_argument("--seconds", type=float, default=10.0, help="virtual input length of the printed cost")
     a = p.parse_args(argv)
-    from ..checkpoints import export_slim
+    if a.int8 and not a.onnx:
+        p.error("--int8 needs --onnx OUT.onnx")
+    from ..checkpoints import check_output_path, export_slim
     from ..cost_report import describe
 
     def go() -> int:
-        export_slim(a.gated, a.slim, overwrite=a.overwrite, allow_no_gates=a.allow_no_gates)
-        before, after = describe(a.gated, a.seconds), describe(a.slim, a.seconds)
-        print(json.dumps({
-            "gated": a.gated, "slim": a.slim,
-            "params": after["params"], "gmacs": after["gmacs"],
-            "size_sparsity": after["size_sparsity"], "macs_sparsity": after["macs_sparsity"],
-            "gated_size_sparsity": before["size_sparsity"], "gated_macs_sparsity": before["macs_sparsity"],
-            "layers": after["layers"],
-        }, indent=2))
+        if a.slim is None and a.onnx is None:
+            raise ValueError(f"{a.gated}: nothing to write; give SLIM, --onnx OUT.onnx or both")
+        if a.onnx is not None:
+            from ..onnx_export import import_onnx
+
+            import_onnx()  # the extra is there, and OUT.onnx may be written, before anything is written
+            check_output_path(a.gated, a.onnx, a.overwrite)
+            if a.slim is not None:
+                check_output_path(a.slim, a.onnx, True)
+        r = {"gated": a.gated}
+        if a.slim is not None:
+            export_slim(a.gated, a.slim, overwrite=a.overwrite, allow_no_gates=a.allow_no_gates)
+            before, after = describe(a.gated, a.seconds), describe(a.slim, a.seconds)
+            r.update({
+                "slim": a.slim,
+                "params": after["params"], "gmacs": after["gmacs"],
+                "size_sparsity": after["size_sparsity"], "macs_sparsity": after["macs_sparsity"],
+                "gated_size_sparsity": before["size_sparsity"], "gated_macs_sparsity": before["macs_sparsity"],
+                "layers": after["layers"],
+            })
+        if a.onnx is not None:
+            from ..onnx_export import export_onnx
+
+            r["onnx"] = export_onnx(a.slim or a.gated, a.onnx, overwrite=a.overwrite, int8=a.int8)
+        print(json.dumps(r, indent=2))
         return 0
 
-    return run_cli("hjprune-export", go, USER_ERRORS)
+    return run_cli("hjprune-export", go, USER_ERRORS + (ImportError,))
 
 
 if __name__ == "__main__":
