@@ -35,6 +35,7 @@ setup(
         "console_scripts": [
             "hjprune-cost=hjprune_fairseq.cli.cost:main",
             "hjprune-export=hjprune_fairseq.cli.export:main",
+            "hjprune-import-hf=hjprune_fairseq.cli.import_hf:main",
             "hjprune-bench=hjprune_fairseq.cli.bench:main",
             "hjprune-bench-train=hjprune_fairseq.cli.bench_train:main",
             "hjprune-smoke-base=hjprune_fairseq.cli.smoke_base:main",

@@ -1,11 +1,12 @@
-"""Load this plugin's checkpoints without a task, and write the slim checkpoint of a gated one."""
+"""Load this plugin's checkpoints without a task; write the slim checkpoint of a gated one, and an imported
+(hf_import) encoder as a dense one; one writer of the fairseq checkpoint format for both (:func:`write_checkpoint`)."""
 
 from __future__ import annotations
 
 import copy
 import os
 import tempfile
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from .core.gate_state import GateMasks
 from .core.slim import slim_encoder, slim_head
 from .core.spec import EncoderSpec
-from .fairseq_import import load_state
+from .fairseq_import import ImportedCheckpoint, load_state
 from .models import registry
 from .models.base import HJPruneModel
 
@@ -116,7 +117,17 @@ def slim_checkpoint(state: Dict[str, Any], model: HJPruneModel, path: str) -> Tu
     cfg["model"] = model_cfg
     weights = {f"encoder.{k}": v for k, v in enc.items()}
     weights.update(output)
-    out = {
+    out = checkpoint_dict(cfg, weights, {"hjprune_exported_from": os.path.abspath(path)},
+                          copy.deepcopy(state.get("task_state", {})))
+    return out, spec, masks
+
+
+def checkpoint_dict(cfg: Dict[str, Any], weights: Dict[str, torch.Tensor], extra_state: Dict[str, Any],
+                    task_state: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What fairseq's trainer saves (``cfg`` with its model and task sections, the ``model`` weights,
+    ``extra_state``, ``task_state``), without optimizer state: fairseq's checkpoint_utils, fairseq-generate
+    and every stage's ``model.w2v_path`` read it."""
+    return {
         "args": None,
         "cfg": cfg,
         "model": weights,
@@ -124,8 +135,43 @@ def slim_checkpoint(state: Dict[str, Any], model: HJPruneModel, path: str) -> Tu
             "criterion_name": "none", "optimizer_name": "none", "lr_scheduler_state": {},
             "num_updates": 0,
         }],
-        "extra_state": {"hjprune_exported_from": os.path.abspath(path)},
+        "extra_state": extra_state,
         "last_optimizer_state": None,
-        "task_state": copy.deepcopy(state.get("task_state", {})),
+        "task_state": task_state if task_state is not None else {},
     }
-    return out, spec, masks
+
+
+def write_checkpoint(path: str, cfg: Dict[str, Any], weights: Dict[str, torch.Tensor], extra_state: Dict[str, Any],
+                     task_state: Optional[Dict[str, Any]] = None) -> None:
+    """Write :func:`checkpoint_dict` to ``path`` atomically (:func:`write_atomically`)."""
+    out = checkpoint_dict(cfg, weights, extra_state, task_state)
+    write_atomically(path, lambda tmp: torch.save(out, tmp))
+
+
+IMPORTED_ARCH = "hjprune_slim_ctc"  # an imported model is dense and has no gates: the slim kind with a CTC head
+IMPORTED_TASK = "hjprune_audio_finetuning"
+
+
+def save_imported(ckpt: ImportedCheckpoint, path: str, data: str, target_dictionary: Optional[Dict[str, Any]],
+                  extra_state: Dict[str, Any]) -> str:
+    """Write an imported encoder as a dense ``hjprune_slim_ctc`` checkpoint; returns that name.
+
+    With an output layer (``ckpt.head_state``), ``target_dictionary`` ({path, symbols}) is the dictionary
+    it indexes, recorded as the task records it; without one, the output layer has no symbols (0 rows),
+    and a stage that takes the checkpoint as ``model.w2v_path`` starts a new one for its dictionary.
+    ``data`` is the task's data folder (where a fairseq script without its own task looks for the dictionary).
+    """
+    if (ckpt.head_state is None) != (target_dictionary is None):
+        raise ValueError(f"{ckpt.path}: an output layer needs its dictionary and a dictionary its output layer")
+    arch = registry.get(IMPORTED_ARCH)
+    normalize = bool(ckpt.normalize)
+    model_cfg = OmegaConf.to_container(OmegaConf.structured(arch.config_class(normalize=normalize)), enum_to_str=True)
+    model_cfg.update(_name=arch.name, encoder_spec=ckpt.spec.to_dict(), reference_spec=ckpt.spec.to_dict(),
+                     target_dictionary=target_dictionary)
+    d = ckpt.spec.embed_dim
+    head = ckpt.head_state or {"weight": torch.zeros(0, d), "bias": torch.zeros(0)}
+    weights = {f"encoder.{k}": v for k, v in ckpt.encoder_state.items()}
+    weights.update({f"proj.{k}": v for k, v in head.items()})
+    task = {"_name": IMPORTED_TASK, "data": data, "labels": "ltr", "normalize": normalize}
+    write_checkpoint(path, {"model": model_cfg, "task": task}, weights, extra_state)
+    return arch.name
