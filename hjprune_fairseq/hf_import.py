@@ -59,6 +59,9 @@ ARCHITECTURES: Dict[str, Tuple[str, bool]] = {
     "HubertForCTC": ("hubert", True),
     "WavLMModel": ("wavlm", False),
     "WavLMForCTC": ("wavlm", True),
+    # what hjprune-export --hf writes: hf_export reads its encoder weights (not under the family's prefix)
+    "HJPruneModel": ("hjprune", False),
+    "HJPruneForCTC": ("hjprune", True),
 }
 FAMILIES = ("wav2vec2", "hubert", "wavlm")
 UNUSED_HEADS = ("quantizer.", "project_hid.", "project_q.")  # Wav2Vec2ForPreTraining's contrastive head
@@ -237,6 +240,10 @@ def hf_encoder_state(config: Dict[str, Any], weights: Dict[str, torch.Tensor], f
     quantizer and projections); a missing or misshapen one is an error."""
     from .core.encoder import Wav2Vec2Encoder
 
+    if architecture(config, folder)[1] == "hjprune":
+        from .hf_export import exported_encoder_state
+
+        return exported_encoder_state(config, weights, folder)
     spec = hf_spec(config, folder)
     _, family, ctc = architecture(config, folder)
     prefix = f"{family}." if any(k.startswith(f"{family}.") for k in weights) else ""

@@ -1,4 +1,5 @@
-"""hjprune-export: physically remove the pruned units of a gated checkpoint; write a model as ONNX."""
+"""hjprune-export: physically remove the pruned units of a gated checkpoint; write a model as ONNX or as a Hugging
+Face folder."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "(conv channels, heads, query/key and value/output dims of heads, FFN units, hidden dims) is "
                     "removed from the weights. The result loads with fairseq's checkpoint_utils, "
                     "fairseq-generate, and as model.w2v_path of a fine-tuning stage. With --onnx, also (or only) "
-                    "the ONNX graph for onnxruntime (hjprune_fairseq.onnx_export).",
+                    "the ONNX graph for onnxruntime (hjprune_fairseq.onnx_export); with --hf, a folder that transformers loads "
+                    "with trust_remote_code (hjprune_fairseq.hf_export).",
     )
     p.add_argument("gated", help="gated checkpoint: the prune stage's checkpoint_last.pt (checkpoint_best.pt is from before the target was reached)")
-    p.add_argument("slim", nargs="?", help="output path of the slim checkpoint (may be left out with --onnx)")
+    p.add_argument("slim", nargs="?", help="output path of the slim checkpoint (may be left out with --onnx or --hf)")
     p.add_argument("--onnx", metavar="OUT.onnx",
                    help="write an ONNX graph: of SLIM when given, else of GATED, which may then be any hjprune "
                         "checkpoint (dense or fine-tuned, slim, PARP; a gated one has its deterministic masks "
@@ -30,7 +32,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "frame_padding_mask)")
     p.add_argument("--int8", action="store_true",
                    help="with --onnx: onnxruntime dynamic quantisation (MatMul/Gemm weights int8)")
-    p.add_argument("--overwrite", action="store_true", help="replace SLIM (and OUT.onnx) if it exists")
+    p.add_argument("--hf", metavar="DIR",
+                   help="write a Hugging Face folder (config.json, model.safetensors, the modelling code; for a CTC model "
+                        "the tokenizer files): of SLIM when given, else of GATED, which may then be any hjprune checkpoint "
+                        "with a CTC or distillation head (a gated one as its slim model). AutoModel / AutoModelForCTC "
+                        ".from_pretrained(DIR, trust_remote_code=True) loads it without fairseq. DIR must be new, empty, "
+                        "or this option's earlier output")
+    p.add_argument("--overwrite", action="store_true", help="replace SLIM, OUT.onnx and the earlier --hf DIR if they exist")
     p.add_argument("--allow-no-gates", action="store_true",
                    help="export a checkpoint without gates too (a dense copy in the slim format; refused otherwise)")
     p.add_argument("--seconds", type=float, default=10.0, help="virtual input length of the printed cost")
@@ -41,8 +49,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ..cost_report import describe
 
     def go() -> int:
-        if a.slim is None and a.onnx is None:
-            raise ValueError(f"{a.gated}: nothing to write; give SLIM, --onnx OUT.onnx or both")
+        if a.slim is None and a.onnx is None and a.hf is None:
+            raise ValueError(f"{a.gated}: nothing to write; give SLIM, --onnx OUT.onnx, --hf DIR, or several")
         if a.onnx is not None:
             from ..onnx_export import import_onnx
 
@@ -50,6 +58,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             check_output_path(a.gated, a.onnx, a.overwrite)
             if a.slim is not None:
                 check_output_path(a.slim, a.onnx, True)
+        if a.hf is not None:
+            from ..hf_export import check_output
+
+            check_output(a.hf, a.overwrite)  # the extra is there, and DIR may be written, before anything is written
         r = {"gated": a.gated}
         if a.slim is not None:
             export_slim(a.gated, a.slim, overwrite=a.overwrite, allow_no_gates=a.allow_no_gates)
@@ -65,6 +77,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             from ..onnx_export import export_onnx
 
             r["onnx"] = export_onnx(a.slim or a.gated, a.onnx, overwrite=a.overwrite, int8=a.int8)
+        if a.hf is not None:
+            from ..hf_export import export_hf
+
+            r["hf"] = export_hf(a.slim or a.gated, a.hf, overwrite=a.overwrite)
         print(json.dumps(r, indent=2))
         return 0
 

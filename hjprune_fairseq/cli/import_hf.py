@@ -15,7 +15,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         prog="hjprune-import-hf",
         description="Convert a Hugging Face transformers model folder (config.json, model.safetensors or "
                     "pytorch_model.bin; for CTC models vocab.json and the tokenizer files) of Wav2Vec2Model, "
-                    "Wav2Vec2ForPreTraining, Wav2Vec2ForCTC, HubertModel, HubertForCTC, WavLMModel or WavLMForCTC "
+                    "Wav2Vec2ForPreTraining, Wav2Vec2ForCTC, HubertModel, HubertForCTC, WavLMModel or WavLMForCTC (or "
+                    "a folder written by hjprune-export --hf) "
                     "into OUT_DIR/model.pt, a dense hjprune_slim_ctc checkpoint that every stage takes as "
                     "model.w2v_path, and for a CTC model OUT_DIR/dict.ltr.txt, the fairseq dictionary its output "
                     "layer is reordered to (transformers' blank becomes fairseq's index 0): fairseq-generate "

@@ -1,0 +1,329 @@
+"""hjprune-export --hf (hf_export): a slim model as a Hugging Face folder that transformers loads with
+trust_remote_code in a process where fairseq, hjprune_fairseq and torchaudio cannot be imported; its output
+equals the fairseq model's (whole-head, fine-grained and WavLM slim models, a padded batch) and a CTC export
+decodes a test set as fairseq-generate does; the shipped code imports nothing else; the output folder keeps
+what the tool did not write; hjprune-import-hf reads an export back as the same model."""
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq_fixtures import batch, fairseq_generate, letter_dictionary, make_letter_corpus, save_like_trainer
+from helpers import gated_model, max_diff, randomize_gates
+from omegaconf import OmegaConf
+from safetensors import safe_open
+
+from hjprune_fairseq import hf_export
+from hjprune_fairseq.checkpoints import export_slim, load_model
+from hjprune_fairseq.cli import export as export_cli
+from hjprune_fairseq.cli import import_hf
+from hjprune_fairseq.compat import import_transformers
+from hjprune_fairseq.core.spec import EncoderSpec
+from hjprune_fairseq.models.distill import HJPruneDistillConfig, HJPruneGatedDistill
+
+TOOL = "hjprune-export-hf"
+LENGTHS = [5000, 3300]
+SYMBOLS = list(letter_dictionary().symbols)
+TINY_WAVLM = EncoderSpec.uniform([(16, 10, 5), (16, 4, 4), (16, 4, 4)], 32, 2, 4, 48, 8, 4, rel_pos_buckets=32,
+                                 rel_pos_max_distance=32)
+
+# The child: a fresh interpreter in which fairseq, hjprune_fairseq, hjprune_manifests and torchaudio cannot be
+# imported, offline. It loads every exported folder with trust_remote_code, runs the padded batch through
+# AutoModel (and AutoModelForCTC), and decodes the wavs one at a time with the processor.
+CHILD = r'''
+import importlib.abc, json, os, sys
+
+BLOCKED = ("fairseq", "hjprune_fairseq", "hjprune_manifests", "torchaudio")
+
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"{name} is not importable here")
+        return None
+
+
+sys.meta_path.insert(0, Refuse())
+import soundfile as sf
+import torch
+import transformers.utils
+import transformers.utils.import_utils
+# compat quirk 15: transformers imports torchaudio when it is installed, and it does not load on this torch
+transformers.utils.is_torchaudio_available = transformers.utils.import_utils.is_torchaudio_available = lambda: False
+from transformers import AutoModel, AutoModelForCTC, Wav2Vec2Processor
+
+jobs = json.load(open(sys.argv[1]))
+source, attention_mask = torch.load(jobs["batch"])
+results = {}
+for name, job in jobs["folders"].items():
+    r = results[name] = {}
+    encoder, info = AutoModel.from_pretrained(job["dir"], trust_remote_code=True, output_loading_info=True)
+    with torch.no_grad():
+        out = encoder.eval()(source, attention_mask=attention_mask, output_hidden_states=True)
+    r.update(encoder=out.last_hidden_state, frame_mask=out.frame_mask, hidden_states=out.hidden_states,
+             encoder_class=type(encoder).__name__, encoder_file=sys.modules[type(encoder).__module__].__file__,
+             encoder_missing=sorted(info["missing_keys"]), encoder_unexpected=sorted(info["unexpected_keys"]))
+    if not job["ctc"]:
+        continue
+    model, info = AutoModelForCTC.from_pretrained(job["dir"], trust_remote_code=True, output_loading_info=True)
+    model.eval()
+    with torch.no_grad():
+        out = model(source, attention_mask=attention_mask)
+    r.update(logits=out.logits, ctc_frame_mask=out.frame_mask, ctc_class=type(model).__name__,
+             ctc_missing=sorted(info["missing_keys"]), ctc_unexpected=sorted(info["unexpected_keys"]))
+    processor = Wav2Vec2Processor.from_pretrained(job["dir"], trust_remote_code=True)
+    hyps = []
+    for wav in job["wavs"]:  # one utterance at a time, as fairseq-generate --batch-size 1
+        audio, rate = sf.read(wav, dtype="float32")
+        inputs = processor(audio, sampling_rate=rate, return_tensors="pt")
+        with torch.no_grad():
+            ids = model(**inputs).logits.argmax(-1)
+        hyps.append(processor.batch_decode(ids)[0])
+    r["hyps"] = hyps
+results["modules"] = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED))
+torch.save(results, jobs["out"])
+'''
+
+
+def letters_head(model, seed: int) -> None:
+    """A CTC output layer that prints many letters and spaces from random audio and never the specials other than
+    the blank (fairseq-generate strips them, the tokenizer prints them): random rows whose mean logit over random
+    audio is 0 (a random layer mostly repeats the token of the encoder output's mean direction)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.proj.weight.copy_(3.0 * torch.randn(model.proj.weight.shape, generator=g))
+        x, _ = model.encode(*batch([16000, 16000], seed=seed))
+        model.proj.bias.copy_(-F.linear(x, model.proj.weight).mean((0, 1)))
+        model.proj.bias[1:4] = -100.0
+        model.proj.bias[SYMBOLS.index("|")] += 1.0
+
+
+def ctc_model(w2v_path: str, data: str, **cfg):
+    model = gated_model(w2v_path, target_dictionary={"path": os.path.join(data, "dict.ltr.txt"), "symbols": SYMBOLS},
+                        **cfg)
+    randomize_gates(model)
+    return model
+
+
+def wavlm_distill():
+    """A gated WavLM distillation model (random weights) of TINY_WAVLM: exported, an encoder without a CTC head."""
+    cfg = OmegaConf.structured(HJPruneDistillConfig(encoder_spec=TINY_WAVLM.to_dict(), normalize=False,
+                                                    feature_grad_mult=1.0, distill_layers="1,2", teacher_dim=32))
+    model = HJPruneGatedDistill.from_config(cfg, 0).eval()
+    randomize_gates(model, mean=1.5)
+    with torch.no_grad():
+        model.gates.heads[0].log_alpha[1] = -20.0  # a kept head reads the bias column of another index
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, w2v_pretrained, w2v_large_style):
+    """name -> {slim model, its checkpoint, the exported folder, the child's results}, for a whole-head slim CTC model
+    (exported from its GATED checkpoint), a fine-grained one (uneven pos-conv groups, thin heads, a blank weight;
+    from its slim checkpoint) and a WavLM distillation model's encoder; plus the letter test set."""
+    d = tmp_path_factory.mktemp("hf_export")
+    data = make_letter_corpus(str(d / "data"), {"test": 4})
+    whole = ctc_model(w2v_pretrained, data)
+    with torch.no_grad():
+        whole.gates.heads[1].log_alpha.fill_(-20.0)  # a layer without heads
+    fine = ctc_model(w2v_large_style, data, prune_head_dims=True, blank_weight=0.5)
+    with torch.no_grad():
+        fine.gates.heads[0].log_alpha.fill_(20.0)
+        fine.gates.qk[0].log_alpha[0].fill_(-20.0)  # a head without query/key dims
+        fine.gates.vo[0].log_alpha[1].fill_(-20.0)  # one without value/output dims: dropped
+    letters_head(whole, 1)
+    letters_head(fine, 2)
+    models = {}
+    for name, gated, from_gated in (("whole_heads", whole, True), ("fine_grained", fine, False),
+                                    ("wavlm", wavlm_distill(), False)):
+        gated_path = save_like_trainer(gated, d / f"{name}_gated.pt", data=data)
+        slim_path = str(d / f"{name}_slim.pt")
+        export_slim(gated_path, slim_path)
+        folder = str(d / f"{name}_hf")
+        args = [gated_path if from_gated else slim_path, "--hf", folder]
+        assert export_cli.main(args) == 0, args
+        models[name] = {"slim": load_model(slim_path)[0], "slim_path": slim_path, "dir": folder}
+    rows = open(os.path.join(data, "test.tsv")).read().splitlines()[1:]
+    wavs = [os.path.join(data, row.split("\t")[0]) for row in rows]
+    source, pad = batch(LENGTHS, seed=3)
+    torch.save((source, (~pad).long()), d / "batch.pt")
+    jobs = {"batch": str(d / "batch.pt"), "out": str(d / "results.pt"),
+            "folders": {n: {"dir": m["dir"], "ctc": n != "wavlm", "wavs": wavs if n == "whole_heads" else []}
+                        for n, m in models.items()}}
+    (d / "jobs.json").write_text(json.dumps(jobs))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(d / "hf_home"),
+               HF_MODULES_CACHE=str(d / "hf_home" / "modules"))  # where transformers copies the folder's code
+    r = subprocess.run([sys.executable, "-c", CHILD, str(d / "jobs.json")], capture_output=True, text=True, timeout=300,
+                       env=env, cwd=str(d))
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = torch.load(d / "results.pt", weights_only=False)
+    for name, m in models.items():
+        m["child"] = results[name]
+    return {"models": models, "modules": results["modules"], "data": data, "wavs": wavs, "batch": (source, pad),
+            "hf_home": str(d / "hf_home")}
+
+
+def test_the_child_ran_without_fairseq_and_the_plugin(exported):
+    assert exported["modules"] == []
+    for m in exported["models"].values():
+        assert m["child"]["encoder_file"].startswith(exported["hf_home"])  # the folder's code, copied by transformers
+
+
+@pytest.mark.parametrize("name", ["whole_heads", "fine_grained", "wavlm"])
+def test_output_equals_the_fairseq_model(exported, name):
+    m = exported["models"][name]
+    slim, child = m["slim"], m["child"]
+    source, pad = exported["batch"]
+    with torch.no_grad():
+        x, frame_pad, layers = slim.encoder(source, pad, return_layers=True)
+    assert child["encoder_missing"] == [] and child["encoder_class"] == "HJPruneModel"
+    assert torch.equal(child["frame_mask"], (~frame_pad).long()) and bool(frame_pad.any())  # the batch is padded
+    real = ~frame_pad
+    assert (child["encoder"][real] - x[real]).abs().max().item() <= 1e-4
+    assert len(child["hidden_states"]) == slim.spec.num_layers + 1
+    assert all((a[real] - b[real]).abs().max().item() <= 1e-4 for a, b in zip(child["hidden_states"], layers))
+    if name == "wavlm":
+        assert slim.spec.has_rel_pos and slim.encoder.layers[0].self_attn.head_ids.tolist() != list(
+            range(slim.spec.num_heads[0]))  # the kept heads' bias columns travel with the weights
+        assert child["encoder_unexpected"] == [] and "logits" not in child
+        return
+    assert child["encoder_unexpected"] == ["lm_head.bias", "lm_head.weight"]  # the encoder of a CTC folder
+    assert child["ctc_class"] == "HJPruneForCTC" and child["ctc_missing"] == child["ctc_unexpected"] == []
+    with torch.no_grad():
+        out = slim(source, pad)
+        logits = slim.get_logits({"encoder_out": out["encoder_out"], "padding_mask": None}).transpose(0, 1)
+    assert torch.equal(child["ctc_frame_mask"], (~frame_pad).long())
+    assert child["logits"].shape == logits.shape == (len(LENGTHS), frame_pad.shape[1], len(SYMBOLS))
+    assert (child["logits"][real] - logits[real]).abs().max().item() <= 1e-4
+
+
+def test_the_slim_models_are_the_intended_shapes(exported):
+    """What the parity above covers: no heads in a layer; thin, uneven heads and uneven pos-conv groups; WavLM."""
+    whole, fine, wavlm = (exported["models"][n]["slim"].spec for n in ("whole_heads", "fine_grained", "wavlm"))
+    assert whole.num_heads[1] == 0 and whole.qk_dims is None and not whole.layer_norm_first
+    assert fine.qk_dims[0][0] == 0 and len(set(fine.qk_dims[0] + fine.vo_dims[0])) > 1 and fine.layer_norm_first
+    assert len(set(fine.pos_conv_groups)) > 1 and fine.extractor_mode == "layer_norm" and fine.conv_bias
+    assert wavlm.rel_pos_buckets == 32 and wavlm.embed_dim < TINY_WAVLM.embed_dim
+
+
+def test_ctc_export_decodes_as_fairseq_generate(exported):
+    m = exported["models"]["whole_heads"]
+    r = fairseq_generate(exported["data"], m["slim_path"], "--batch-size", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    hyps = {int(i): h for i, _, h in re.findall(r"^D-(\d+)\t(\S+)\t(.*)$", r.stdout, re.M)}
+    assert [hyps[i] for i in range(len(exported["wavs"]))] == m["child"]["hyps"]
+    text = "".join(m["child"]["hyps"])
+    assert len(set(text) - {" "}) >= 5 and text.count(" ") >= len(exported["wavs"]), text  # it means something
+
+
+def test_the_folder(exported):
+    m = exported["models"]["whole_heads"]
+    folder, slim = m["dir"], m["slim"]
+    assert sorted(os.listdir(folder)) == sorted([
+        f".{TOOL}", "config.json", "model.safetensors", "preprocessor_config.json", "vocab.json",
+        "tokenizer_config.json", "special_tokens_map.json", *hf_export.shipped_files()])
+    config = json.load(open(os.path.join(folder, "config.json")))
+    assert config["model_type"] == "hjprune_wav2vec2" and config["architectures"] == ["HJPruneForCTC"]
+    assert config["auto_map"] == {"AutoConfig": "configuration_hjprune.HJPruneConfig",
+                                  "AutoModel": "modeling_hjprune.HJPruneModel",
+                                  "AutoModelForCTC": "modeling_hjprune.HJPruneForCTC"}
+    assert EncoderSpec.from_dict(config["encoder_spec"]) == slim.spec
+    assert (config["vocab_size"], config["pad_token_id"], config["normalize"]) == (len(SYMBOLS), 0, False)
+    with safe_open(os.path.join(folder, "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert {"encoder.pos_conv.g", "encoder.pos_conv.v.0", "lm_head.weight"} <= keys
+    assert not any("weight_g" in k or "weight_v" in k for k in keys)  # names transformers renames on load
+    assert config["hjprune"]["exported_from"].endswith("whole_heads_gated.pt")  # exported from the gated checkpoint
+    assert EncoderSpec.from_dict(config["hjprune"]["reference_spec"]) == slim.reference_spec != slim.spec
+    pre = json.load(open(os.path.join(folder, "preprocessor_config.json")))
+    assert (pre["do_normalize"], pre["sampling_rate"], pre["return_attention_mask"]) == (False, 16000, True)
+    vocab = json.load(open(os.path.join(folder, "vocab.json")))
+    assert sorted(vocab, key=vocab.get) == ["<pad>", "<s>", "</s>", "<unk>"] + SYMBOLS[4:]  # fairseq's indices
+    tokenizer = import_transformers().Wav2Vec2CTCTokenizer.from_pretrained(folder)
+    assert (tokenizer.pad_token_id, tokenizer.word_delimiter_token) == (0, "|")
+    wavlm = exported["models"]["wavlm"]
+    config = json.load(open(os.path.join(wavlm["dir"], "config.json")))
+    assert config["architectures"] == ["HJPruneModel"] and "AutoModelForCTC" not in config["auto_map"]
+    assert not os.path.exists(os.path.join(wavlm["dir"], "vocab.json"))
+
+
+def test_the_shipped_code_imports_only_torch_numpy_transformers_and_itself():
+    files = hf_export.shipped_files()
+    allowed = set(sys.stdlib_module_names) | {"torch", "numpy", "transformers"}
+    for name, path in files.items():
+        tree = ast.parse(open(path).read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert {a.name.split(".")[0] for a in node.names} <= allowed, (name, ast.unparse(node))
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert node.module.split(".")[0] in allowed, (name, ast.unparse(node))
+            elif isinstance(node, ast.ImportFrom):  # relative: another shipped file
+                assert node.level == 1 and f"{node.module}.py" in files, (name, ast.unparse(node))
+    relative = {m for path in files.values() for m in re.findall(r"^from \.(\w+) import", open(path).read(), re.M)}
+    assert relative == {"configuration_hjprune", "encoder", "spec", "gate_state"}
+
+
+@pytest.mark.parametrize("name", ["whole_heads", "fine_grained", "wavlm"])
+def test_an_export_imports_back_as_the_same_model(exported, name, tmp_path):
+    """hjprune-import-hf of the folder: the slim model's encoder exactly, and for a CTC model its dictionary and
+    logits (the blank weight folded into the output layer)."""
+    m = exported["models"][name]
+    out = str(tmp_path / "back")
+    assert import_hf.main([m["dir"], out]) == 0
+    back, state = load_model(os.path.join(out, "model.pt"))
+    slim = m["slim"]
+    assert back.spec == slim.spec and back.encoder.state_dict().keys() == slim.encoder.state_dict().keys()
+    assert all(torch.equal(v, slim.encoder.state_dict()[k]) for k, v in back.encoder.state_dict().items())
+    if name == "wavlm":
+        assert back.proj.weight.shape[0] == 0  # an encoder without a CTC head
+        return
+    assert state["cfg"]["model"]["target_dictionary"]["symbols"] == SYMBOLS
+    assert open(os.path.join(out, "dict.ltr.txt")).read().split()[::2] == SYMBOLS[4:]
+    source, pad = exported["batch"]
+    with torch.no_grad():
+        a, b = (model.get_logits(model(source, pad)) for model in (slim, back))
+    assert max_diff(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["add", "set"])
+def test_the_blank_weight_is_folded_into_the_output_layer(w2v_pretrained, mode):
+    model = gated_model(w2v_pretrained, blank_weight=1.5, blank_mode=mode)
+    x = torch.randn(7, 2, model.spec.embed_dim)
+    layer = hf_export.ctc_output_layer(model)
+    with torch.no_grad():
+        expected = model.get_logits({"encoder_out": model.proj(x), "padding_mask": None})
+    assert (F.linear(x, layer["weight"], layer["bias"]) - expected).abs().max().item() < 1e-5
+
+
+def test_the_output_folder_keeps_what_the_tool_did_not_write(exported, tmp_path, capsys):
+    slim_path = exported["models"]["wavlm"]["slim_path"]
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert export_cli.main([slim_path, "--hf", str(out)]) == 2
+    assert capsys.readouterr().err == (f"hjprune-export: error: {out}: holds files this tool did not write "
+                                       "(notes.txt); choose a new or empty folder\n")
+    os.remove(out / "notes.txt")
+    assert export_cli.main([slim_path, "--hf", str(out)]) == 0
+    assert export_cli.main([slim_path, "--hf", str(out)]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"{out}: already holds a Hugging Face export (pass --overwrite to replace it)\n")
+    (out / "model.safetensors").write_bytes(b"old")
+    assert export_cli.main([exported["models"]["whole_heads"]["slim_path"], "--hf", str(out), "--overwrite"]) == 0
+    assert "vocab.json" in os.listdir(out) and (out / "model.safetensors").stat().st_size > 3
+    assert sorted(os.listdir(tmp_path)) == ["hf"]  # no temporary folder left beside it
+
+
+def test_a_ctc_checkpoint_without_its_dictionary_is_refused(w2v_pretrained, tmp_path, capsys):
+    path = save_like_trainer(gated_model(w2v_pretrained), tmp_path / "g.pt")
+    assert export_cli.main([path, "--hf", str(tmp_path / "hf")]) == 2
+    assert capsys.readouterr().err == (
+        f"hjprune-export: error: {path}: records no target dictionary (model.target_dictionary), so the CTC "
+        "outputs have no tokens; expected a checkpoint of a stage run with the hjprune_audio_finetuning task\n")
+    assert not os.path.exists(tmp_path / "hf")
