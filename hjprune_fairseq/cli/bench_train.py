@@ -1,4 +1,5 @@
-"""hjprune-bench-train: cost of one pruning update vs one stock fairseq wav2vec_ctc update, same batch.
+"""hjprune-bench-train: cost of one pruning update vs one stock fairseq wav2vec_ctc update (WavLM, which
+fairseq lacks: the same encoder without gates), same batch.
 
 The comparison is ``hjprune_fairseq.bench.train_update`` (forward, backward and optimizer step of
 each, alternately, from the same random checkpoint of ``--preset``).
