@@ -307,7 +307,7 @@ class SelfAttention(nn.Module):
                 raise ValueError("a WavLM attention layer needs the encoder's position_bias, got None")
             # Float mask (B, H, T, T): gated bias in fp32, cast to the activations' dtype, -inf at padded keys.
             bias = (self.position_gate(x) * position_bias[self.head_ids]).to(x.dtype)
-            attn_mask = bias if key_padding_mask is None else bias.masked_fill(key_padding_mask.view(B, 1, 1, T), float("-inf"))
+            attn_mask = bias if key_padding_mask is None else bias.masked_fill_(key_padding_mask.view(B, 1, 1, T), float("-inf"))
         elif key_padding_mask is not None:
             attn_mask = (~key_padding_mask).view(B, 1, 1, T)
         dropout = self.dropout if self.training else 0.0
@@ -464,7 +464,9 @@ class Wav2Vec2Encoder(nn.Module):
             return None
         buckets = relative_position_buckets(num_frames, self.spec.rel_pos_buckets, self.spec.rel_pos_max_distance,
                                             self.rel_pos_embed.weight.device)
-        return F.embedding(buckets, self.rel_pos_embed.weight).float().permute(2, 0, 1)
+        # Contiguous (H, T, T): a head-major layout keeps every layer's gating and its attention mask
+        # in the layout SDPA reads fastest (a permuted view made them several times slower on CPU).
+        return F.embedding(buckets, self.rel_pos_embed.weight).float().permute(2, 0, 1).contiguous()
 
     def apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Time masking with ``mask_emb`` and channel masking with zeros (fairseq's apply_mask)."""
