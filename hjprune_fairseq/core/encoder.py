@@ -465,7 +465,7 @@ class Wav2Vec2Encoder(nn.Module):
         buckets = relative_position_buckets(num_frames, self.spec.rel_pos_buckets, self.spec.rel_pos_max_distance,
                                             self.rel_pos_embed.weight.device)
         # Contiguous (H, T, T): a head-major layout keeps every layer's gating and its attention mask
-        # in the layout SDPA reads fastest (a permuted view made them several times slower on CPU).
+        # in the layout SDPA reads fastest (a permuted view made the gating about twice as slow on CPU).
         return F.embedding(buckets, self.rel_pos_embed.weight).float().permute(2, 0, 1).contiguous()
 
     def apply_mask(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
