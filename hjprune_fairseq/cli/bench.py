@@ -62,14 +62,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{f['attention_calls']}")
         if a.onnx:
             o = r["onnx"]
-            print(f"\n{'runtime':<22} {'dense s':>8} {'slim s':>8} {'speed-up':>9} {'/ MAC ratio':>12}")
+            print(f"\n{'runtime':<24} {'dense s':>8} {'slim s':>8} {'speed-up':>9} {'/ MAC ratio':>12}")
             rows = [("PyTorch", r["dense_latency_s"], r["slim_latency_s"], r["speedup"], r["speedup_over_mac_ratio"]),
                     (f"onnxruntime {o['onnxruntime']}", o["dense_latency_s"], o["slim_latency_s"], o["speedup"],
                      o["speedup_over_mac_ratio"]),
                     ("onnxruntime, slim int8", o["dense_latency_s"], o["slim_int8_latency_s"], o["int8_speedup"],
                      o["int8_speedup_over_mac_ratio"])]
+            if a.fine_grained:
+                f = r["fine_grained"]
+                rows[1:1] = [("PyTorch, thin heads", r["dense_latency_s"], f["latency_s"], f["speedup"],
+                              f["speedup_over_mac_ratio"])]
+                rows.append(("onnxruntime, thin heads", o["dense_latency_s"], o["fine_grained_latency_s"],
+                             o["fine_grained_speedup"], o["fine_grained_speedup_over_mac_ratio"]))
             for name, d, s, up, per_mac in rows:
-                print(f"{name:<22} {d:>8.3f} {s:>8.3f} {up:>8.2f}x {per_mac:>12.2f}")
+                print(f"{name:<24} {d:>8.3f} {s:>8.3f} {up:>8.2f}x {per_mac:>12.2f}")
             print(f"onnxruntime goal speed-up / MAC ratio >= {ONNX_GOAL}: {'met' if o['goal_met'] else 'NOT met'}; "
                   f"int8 slim {o['int8_vs_fp32_slim']:.2f}x the fp32 slim graph's speed, relative error "
                   f"{o['int8_rel_error']:.3f}; fp32 slim graph within {o['slim_max_abs_diff']:.1e} of PyTorch")
