@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from hjprune_fairseq.models.base import HJPruneGatedCtcConfig
 from hjprune_fairseq.models.ctc import HJPruneGatedCtc
 
-from fairseq_fixtures import letter_dictionary
+from fairseq_fixtures import batch, letter_dictionary
 
-VOCAB = len(letter_dictionary())
+SYMBOLS = list(letter_dictionary().symbols)
+VOCAB = len(SYMBOLS)
 NO_GATES = dict(prune_conv=False, prune_heads=False, prune_ffn=False, prune_hidden=False)
 
 
@@ -18,6 +22,28 @@ def gated_model(w2v_path: str, **cfg) -> HJPruneGatedCtc:
     cfg.setdefault("feature_grad_mult", 1.0)
     c = OmegaConf.structured(HJPruneGatedCtcConfig(w2v_path=w2v_path, normalize=False, **cfg))
     return HJPruneGatedCtc.from_config(c, VOCAB).eval()
+
+
+def ctc_model(w2v_path: str, data: str, **cfg) -> HJPruneGatedCtc:
+    """A gated CTC model with random gates that records the letter dictionary of ``data`` (as a stage run with the
+    hjprune_audio_finetuning task does), so its exports carry the tokens."""
+    model = gated_model(w2v_path, target_dictionary={"path": os.path.join(data, "dict.ltr.txt"), "symbols": SYMBOLS},
+                        **cfg)
+    randomize_gates(model)
+    return model
+
+
+def letters_head(model, seed: int) -> None:
+    """A CTC output layer that prints many letters and spaces from random audio and never the specials other than
+    the blank (fairseq-generate strips them, the tokenizer prints them): random rows whose mean logit over random
+    audio is 0 (a random layer mostly repeats the token of the encoder output's mean direction)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.proj.weight.copy_(3.0 * torch.randn(model.proj.weight.shape, generator=g))
+        x, _ = model.encode(*batch([16000, 16000], seed=seed))
+        model.proj.bias.copy_(-F.linear(x, model.proj.weight).mean((0, 1)))
+        model.proj.bias[1:4] = -100.0
+        model.proj.bias[SYMBOLS.index("|")] += 1.0
 
 
 def randomize_gates(model, mean: float = 1.0, std: float = 2.0, seed: int = 3) -> None:

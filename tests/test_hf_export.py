@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from fairseq_fixtures import batch, fairseq_generate, letter_dictionary, make_letter_corpus, save_like_trainer
-from helpers import gated_model, max_diff, randomize_gates
+from fairseq_fixtures import batch, fairseq_generate, make_letter_corpus, save_like_trainer
+from helpers import SYMBOLS, ctc_model, gated_model, letters_head, max_diff, randomize_gates
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
@@ -29,7 +29,6 @@ from hjprune_fairseq.models.distill import HJPruneDistillConfig, HJPruneGatedDis
 
 TOOL = "hjprune-export-hf"
 LENGTHS = [5000, 3300]
-SYMBOLS = list(letter_dictionary().symbols)
 TINY_WAVLM = EncoderSpec.uniform([(16, 10, 5), (16, 4, 4), (16, 4, 4)], 32, 2, 4, 48, 8, 4, rel_pos_buckets=32,
                                  rel_pos_max_distance=32)
 
@@ -89,26 +88,6 @@ for name, job in jobs["folders"].items():
 results["modules"] = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED))
 torch.save(results, jobs["out"])
 '''
-
-
-def letters_head(model, seed: int) -> None:
-    """A CTC output layer that prints many letters and spaces from random audio and never the specials other than
-    the blank (fairseq-generate strips them, the tokenizer prints them): random rows whose mean logit over random
-    audio is 0 (a random layer mostly repeats the token of the encoder output's mean direction)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        model.proj.weight.copy_(3.0 * torch.randn(model.proj.weight.shape, generator=g))
-        x, _ = model.encode(*batch([16000, 16000], seed=seed))
-        model.proj.bias.copy_(-F.linear(x, model.proj.weight).mean((0, 1)))
-        model.proj.bias[1:4] = -100.0
-        model.proj.bias[SYMBOLS.index("|")] += 1.0
-
-
-def ctc_model(w2v_path: str, data: str, **cfg):
-    model = gated_model(w2v_path, target_dictionary={"path": os.path.join(data, "dict.ltr.txt"), "symbols": SYMBOLS},
-                        **cfg)
-    randomize_gates(model)
-    return model
 
 
 def wavlm_distill():
