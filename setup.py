@@ -37,6 +37,7 @@ setup(
             "hjprune-cost=hjprune_fairseq.cli.cost:main",
             "hjprune-export=hjprune_fairseq.cli.export:main",
             "hjprune-import-hf=hjprune_fairseq.cli.import_hf:main",
+            "hjprune-score-export=hjprune_fairseq.cli.score_export:main",
             "hjprune-bench=hjprune_fairseq.cli.bench:main",
             "hjprune-bench-train=hjprune_fairseq.cli.bench_train:main",
             "hjprune-smoke-base=hjprune_fairseq.cli.smoke_base:main",
