@@ -2,6 +2,8 @@
 small for accuracy). The sweep is cut to two points (run at once), besides the pipeline's macs_40
 that it reuses."""
 
+import contextlib
+import io
 import json
 import os
 
@@ -15,9 +17,11 @@ from hjprune_fairseq.demo import pipeline
 def quick(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "asr")
     sweep = {"macs": [["criterion.target_sparsity=0.2"], pipeline.MAIN_POINT[1]], "size": [["criterion.target_sparsity=0.2"]]}
-    with pytest.MonkeyPatch.context() as mp:
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setattr(pipeline, "SWEEP", sweep)
-        assert demo.main(["--quick", "--sweep", "--baselines", "--jobs", "2", "--out", out]) == 0
+        assert demo.main(["--quick", "--sweep", "--baselines", "--jobs", "2", "--precision", "fp32", "--out", out]) == 0
+    open(out + ".printed.txt", "w").write(printed.getvalue())  # beside OUT, which holds only the demo's files
     return out
 
 
@@ -42,6 +46,28 @@ def test_quick_demo_writes_the_report(quick):
                                    "prune_macs_1", "prune_size_1", "sweep", "latency", "parp", "distill",
                                    "finetune_distill_40", "baselines"}
     assert "'target_sparsity': 0.2," in open(os.path.join(quick, "logs", "prune_size_1.log")).read()
+
+
+def test_report_says_what_it_shows(quick):
+    r = json.load(open(os.path.join(quick, "report.json")))
+    meta = [l.split("\t") for l in open(os.path.join(quick, "data", "test.meta.tsv")).read().splitlines()[1:]]
+    voices = sorted({row[1] for row in meta})
+    assert len(voices) > 1
+    for m in r["models"]:
+        assert sorted(m["wer_per_voice"]) == voices and all(w >= 0 for w in m["wer_per_voice"].values())
+    md = open(os.path.join(quick, "report.md")).read()
+    assert "eSpeak NG only" in md and "not accuracy on real speech" in md
+    assert "WER % per test voice:" in md and "| model | " + " | ".join(voices) + " |" in md
+    assert "`" + " ".join(pipeline.DECODING) + "`" in md  # the decoding settings, the same for every model
+    for name in ("decode_unpruned", "decode_macs_40"):  # fairseq-generate prints its config
+        assert "'batch_size': 1," in open(os.path.join(quick, "logs", f"{name}.log")).read()
+
+
+def test_prints_a_line_per_stage_with_the_time_left(quick):
+    lines = open(quick + ".printed.txt").read().splitlines()
+    done = [l for l in lines if " done in " in l]
+    assert any(l.split("] ")[1].startswith("finetune done in") for l in done)
+    assert all("min left (estimate)" in l for l in done if "final_macs_40" not in l and "latency" not in l)
 
 
 def test_refuses_a_folder_with_results(quick, capsys):

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from hjprune_manifests import output_dir
 from hjprune_manifests.cli import run_cli
 
-from ..demo.pipeline import FULL, QUICK, TOOL, Demo
+from ..demo.pipeline import FULL, QUICK, TOOL, Demo, faster_precision
 from ..demo.report import write_report
 from .progress import progress_lines
 
@@ -34,6 +34,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--jobs", type=int, default=2,
                    help="--sweep / --baselines: points trained at once, each with cores/jobs threads")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in the folder")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="precision of the fine-tuning and pruning stages (pre-training stays fp32); auto: bf16 "
+                        "where a quick measurement on this CPU finds it at least 10%% faster (default: auto)")
     a = p.parse_args(argv)
     if a.jobs < 1:
         p.error(f"--jobs must be at least 1, got {a.jobs}")
@@ -53,8 +56,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t0 = time.time()
         try:
             with progress_lines("hjprune_fairseq.demo", sys.stdout):
-                demo = Demo(out, a.task, budget)
+                precision = faster_precision() if a.precision == "auto" else {"precision": a.precision}
+                print(f"training precision: {precision['precision']}" + (
+                    f" (a bf16 step measured {precision['bf16_speedup']}x as fast as fp32 here)" if "bf16_speedup" in precision else ""))
+                demo = Demo(out, a.task, budget, precision=precision["precision"])
                 result = demo.pipeline()
+                result["precision"] = precision
                 if a.sweep:
                     demo.sweep(result, a.jobs)
                 if a.baselines:

@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 TOOL = "hjprune-demo"  # the name of its marker files, .hjprune-demo (output_dir)
 SCORING = {"asr": "wer", "slu": "hjprune_accuracy"}  # fairseq-generate --scoring, per task
 METRIC = {"asr": "wer", "slu": "accuracy"}  # the report's name of that score
+# fairseq-generate's batching, the same for every model. One utterance a batch: batched decoding pads,
+# and the padded zeros reach the first conv layer's GroupNorm (it normalises over time, as stock
+# wav2vec2-base), so a hypothesis would depend on its batch neighbours.
+DECODING = ["--batch-size", "1"]
 
 
 @dataclass
@@ -47,7 +51,7 @@ class Budget:
     final: int
 
 
-FULL = Budget(train=1500, valid=100, test=200, pretrain=100, finetune=600, prune=600, warmup=200, final=300)
+FULL = Budget(train=1500, valid=100, test=200, pretrain=100, finetune=300, prune=250, warmup=100, final=120)
 QUICK = Budget(train=60, valid=8, test=16, pretrain=6, finetune=20, prune=24, warmup=8, final=12)
 MAIN_POINT = ("macs", ["criterion.target_sparsity=0.4"])  # the pipeline's pruned model, named macs_40
 SWEEP = {  # (mode, overrides) per point: about 20, 40 and 60 % fewer MACs for each method
@@ -63,13 +67,80 @@ def _now() -> str:
     return time.strftime("%H:%M:%S")
 
 
+PRECISIONS = {"fp32": [], "bf16": ["common.bf16=true", "common.fp16_no_flatten_grads=true"]}  # stage overrides
+
+
+def faster_precision(threads: int = 0, seconds: float = 8.0) -> Dict:
+    """{"precision": "bf16" or "fp32", "bf16_speedup": fp32 time / bf16 time} of one training step (forward
+    and backward) of the demo's tiny encoder on a batch of ``seconds`` of audio, the two taking turns.
+
+    bf16 is chosen only where it is measured at least 10 % faster: CPUs with bf16 instructions (e.g.
+    AVX512-BF16) run it about 1.6x faster than fp32, others emulate it, slower.
+    """
+    import copy
+
+    import torch
+
+    from ..core.encoder import Wav2Vec2Encoder
+    from ..core.presets import PRESETS
+    from ..timing import apply_threads, median_times
+
+    apply_threads(threads)
+    torch.manual_seed(0)
+    fp32 = Wav2Vec2Encoder(PRESETS["tiny"])
+    models = {"fp32": (fp32, torch.float32), "bf16": (copy.deepcopy(fp32).to(torch.bfloat16), torch.bfloat16)}
+    wav = torch.randn(4, int(seconds * SAMPLE_RATE / 4))
+
+    def step(model, dtype) -> None:
+        x, _, _ = model(wav.to(dtype))
+        x.float().square().mean().backward()
+
+    t = median_times({k: (lambda i, m=m, d=d: step(m, d)) for k, (m, d) in models.items()}, repeats=3, warmup=1)
+    ratio = t["fp32"] / t["bf16"]
+    return {"precision": "bf16" if ratio >= 1.1 else "fp32", "bf16_speedup": round(ratio, 2)}
+
+
+class TimeLeft:
+    """An estimate of the time a run has left, from the stages still to come (:meth:`expect`).
+
+    A training stage is expected to take its updates times the seconds per update of the training
+    stages done so far (startup included; ``first_guess_s`` per update before any); any other stage
+    the mean time of the other stages done so far (30 s before any). Stages run side by side
+    (``--sweep``) are counted one after the other, so the estimate is then high.
+    """
+
+    def __init__(self, first_guess_s: float = 0.5):
+        self.first_guess_s = first_guess_s
+        self.pending: Dict[str, int] = {}  # stage -> updates (0: not a training stage)
+        self.trained = [0.0, 0]  # seconds, updates of the training stages done
+        self.other: List[float] = []  # seconds of the other stages done
+
+    def expect(self, stages: Dict[str, int]) -> None:
+        self.pending.update(stages)
+
+    def done(self, name: str, seconds: float) -> None:
+        updates = self.pending.pop(name, 0)
+        if updates:
+            self.trained[0] += seconds
+            self.trained[1] += updates
+        else:
+            self.other.append(seconds)
+
+    def seconds_left(self) -> float:
+        per_update = self.trained[0] / self.trained[1] if self.trained[1] else self.first_guess_s
+        per_other = sum(self.other) / len(self.other) if self.other else 30.0
+        return sum(u * per_update if u else per_other for u in self.pending.values())
+
+
 class Demo:
-    def __init__(self, out: str, task: str, budget: Budget, threads: Optional[int] = None):
+    def __init__(self, out: str, task: str, budget: Budget, threads: Optional[int] = None, precision: str = "fp32"):
         self.out, self.task, self.budget = out, task, budget
+        self.precision = PRECISIONS[precision]  # the overrides of the stages that train in it
         self.threads = threads  # torch threads per stage (None: torch's default, every core)
         self.data = os.path.join(out, "data")
         self.config_dir = config_set_dir("tiny_slu" if task == "slu" else "tiny")
         self.timings: Dict[str, float] = {}
+        self.time_left = TimeLeft()
         os.makedirs(os.path.join(out, "logs"), exist_ok=True)
 
     def step(self, name: str, cmd: List[str]) -> None:
@@ -83,7 +154,14 @@ class Demo:
         if run.rc:
             tail = open(log).read().splitlines()[-15:]
             raise RuntimeError(f"stage {name} failed (exit {run.rc}); end of {log}:\n" + "\n".join(tail))
-        logger.info(f"[{_now()}] {name} done in {self.timings[name]} s")
+        self.finished(name)
+
+    def finished(self, name: str) -> None:
+        """The progress line of a finished stage: its time and an estimate of the time left."""
+        self.time_left.done(name, self.timings[name])
+        left = self.time_left.seconds_left()
+        logger.info(f"[{_now()}] {name} done in {self.timings[name]} s" +
+                    (f"; about {left / 60:.0f} min left (estimate)" if left else ""))
 
     def train(self, name: str, config_dir: str, config: str, overrides: Sequence[str]) -> str:
         save = os.path.join(self.out, "checkpoints", name)
@@ -113,24 +191,35 @@ class Demo:
         sizes = write_corpus(self.data, self.task, {"train": b.train, "valid": b.valid, "test": b.test}, overwrite=True)
         self.timings["synthesise"] = round(time.time() - t0, 1)
         logger.info(f"[{_now()}] corpus: {sizes}")
+        self.finished("synthesise")
 
     def pipeline(self) -> Dict:
         b = self.budget
+        self.time_left.expect({"synthesise": 0, "pretrain": b.pretrain, "finetune": b.finetune, "decode_unpruned": 0,
+                               "latency": 0})
+        self.expect_point("macs_40")
         self.synthesise()
         pre = self.train("pretrain", config_set_dir("tiny"), "pretrain", [f"optimization.max_update={b.pretrain}"])
         ft = self.train("finetune", self.config_dir, "finetune", [
-            f"model.w2v_path={pre}/checkpoint_last.pt", f"optimization.max_update={b.finetune}"])
+            f"model.w2v_path={pre}/checkpoint_last.pt", f"optimization.max_update={b.finetune}", *self.precision])
         models = [self.evaluate("unpruned", f"{ft}/checkpoint_best.pt", "none")]
         models.append(self.prune_point(*MAIN_POINT, f"{ft}/checkpoint_best.pt", "macs_40"))
         return {"models": models, "finetuned": f"{ft}/checkpoint_best.pt", "pretrained": f"{pre}/checkpoint_last.pt"}
+
+    def expect_point(self, name: str) -> None:
+        """The stages of prune_point ``name``, for the estimate of the time left."""
+        b = self.budget
+        self.time_left.expect({f"prune_{name}": b.prune, f"export_{name}": 0, f"final_{name}": b.final,
+                               f"decode_{name}": 0})
 
     def prune_point(self, mode: str, overrides: List[str], finetuned: str, name: str) -> Dict:
         b = self.budget
         pr = self.train(f"prune_{name}", self.config_dir, "prune", [
             f"mode={mode}", *overrides, f"model.w2v_path={finetuned}", f"optimization.max_update={b.prune}",
-            f"criterion.sparsity_warmup_updates={b.warmup}"])
+            f"criterion.sparsity_warmup_updates={b.warmup}", *self.precision])
         slim = self.export(name, f"{pr}/checkpoint_last.pt")
-        fin = self.train(f"final_{name}", self.config_dir, "final", [f"model.w2v_path={slim}", f"optimization.max_update={b.final}"])
+        fin = self.train(f"final_{name}", self.config_dir, "final", [
+            f"model.w2v_path={slim}", f"optimization.max_update={b.final}", *self.precision])
         return self.evaluate(name, f"{fin}/checkpoint_best.pt", mode)
 
     def parp_point(self, finetuned: str, params: int) -> Dict:
@@ -153,10 +242,10 @@ class Demo:
         b = self.budget
         run = self.train("distill", config_set_dir("tiny"), "distill", [
             "mode=macs", "criterion.target_sparsity=0.4", f"model.w2v_path={pretrained}",
-            f"optimization.max_update={b.prune}", f"criterion.sparsity_warmup_updates={b.warmup}"])
+            f"optimization.max_update={b.prune}", f"criterion.sparsity_warmup_updates={b.warmup}", *self.precision])
         slim = self.export("distill_40", f"{run}/checkpoint_last.pt")
         ft = self.train("finetune_distill_40", self.config_dir, "finetune", [
-            f"model.w2v_path={slim}", f"optimization.max_update={b.finetune}"])
+            f"model.w2v_path={slim}", f"optimization.max_update={b.finetune}", *self.precision])
         return self.evaluate("distill_40", f"{ft}/checkpoint_best.pt", "task_agnostic")
 
     def evaluate(self, name: str, ckpt: str, mode: str) -> Dict:
@@ -170,10 +259,11 @@ class Demo:
         else:
             extra = ["--task", "hjprune_audio_finetuning", "--post-process", "letter", "--scoring", scoring]
         self.step(f"decode_{name}", [console_script("fairseq-generate"), self.data, "--user-dir", USER_DIR, "--path", ckpt,
-                                     "--gen-subset", "test", "--max-tokens", "2000000",
+                                     "--gen-subset", "test", *DECODING,
                                      "--results-path", os.path.join(self.out, "decode", name), *extra])
         hyps, refs = parse_generate(os.path.join(self.out, "decode", name, "generate-test.txt"))
-        seen = [l.split("\t")[4] == "1" for l in open(os.path.join(self.data, "test.meta.tsv")).read().splitlines()[1:]]
+        meta = [l.split("\t") for l in open(os.path.join(self.data, "test.meta.tsv")).read().splitlines()[1:]]
+        seen = [row[4] == "1" for row in meta]
         cost = describe(ckpt, 10.0)
         r = {"name": name, "mode": mode, "checkpoint": ckpt, "gmacs": cost["encoder_gmacs"],
              # PARP: its nonzero weights (its MACs and latency stay dense)
@@ -183,6 +273,8 @@ class Demo:
         ids = sorted(refs)
         r.update(subset_scores(scoring, refs, hyps, {metric: ids, f"{metric}_seen": [i for i in ids if seen[i]],
                                                      f"{metric}_unseen": [i for i in ids if not seen[i]]}))
+        voices = sorted({meta[i][1] for i in ids})  # one WER can hide a wide spread across test voices
+        r[f"{metric}_per_voice"] = subset_scores(scoring, refs, hyps, {v: [i for i in ids if meta[i][1] == v] for v in voices})
         logger.info(f"    {name}: " + ", ".join(f"{k} {r[k]:.3f}" for k in ("gmacs", "wer", "accuracy") if k in r))
         return r
 
@@ -191,12 +283,17 @@ class Demo:
         macs point)."""
         points = [(mode, o, f"{mode}_{k + 1}") for mode, pts in SWEEP.items() for k, o in enumerate(pts)
                   if (mode, o) != MAIN_POINT]
+        for *_, name in points:
+            self.expect_point(name)
         result["models"] += self.parallel("sweep", jobs, [
             functools.partial(self.prune_point, mode, o, result["finetuned"], name) for mode, o, name in points])
 
     def baselines(self, result: Dict, jobs: int) -> None:
         """PARP at the parameter count of macs_40, and task-agnostic pruning by distillation."""
         macs_40 = next(m for m in result["models"] if m["name"] == "macs_40")
+        b = self.budget
+        self.time_left.expect({"parp": b.prune, "decode_parp": 0, "distill": b.prune, "export_distill_40": 0,
+                               "finetune_distill_40": b.finetune, "decode_distill_40": 0})
         result["models"] += self.parallel("baselines", jobs, [
             functools.partial(self.parp_point, result["finetuned"], macs_40["params"]),
             functools.partial(self.distill_point, result["pretrained"])])
@@ -230,6 +327,7 @@ class Demo:
         for m in models:
             m["latency_s"] = times[m["name"]]
         self.timings["latency"] = round(time.time() - t0, 1)
+        self.finished("latency")
 
 
 def latencies(checkpoints: Dict[str, str], seconds: float = 10.0, repeats: int = 25, warmup: int = 3) -> Dict[str, float]:

@@ -3,19 +3,24 @@ report.md, from the models the pipeline evaluated and timed."""
 
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-from .pipeline import METRIC, Budget
+from .pipeline import DECODING, METRIC, Budget
+
+DOMAIN = ("The corpus is speech synthesised by eSpeak NG only: these figures show the pipeline's mechanics and "
+          "the relative cost of pruning, not accuracy on real speech (models trained on it fail on other voices "
+          "and engines).")
 
 
 def write_report(out: str, task: str, result: Dict, timings: Dict[str, float], budget: Budget) -> None:
     """OUT/report.json, OUT/METRIC_vs_gmacs.png, OUT/kept_per_layer.png, OUT/latency.png, OUT/report.md."""
     metric = METRIC[task]
     models = result["models"]
-    json.dump({"task": task, "budget": budget.__dict__, "timings_s": timings, "models": models},
+    json.dump({"task": task, "budget": budget.__dict__, "precision": result.get("precision"), "timings_s": timings,
+               "models": models},
               open(os.path.join(out, "report.json"), "w"), indent=2)
     plot(out, metric, models)
-    open(os.path.join(out, "report.md"), "w").write(markdown(task, metric, models, timings, budget))
+    open(os.path.join(out, "report.md"), "w").write(markdown(task, metric, models, timings, budget, result.get("precision")))
 
 
 def plot(out: str, metric: str, models: List[Dict]) -> None:
@@ -56,7 +61,8 @@ def plot(out: str, metric: str, models: List[Dict]) -> None:
     plt.close("all")
 
 
-def markdown(task: str, metric: str, models: List[Dict], timings: Dict[str, float], budget: Budget) -> str:
+def markdown(task: str, metric: str, models: List[Dict], timings: Dict[str, float], budget: Budget,
+             precision: Optional[Dict] = None) -> str:
     """report.md: the table of models (the first is the unpruned baseline of the speed-ups), notes on
     the baselines, the plots and the stage times."""
     base = models[0]
@@ -72,12 +78,23 @@ def markdown(task: str, metric: str, models: List[Dict], timings: Dict[str, floa
         notes += ["distill_40 (task-agnostic): the pre-trained encoder pruned without labels by distillation from "
                   "itself (fine-grained heads, straight-through gates, 40 % fewer MACs), then fine-tuned like the "
                   "unpruned model.", ""]
-    md = [f"# hjprune-demo report ({task})", "",
+    voices = list(base[metric + "_per_voice"])
+    per_voice = [f"| {m['name']} | " + " | ".join(f"{m[metric + '_per_voice'][v]:.2f}" for v in voices) + " |"
+                 for m in models]
+    md = [f"# hjprune-demo report ({task})", "", DOMAIN, "",
           f"Synthetic eSpeak NG corpus: {budget.train} train / {budget.valid} valid / {budget.test} test utterances; the test "
-          "voices and rates are unseen in training; 'seen' / 'unseen' split the test sentences by whether they occur in "
-          "training.", "",
+          f"voices ({', '.join(voices)}) and rates are other eSpeak NG voices, unseen in training; 'seen' / 'unseen' "
+          "split the test sentences by whether they occur in training. Every model is decoded the same way: "
+          f"fairseq-generate, greedy CTC, `{' '.join(DECODING)}` (no padding, so no hypothesis depends on its batch).", "",
           f"| model | mode | GMACs | params | MACs sparsity | {name} | seen | unseen | latency s | speed-up |",
-          "|---|---|---|---|---|---|---|---|---|---|", *rows, "", *notes,
+          "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+          f"{name} per test voice:", "", "| model | " + " | ".join(voices) + " |",
+          "|---|" + "---|" * len(voices), *per_voice, "", *notes,
           f"![{metric} vs GMACs]({metric}_vs_gmacs.png)", "", "![kept units per layer](kept_per_layer.png)", "",
-          "![latency](latency.png)", "", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())]
+          "![latency](latency.png)", ""]
+    if precision:
+        md += [f"Fine-tuning and pruning ran in {precision['precision']}" + (
+            f" (a bf16 training step measured {precision['bf16_speedup']}x as fast as fp32 on this CPU)"
+            if "bf16_speedup" in precision else "") + "; pre-training in fp32.", ""]
+    md += ["Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())]
     return "\n".join(md) + "\n"
