@@ -58,7 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with progress_lines("hjprune_fairseq.demo", sys.stdout):
                 precision = faster_precision() if a.precision == "auto" else {"precision": a.precision}
                 print(f"training precision: {precision['precision']}" + (
-                    f" (a bf16 step measured {precision['bf16_speedup']}x as fast as fp32 here)" if "bf16_speedup" in precision else ""))
+                    f" (a bf16 step measured {precision['bf16_speedup']}x as fast as fp32 here)" if "bf16_speedup" in precision else ""),
+                    flush=True)  # before the stages' progress lines
                 demo = Demo(out, a.task, budget, precision=precision["precision"])
                 result = demo.pipeline()
                 result["precision"] = precision

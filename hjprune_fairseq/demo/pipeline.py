@@ -51,7 +51,7 @@ class Budget:
     final: int
 
 
-FULL = Budget(train=1500, valid=100, test=200, pretrain=100, finetune=300, prune=250, warmup=100, final=120)
+FULL = Budget(train=1500, valid=100, test=200, pretrain=100, finetune=640, prune=200, warmup=80, final=100)
 QUICK = Budget(train=60, valid=8, test=16, pretrain=6, finetune=20, prune=24, warmup=8, final=12)
 MAIN_POINT = ("macs", ["criterion.target_sparsity=0.4"])  # the pipeline's pruned model, named macs_40
 SWEEP = {  # (mode, overrides) per point: about 20, 40 and 60 % fewer MACs for each method
