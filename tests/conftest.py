@@ -43,3 +43,13 @@ def stock_ctc(ckpt_dir, w2v_pretrained):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# The longest files first: with `-n 2 --dist loadfile` (make test) pytest-xdist hands out whole files in
+# collection order, so a long file collected late would run alone at the end while the other worker idles.
+LONGEST_FIRST = ("test_demo.py", "test_hf_import.py", "test_prune_train.py", "test_fairseq_train.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

@@ -51,7 +51,7 @@ class Budget:
     final: int
 
 
-FULL = Budget(train=1500, valid=100, test=200, pretrain=100, finetune=640, prune=200, warmup=80, final=100)
+FULL = Budget(train=1500, valid=100, test=200, pretrain=80, finetune=480, prune=180, warmup=70, final=100)
 QUICK = Budget(train=60, valid=8, test=16, pretrain=6, finetune=20, prune=24, warmup=8, final=12)
 MAIN_POINT = ("macs", ["criterion.target_sparsity=0.4"])  # the pipeline's pruned model, named macs_40
 SWEEP = {  # (mode, overrides) per point: about 20, 40 and 60 % fewer MACs for each method
@@ -103,13 +103,16 @@ def faster_precision(threads: int = 0, seconds: float = 8.0) -> Dict:
 class TimeLeft:
     """An estimate of the time a run has left, from the stages still to come (:meth:`expect`).
 
-    A training stage is expected to take its updates times the seconds per update of the training
-    stages done so far (startup included; ``first_guess_s`` per update before any); any other stage
-    the mean time of the other stages done so far (30 s before any). Stages run side by side
-    (``--sweep``) are counted one after the other, so the estimate is then high.
+    A training stage is expected to take its updates times the seconds per update of the fine-tuning
+    and pruning stages done so far (startup included; before any, ``first_guess_s``: a bf16 update on
+    2 cores); pre-training (stock fairseq, fp32, another loss) is not a guide to them. Any other stage
+    is expected to take the mean time of the other stages done so far (30 s before any). Stages run
+    side by side (``--sweep``) are counted one after the other, so the estimate is then high.
     """
 
-    def __init__(self, first_guess_s: float = 0.5):
+    NOT_A_GUIDE = ("pretrain",)
+
+    def __init__(self, first_guess_s: float = 0.35):
         self.first_guess_s = first_guess_s
         self.pending: Dict[str, int] = {}  # stage -> updates (0: not a training stage)
         self.trained = [0.0, 0]  # seconds, updates of the training stages done
@@ -121,8 +124,9 @@ class TimeLeft:
     def done(self, name: str, seconds: float) -> None:
         updates = self.pending.pop(name, 0)
         if updates:
-            self.trained[0] += seconds
-            self.trained[1] += updates
+            if name not in self.NOT_A_GUIDE:
+                self.trained[0] += seconds
+                self.trained[1] += updates
         else:
             self.other.append(seconds)
 
