@@ -39,7 +39,8 @@ DECODING = ["--batch-size", "1"]
 
 @dataclass
 class Budget:
-    """Corpus sizes and updates per stage."""
+    """Corpus sizes, updates per stage and, where set, the samples in a batch of every stage (else the
+    config's)."""
 
     train: int
     valid: int
@@ -49,10 +50,11 @@ class Budget:
     prune: int
     warmup: int
     final: int
+    max_tokens: Optional[int] = None
 
 
 FULL = Budget(train=1500, valid=100, test=200, pretrain=80, finetune=480, prune=180, warmup=70, final=100)
-QUICK = Budget(train=60, valid=8, test=16, pretrain=6, finetune=20, prune=24, warmup=8, final=12)
+QUICK = Budget(train=60, valid=8, test=16, pretrain=6, finetune=20, prune=24, warmup=8, final=12, max_tokens=100000)
 MAIN_POINT = ("macs", ["criterion.target_sparsity=0.4"])  # the pipeline's pruned model, named macs_40
 SWEEP = {  # (mode, overrides) per point: about 20, 40 and 60 % fewer MACs for each method
     "macs": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
@@ -140,6 +142,7 @@ class Demo:
     def __init__(self, out: str, task: str, budget: Budget, threads: Optional[int] = None, precision: str = "fp32"):
         self.out, self.task, self.budget = out, task, budget
         self.precision = PRECISIONS[precision]  # the overrides of the stages that train in it
+        self.batch = [f"dataset.max_tokens={budget.max_tokens}"] if budget.max_tokens else []
         self.threads = threads  # torch threads per stage (None: torch's default, every core)
         self.data = os.path.join(out, "data")
         self.config_dir = config_set_dir("tiny_slu" if task == "slu" else "tiny")
@@ -174,7 +177,7 @@ class Demo:
         with output_dir.staging(save) as tmp:
             self.step(name, [console_script("fairseq-hydra-train"), "--config-dir", config_dir, "--config-name", config,
                              f"common.user_dir={USER_DIR}", f"task.data={self.data}", f"checkpoint.save_dir={tmp}",
-                             *overrides])
+                             *overrides, *self.batch])
             output_dir.replace_entry(os.path.dirname(save), name, tmp, TOOL)
         output_dir.record(self.out, TOOL, os.listdir(self.out))  # with what fairseq-hydra-train wrote in OUT
         return save
