@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
+from hjprune_manifests.output_dir import write_atomically
 from omegaconf import OmegaConf
 
 from .core.gate_state import GateMasks
@@ -58,21 +58,6 @@ def check_output_path(input_path: str, output_path: str, overwrite: bool) -> Non
         raise ValueError(f"{output_path}: output would overwrite the input checkpoint")
     if os.path.exists(output_path) and not overwrite:
         raise FileExistsError(f"{output_path}: already exists (pass --overwrite to replace it)")
-
-
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` to a fresh temporary name (never a user's file) beside ``path``, then rename it to
-    ``path``: never a half-written output; the temporary file is removed if ``write`` fails."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_no_gates: bool = False) -> Dict[str, Any]:

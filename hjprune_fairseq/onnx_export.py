@@ -34,10 +34,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
+from hjprune_manifests.output_dir import write_atomically
 from omegaconf import OmegaConf
 from torch import nn
 
-from .checkpoints import arch_of, check_output_path, model_from_state, slim_checkpoint, write_atomically
+from .checkpoints import arch_of, check_output_path, model_from_state, slim_checkpoint
 from .fairseq_import import load_state
 from .models import registry
 from .models.base import HJPruneModel

@@ -256,11 +256,15 @@ def write_hypotheses(path: str, refs: Dict[int, str], decoded: Dict[str, Decoded
 
 def score_exports(data: str, exports: Sequence[Tuple[str, str]], subset: str = "test", labels: str = "ltr",
                   batch_size: int = 1, max_tokens: Optional[int] = None, post_process: str = "letter",
-                  threads: int = 0, compare: Optional[str] = None, hyps_path: Optional[str] = None) -> Dict[str, Any]:
+                  threads: int = 0, compare: Optional[str] = None, hyps_path: Optional[str] = None,
+                  overwrite: bool = False) -> Dict[str, Any]:
     """Decode split ``subset`` of ``data`` with every ``(kind, path)`` of ``exports`` (see :func:`load_export`)
     and score it with fairseq's WER scorer; with ``compare`` (a fairseq-generate output of the same split), also
     its WER and, per model, how many hypotheses differ from it and the WER change (percentage points); with
-    ``hyps_path``, write the hypotheses (:func:`write_hypotheses`). Returns the report (a dict)."""
+    ``hyps_path``, write the hypotheses (:func:`write_hypotheses`; an existing file only with ``overwrite``,
+    refused before anything is decoded). Returns the report (a dict)."""
+    if hyps_path and os.path.exists(hyps_path) and not overwrite:
+        raise FileExistsError(f"{hyps_path}: already exists (pass --overwrite to replace it)")
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size}: expected at least 1")
     if not exports:

@@ -6,8 +6,9 @@ followed by ``|``, as fairseq's wav2vec2 fine-tuning expects. Dictionary (``dict
 ``symbol count`` per line, each symbol once; fairseq numbers the symbols in file order.
 """
 
-import os
 from typing import Iterable, List, Mapping, Tuple
+
+from . import output_dir
 
 
 def letters(text: str) -> str:
@@ -16,11 +17,15 @@ def letters(text: str) -> str:
 
 
 def write_lines(path: str, lines: Iterable[str]) -> None:
-    """Write through a temporary file that replaces ``path`` at the end: never a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    """Write through a fresh temporary file that replaces ``path`` at the end: never a half-written file,
+    never a user's ``PATH.tmp`` (:func:`output_dir.write_atomically`)."""
+    text = "\n".join(lines) + "\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    output_dir.write_atomically(path, write)
 
 
 def by_count(counts: Mapping[str, int]) -> List[Tuple[str, int]]:

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import threading
-from typing import Iterator, List, Sequence
+from typing import Callable, Iterator, List, Sequence
 
 _LOCK = threading.Lock()  # the demo records entries from several threads (its parallel points)
 
@@ -133,3 +133,18 @@ def publish(tmp: str, path: str, tool: str, overwrite: bool, what: str = "earlie
         if os.path.lexists(os.path.join(path, name)):
             _remove(os.path.join(path, name))
     record(path, tool, names, keep=False)
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a fresh temporary name (never a user's file) beside ``path``, then rename it to
+    ``path``: never a half-written output; the temporary file is removed if ``write`` fails."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

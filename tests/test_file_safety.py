@@ -205,3 +205,13 @@ def test_export_writes_through_a_fresh_temporary_name(gated, tmp_path):
     export_slim(gated, str(tmp_path / "slim.pt"))
     assert (tmp_path / "slim.pt.tmp").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["slim.pt", "slim.pt.tmp"]
+
+
+def test_label_files_are_written_without_touching_a_users_tmp_file(tmp_path):
+    from hjprune_manifests.labels import write_lines
+
+    mine = tmp_path / "train.ltr.tmp"  # what the writer's temporary file was once named
+    mine.write_text("keep me\n")
+    write_lines(str(tmp_path / "train.ltr"), ["H I |"])
+    assert (tmp_path / "train.ltr").read_text() == "H I |\n" and mine.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.ltr", "train.ltr.tmp"]  # no temporary left

@@ -142,3 +142,15 @@ def test_refusals(exported, capsys, tmp_path):
     with pytest.raises(SystemExit):
         score_cli.main([data])
     assert "give at least one model" in capsys.readouterr().err
+
+
+def test_an_existing_hyps_file_is_kept_unless_overwrite(exported, capsys, tmp_path):
+    mine = tmp_path / "mine.tsv"
+    mine.write_text("my notes\n")
+    args = [exported["data"], "--onnx", exported["onnx"], "--hyps", str(mine)]
+    assert score_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{mine}: already exists (pass --overwrite to replace it)" in err and len(err.strip().splitlines()) == 1
+    assert mine.read_text() == "my notes\n"  # refused before decoding, nothing lost
+    score(capsys, *args, "--overwrite")
+    assert mine.read_text().startswith("id\treference\t")

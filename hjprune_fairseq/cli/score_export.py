@@ -50,6 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "model, the hypotheses that differ from it and the WER change")
     p.add_argument("--hyps", metavar="FILE",
                    help="write the hypotheses as TSV: id, reference and one column per model (headed by its path)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --hyps FILE")
     p.add_argument("--threads", type=int, default=0,
                    help="onnxruntime intra-op threads and torch threads (default 0: their own choice; on a machine "
                         "other jobs share, 1 avoids torch's threads waiting on each other)")
@@ -75,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         apply_threads(a.threads)
         r = score_exports(a.data, a.exports, subset=a.subset, labels=a.labels, batch_size=a.batch_size,
                           max_tokens=a.max_tokens, post_process=a.post_process, threads=a.threads, compare=a.compare,
-                          hyps_path=a.hyps)
+                          hyps_path=a.hyps, overwrite=a.overwrite)
         print(json.dumps(r, indent=2))
         return 0
 
