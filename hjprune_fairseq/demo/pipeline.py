@@ -141,7 +141,7 @@ class TimeLeft:
 class Demo:
     def __init__(self, out: str, task: str, budget: Budget, threads: Optional[int] = None, precision: str = "fp32"):
         self.out, self.task, self.budget = out, task, budget
-        self.precision = PRECISIONS[precision]  # the overrides of the stages that train in it
+        self.precision_overrides = PRECISIONS[precision]  # of the stages that train in that precision
         self.batch = [f"dataset.max_tokens={budget.max_tokens}"] if budget.max_tokens else []
         self.threads = threads  # torch threads per stage (None: torch's default, every core)
         self.data = os.path.join(out, "data")
@@ -208,7 +208,7 @@ class Demo:
         self.synthesise()
         pre = self.train("pretrain", config_set_dir("tiny"), "pretrain", [f"optimization.max_update={b.pretrain}"])
         ft = self.train("finetune", self.config_dir, "finetune", [
-            f"model.w2v_path={pre}/checkpoint_last.pt", f"optimization.max_update={b.finetune}", *self.precision])
+            f"model.w2v_path={pre}/checkpoint_last.pt", f"optimization.max_update={b.finetune}", *self.precision_overrides])
         models = [self.evaluate("unpruned", f"{ft}/checkpoint_best.pt", "none")]
         models.append(self.prune_point(*MAIN_POINT, f"{ft}/checkpoint_best.pt", "macs_40"))
         return {"models": models, "finetuned": f"{ft}/checkpoint_best.pt", "pretrained": f"{pre}/checkpoint_last.pt"}
@@ -223,10 +223,10 @@ class Demo:
         b = self.budget
         pr = self.train(f"prune_{name}", self.config_dir, "prune", [
             f"mode={mode}", *overrides, f"model.w2v_path={finetuned}", f"optimization.max_update={b.prune}",
-            f"criterion.sparsity_warmup_updates={b.warmup}", *self.precision])
+            f"criterion.sparsity_warmup_updates={b.warmup}", *self.precision_overrides])
         slim = self.export(name, f"{pr}/checkpoint_last.pt")
         fin = self.train(f"final_{name}", self.config_dir, "final", [
-            f"model.w2v_path={slim}", f"optimization.max_update={b.final}", *self.precision])
+            f"model.w2v_path={slim}", f"optimization.max_update={b.final}", *self.precision_overrides])
         return self.evaluate(name, f"{fin}/checkpoint_best.pt", mode)
 
     def parp_point(self, finetuned: str, params: int) -> Dict:
@@ -249,10 +249,10 @@ class Demo:
         b = self.budget
         run = self.train("distill", config_set_dir("tiny"), "distill", [
             "mode=macs", "criterion.target_sparsity=0.4", f"model.w2v_path={pretrained}",
-            f"optimization.max_update={b.prune}", f"criterion.sparsity_warmup_updates={b.warmup}", *self.precision])
+            f"optimization.max_update={b.prune}", f"criterion.sparsity_warmup_updates={b.warmup}", *self.precision_overrides])
         slim = self.export("distill_40", f"{run}/checkpoint_last.pt")
         ft = self.train("finetune_distill_40", self.config_dir, "finetune", [
-            f"model.w2v_path={slim}", f"optimization.max_update={b.finetune}", *self.precision])
+            f"model.w2v_path={slim}", f"optimization.max_update={b.finetune}", *self.precision_overrides])
         return self.evaluate("distill_40", f"{ft}/checkpoint_best.pt", "task_agnostic")
 
     def evaluate(self, name: str, ckpt: str, mode: str) -> Dict:
