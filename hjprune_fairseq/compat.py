@@ -46,6 +46,11 @@ Each workaround has a test in ``tests/test_compat.py`` that fails loudly when th
    model type from a config nested under the model's name; a model built by its ``from_config``
    (scripts, tests) has no ``_name`` either. A checkpoint written from such a ``model.cfg`` would not
    say what it is: the model names itself (:func:`name_the_architecture`).
+15. fairseq-fixed requires torchaudio, and pip installs 2.11.1, whose library loads with no torch 2.13 (no
+   release matches it); transformers imports torchaudio whenever it can FIND it (``is_torchaudio_available``
+   does not load it), so ``from transformers import Wav2Vec2ForCTC`` then fails with ``OSError``. Only
+   fairseq's fbank and TTS code imports torchaudio, lazily: the set-up (``make``, the README's install line)
+   uninstalls it, and where it is still installed :func:`import_transformers` tells transformers it is absent.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import logging
 from typing import Iterator
 
@@ -289,13 +295,17 @@ def name_the_architecture(model_cfg, arch: str) -> None:
 
 
 def import_transformers():
-    """``transformers``, imported without torchaudio (quirk 15); a one-line error if it is absent."""
+    """``transformers``, imported without torchaudio (quirk 15); a one-line error if it is absent.
+
+    Where torchaudio is not installed (the set-up removes it), transformers is left as it is; where it is, it is
+    hidden from transformers, as the installed one may not load (``find_spec`` of a top-level name imports nothing)."""
     try:
         import transformers.utils as utils
         import transformers.utils.import_utils as import_utils
     except ImportError as e:
         raise ImportError(f"this needs the Hugging Face extra: pip install 'hjprune-fairseq[hf]' ({e})") from e
-    utils.is_torchaudio_available = import_utils.is_torchaudio_available = lambda: False
+    if importlib.util.find_spec("torchaudio") is not None:
+        utils.is_torchaudio_available = import_utils.is_torchaudio_available = lambda: False
     import transformers
 
     return transformers
