@@ -1,6 +1,8 @@
 """No command deletes or overwrites a file it did not write: hjprune-synth and hjprune-demo write
 into new or empty folders or over their own earlier output (marker files, hjprune_manifests.output_dir),
-and refuse anything else with one line; hjprune-export never writes over its input."""
+and refuse anything else with one line; hjprune-export never writes over its input. Every file is written
+with the mode open() would give it (the umask's, or the replaced file's own). The data tools' own refusals
+are tested beside them (test_manifest_tools, test_sentencepiece)."""
 
 import json
 import os
@@ -173,6 +175,57 @@ def test_demo_new_folder_records_what_it_wrote(tmp_path, capsys, no_pipeline):
     assert marker(out, "hjprune-demo") == {"tool": "hjprune-demo", "entries": ["checkpoints", "logs"]}
     assert demo.main(["--quick", "--out", str(out)]) == 2  # now it holds results of its own
     assert capsys.readouterr().err.endswith(f"{out}: already holds results (pass --overwrite to replace it)\n")
+
+
+# ---- file modes: what open() would give, not mkstemp's 0600 ------------------------------------------
+@pytest.fixture
+def umask():
+    """Sets the process's umask to 022 for the test (which may change it), and back after."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_new_files_get_the_umask_mode(tmp_path, umask, mask, mode):
+    from hjprune_manifests.labels import write_dictionary, write_lines
+
+    os.umask(mask)
+    write_lines(str(tmp_path / "train.ltr"), ["H I |"])
+    write_dictionary(str(tmp_path / "dict.ltr.txt"), [("H", 1)])
+    written = [tmp_path / "train.ltr", tmp_path / "dict.ltr.txt"]
+    if mask == 0o002:  # a group-shared corpus: its dictionary, manifests and marker alike
+        assert synth.main([str(tmp_path / "corpus"), *TINY]) == 0
+        written += [tmp_path / "corpus" / name for name in ("dict.ltr.txt", "train.tsv", ".hjprune-synth")]
+    for path in written:
+        assert oct(os.stat(path).st_mode & 0o777) == oct(mode), path
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path, umask):
+    from hjprune_manifests.output_dir import write_atomically
+
+    path = tmp_path / "slim.pt"
+    path.write_text("old")
+    os.chmod(path, 0o640)
+    write_atomically(str(path), lambda tmp: open(tmp, "w").write("new"))
+    assert path.read_text() == "new" and oct(os.stat(path).st_mode & 0o777) == oct(0o640)
+    elsewhere = tmp_path / "elsewhere"  # a file put at the temporary name by write (as the ONNX export does)
+    elsewhere.write_text("moved")
+    os.chmod(elsewhere, 0o600)  # as mkstemp makes it
+    write_atomically(str(tmp_path / "new.onnx"), lambda tmp: os.replace(elsewhere, tmp))
+    assert oct(os.stat(tmp_path / "new.onnx").st_mode & 0o777) == oct(0o644)
+
+
+def test_check_files_refuses_an_input_behind_a_hard_link(tmp_path):
+    from hjprune_manifests.output_dir import check_files
+
+    (tmp_path / "train.ltr").write_text("mine")
+    os.link(tmp_path / "train.ltr", tmp_path / "train.spm")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'train.spm'}: output would overwrite an input of this run "
+                                         r"\(the letters\)$"):
+        check_files([str(tmp_path / "train.spm")], True, {str(tmp_path / "train.ltr"): "the letters"})
+    with pytest.raises(ValueError, match="this run would write it twice"):
+        check_files([str(tmp_path / "a"), str(tmp_path / "a")], True)
 
 
 # ---- hjprune-export ------------------------------------------------------------------------------
