@@ -9,7 +9,9 @@
 - ``hjprune-validate DATA``: every problem of the manifests and labels, one line each (rows CTC cannot
   learn are counted with ``--conv-layers``, wav2vec2-base's CNN by default).
 
-Nothing is half-written: outputs go to a temporary file that replaces the target at the end.
+Nothing is half-written: outputs go to a temporary file that replaces the target at the end. Every
+file a run would write is checked before anything is written: an existing one is replaced only with
+``--overwrite``, an input never (``hjprune_manifests.output_dir.check_files``).
 Adapted in spirit from fairseq's ``examples/wav2vec/wav2vec_manifest.py`` and ``libri_labels.py``.
 """
 
@@ -20,6 +22,7 @@ import random
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from . import output_dir
 from .audio import SAMPLE_RATE, WAV2VEC2_CONV, format_conv_layers, parse_conv_layers
 from .cli import run_cli
 from .data_checks import (audio_problem, dictionary_lines, dictionary_problems, frame_problems, label_problems, manifest_problems,
@@ -37,11 +40,11 @@ def build_manifest(root: str, dest: str, exts: Sequence[str], valid_percent: flo
         raise FileNotFoundError(f"{root}: folder not found")
     if not 0.0 <= valid_percent < 1.0:
         raise ValueError(f"--valid-percent must be in [0, 1), got {valid_percent}")
-    if os.path.exists(os.path.join(dest, "train.tsv")) and not overwrite:
-        raise FileExistsError(f"{dest}: already holds train.tsv (pass --overwrite to replace it)")
+    outputs = [os.path.join(dest, f"{split}.tsv") for split in ("train", "valid")]
     root = os.path.abspath(root)
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                    if f.lower().endswith(tuple("." + e.lower().lstrip(".") for e in exts)))
+    output_dir.check_files(outputs, overwrite, {f: f"a file under {root} matched by --ext" for f in files})
     rng = random.Random(seed)
     rows: Dict[str, List[str]] = {"train": [root], "valid": [root]}
     skipped = 0
@@ -55,9 +58,8 @@ def build_manifest(root: str, dest: str, exts: Sequence[str], valid_percent: flo
         rows[split].append(f"{os.path.relpath(path, root)}\t{sf.info(path).frames}")
     if len(rows["train"]) + len(rows["valid"]) == 2:
         raise ValueError(f"{root}: no usable audio with extension {list(exts)} ({skipped} skipped)")
-    os.makedirs(dest, exist_ok=True)
-    for split, lines in rows.items():
-        write_lines(os.path.join(dest, f"{split}.tsv"), lines)
+    for path, lines in zip(outputs, rows.values()):
+        write_lines(path, lines)
     return {"train": len(rows["train"]) - 1, "valid": len(rows["valid"]) - 1, "skipped": skipped}
 
 
@@ -75,8 +77,17 @@ def librispeech_transcripts(folder: str, cache: Dict[str, Dict[str, tuple]]) -> 
     return cache[folder]
 
 
-def write_labels(dest: str, splits: Sequence[str], dict_path: Optional[str] = None) -> Dict[str, int]:
-    """{split}.wrd / {split}.ltr for every manifest row, and dict.ltr.txt."""
+def write_labels(dest: str, splits: Sequence[str], dict_path: Optional[str] = None,
+                 overwrite: bool = False) -> Dict[str, int]:
+    """{split}.wrd / {split}.ltr for every manifest row, and dict.ltr.txt (unless ``dict_path``); an
+    existing one is replaced only with ``overwrite``, an input never."""
+    outputs = [os.path.join(dest, f"{split}.{ext}") for split in splits for ext in ("wrd", "ltr")]
+    if not dict_path:
+        outputs.append(os.path.join(dest, "dict.ltr.txt"))
+    inputs = {os.path.join(dest, f"{split}.tsv"): f"the manifest of split {split!r}" for split in splits}
+    if dict_path:
+        inputs[dict_path] = "the dictionary given by --dict"
+    output_dir.check_files(outputs, overwrite, inputs)  # before reading every transcript
     cache: Dict[str, Dict[str, tuple]] = {}
     known = None
     if dict_path:
@@ -107,6 +118,8 @@ def write_labels(dest: str, splits: Sequence[str], dict_path: Optional[str] = No
             else:  # symbols only the other splits have enter with count 0, so none is unknown
                 counts.update({c: 0 for c in ltr[-1].split()})
         out[split] = (wrd, ltr)
+    inputs.update({trans: "a transcript file read" for found in cache.values() for _, trans, _ in found.values()})
+    output_dir.check_files(outputs, overwrite, inputs)
     for split, (wrd, ltr) in out.items():  # only once every split is known good
         write_lines(os.path.join(dest, f"{split}.wrd"), wrd)
         write_lines(os.path.join(dest, f"{split}.ltr"), ltr)
@@ -154,7 +167,7 @@ def manifest_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--valid-percent", type=float, default=0.01, help="share of files put in valid (default: 0.01)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default: 42)")
     p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="required sample rate (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing manifests in DEST")
+    p.add_argument("--overwrite", action="store_true", help="replace existing train.tsv and valid.tsv in DEST")
     a = p.parse_args(argv)
 
     def go() -> int:
@@ -172,10 +185,11 @@ def labels_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--splits", nargs="+", default=["train", "valid"],
                    help="manifests to label; the first one makes dict.ltr.txt (default: train valid)")
     p.add_argument("--dict", help="check against this dict.ltr.txt instead of writing one")
+    p.add_argument("--overwrite", action="store_true", help="replace existing .wrd, .ltr and dict.ltr.txt files in DEST")
     a = p.parse_args(argv)
 
     def go() -> int:
-        r = write_labels(a.dest, a.splits, a.dict)
+        r = write_labels(a.dest, a.splits, a.dict, a.overwrite)
         print(", ".join(f"{s}: {n} transcripts" for s, n in r.items()))
         return 0
 

@@ -63,7 +63,8 @@ def test_bad_audio_is_listed_and_skipped(libri, tmp_path, capsys):
     assert any("0097.flac is sampled at 8000 Hz (expected 16000)" in l for l in skipped)
     assert len(open(dest / "train.tsv").read().splitlines()) == 11
     assert tools.manifest_main([str(libri), str(dest)]) == 2  # refuses to overwrite
-    assert "already holds train.tsv" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"error: {dest / 'train.tsv'}, {dest / 'valid.tsv'}: already exist "
+                                       "(pass --overwrite to replace them)\n")
 
 
 def test_bad_transcripts(libri, tmp_path, capsys):
@@ -99,3 +100,55 @@ def test_validate_lists_every_problem(libri, tmp_path, capsys):
     assert any(l.startswith(f"{dest / 'train.tsv'}:3: audio file") and l.endswith("not found") for l in out)
     assert any("train.ltr: 9 lines but" in l for l in out)
     assert any("train.ltr:5: symbols ['0'] not in the dictionary" in l for l in out)
+
+
+# ---- what they refuse: every file a run would write is checked before any is written ---------------
+def test_manifest_refuses_a_users_valid_tsv(libri, tmp_path, capsys):
+    """Only valid.tsv exists (the user's own): refused, kept, and no train.tsv written beside it."""
+    dest = tmp_path / "m"
+    dest.mkdir()
+    (dest / "valid.tsv").write_text("my own split\n")
+    assert tools.manifest_main([str(libri), str(dest), "--ext", "flac"]) == 2
+    assert capsys.readouterr().err == f"error: {dest / 'valid.tsv'}: already exists (pass --overwrite to replace it)\n"
+    assert os.listdir(dest) == ["valid.tsv"] and (dest / "valid.tsv").read_text() == "my own split\n"
+    os.chmod(dest / "valid.tsv", 0o640)
+    assert tools.manifest_main([str(libri), str(dest), "--ext", "flac", "--overwrite"]) == 0
+    assert (dest / "valid.tsv").read_text().startswith(str(libri))
+    assert os.stat(dest / "valid.tsv").st_mode & 0o777 == 0o640  # a replaced file keeps its mode
+
+
+def test_manifest_never_writes_over_a_file_it_indexes(libri, capsys):
+    """DEST inside ROOT with --ext tsv: the user's train.tsv there is an input, kept even with --overwrite."""
+    dest = libri / "train-clean-100"
+    (dest / "train.tsv").write_text("mine\n")
+    assert tools.manifest_main([str(libri), str(dest), "--ext", "flac", "tsv", "--overwrite"]) == 2
+    assert capsys.readouterr().err == (f"error: {dest / 'train.tsv'}: output would overwrite an input of this run "
+                                       f"(a file under {libri} matched by --ext)\n")
+    assert (dest / "train.tsv").read_text() == "mine\n" and not (dest / "valid.tsv").exists()
+
+
+def test_labels_refuse_existing_labels_without_overwrite(libri, tmp_path, capsys):
+    """A user's own valid.ltr and dict.ltr.txt: both named, both kept, no .wrd written; --overwrite replaces them."""
+    dest = tmp_path / "m"
+    tools.manifest_main([str(libri), str(dest), "--ext", "flac", "--valid-percent", "0.3", "--seed", "1"])
+    (dest / "valid.ltr").write_text("M Y |\n")
+    (dest / "dict.ltr.txt").write_text("M 1\nY 1\n")
+    before = sorted(os.listdir(dest))
+    assert tools.labels_main([str(dest)]) == 2
+    assert capsys.readouterr().err == (f"error: {dest / 'valid.ltr'}, {dest / 'dict.ltr.txt'}: already exist "
+                                       "(pass --overwrite to replace them)\n")
+    assert sorted(os.listdir(dest)) == before
+    assert (dest / "valid.ltr").read_text() == "M Y |\n" and (dest / "dict.ltr.txt").read_text() == "M 1\nY 1\n"
+    assert tools.labels_main([str(dest), "--overwrite"]) == 0
+    assert (dest / "valid.ltr").read_text() != "M Y |\n" and (dest / "train.wrd").exists()
+
+
+def test_labels_never_write_over_their_dictionary(libri, tmp_path, capsys):
+    """--dict naming one of the outputs (a label file): an input, kept even with --overwrite."""
+    dest = tmp_path / "m"
+    tools.manifest_main([str(libri), str(dest), "--ext", "flac", "--valid-percent", "0"])
+    (dest / "train.ltr").write_text("my letters\n")
+    assert tools.labels_main([str(dest), "--splits", "train", "--dict", str(dest / "train.ltr"), "--overwrite"]) == 2
+    assert capsys.readouterr().err == (f"error: {dest / 'train.ltr'}: output would overwrite an input of this run "
+                                       "(the dictionary given by --dict)\n")
+    assert (dest / "train.ltr").read_text() == "my letters\n" and not (dest / "train.wrd").exists()

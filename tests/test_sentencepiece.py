@@ -60,3 +60,53 @@ def test_fairseq_generate_post_process_sentencepiece(data, w2v_pretrained, tmp_p
     assert sorted(refs.values()) == sorted(spm_labels.read_words(data, "test"))  # words, not pieces
     printed = float(re.search(r"WER: ([0-9.]+)", r.stdout).group(1))
     assert printed == pytest.approx(independent_wer(r.stdout, expected=4)[0], abs=0.005)
+
+
+# ---- what it refuses: every file it would write is checked before any is written -----------------
+def contents(data):
+    return {name: open(os.path.join(data, name), "rb").read() for name in sorted(os.listdir(data))}
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_refuses_to_write_over_the_letter_labels_it_reads(data, capsys, overwrite):
+    """--ext ltr on a folder with letter labels and no .wrd: the labels are its input, kept even with --overwrite."""
+    before = contents(data)
+    assert spm_labels.main([data, "--splits", "train", "test", "--ext", "ltr", "--vocab-size", "30", *overwrite]) == 2
+    assert capsys.readouterr().err == (
+        f"hjprune-spm: error: {os.path.join(data, 'train.ltr')}: output would overwrite an input of this run "
+        "(the transcripts of split 'train', read for its words; choose another --ext)\n")
+    assert contents(data) == before  # train.ltr, test.ltr, dict.ltr.txt untouched, no spm_ltr.model
+
+
+def test_refuses_to_write_over_the_word_transcripts_it_reads(data, capsys):
+    open(os.path.join(data, "train.wrd"), "w").write("\n".join(spm_labels.read_words(data, "train")) + "\n")
+    before = contents(data)
+    assert spm_labels.main([data, "--splits", "train", "--ext", "wrd", "--overwrite"]) == 2
+    assert "train.wrd: output would overwrite an input of this run (the transcripts of split 'train'" in capsys.readouterr().err
+    assert contents(data) == before
+
+
+def test_refuses_existing_labels_and_model_without_overwrite(data, capsys):
+    """A user's own test.spm and spm_spm.model are named in the refusal and kept; nothing else is written."""
+    mine = {"test.spm": b"my pieces\n", "spm_spm.model": b"my model"}
+    for name, text in mine.items():
+        open(os.path.join(data, name), "wb").write(text)
+    before = contents(data)
+    assert spm_labels.main([data, "--splits", "train", "test", "--vocab-size", "30"]) == 2
+    assert capsys.readouterr().err == (
+        f"hjprune-spm: error: {os.path.join(data, 'test.spm')}, {os.path.join(data, 'spm_spm.model')}: "
+        "already exist (pass --overwrite to replace them)\n")
+    assert contents(data) == before
+    os.chmod(os.path.join(data, "test.spm"), 0o640)
+    assert spm_labels.main([data, "--splits", "train", "test", "--vocab-size", "30", "--overwrite"]) == 0
+    assert open(os.path.join(data, "test.spm"), "rb").read() != mine["test.spm"]
+    assert os.stat(os.path.join(data, "test.spm")).st_mode & 0o777 == 0o640  # a replaced file keeps its mode
+    assert os.path.exists(os.path.join(data, "spm_spm.vocab")) and os.path.exists(os.path.join(data, "dict.spm.txt"))
+
+
+def test_refuses_the_manifests_extension(data, capsys):
+    before = contents(data)
+    assert spm_labels.main([data, "--splits", "train", "--ext", "tsv", "--overwrite"]) == 2
+    assert capsys.readouterr().err == ("hjprune-spm: error: --ext 'tsv': {split}.tsv are the manifests; "
+                                       "choose another label extension\n")
+    assert contents(data) == before
