@@ -16,6 +16,7 @@ from hjprune_fairseq.demo import pipeline as demo_pipeline
 from hjprune_manifests import synth
 
 TINY = ["--train", "2", "--valid", "1", "--test", "1"]
+QUICK_DEMO = ["--quick", "--precision", "fp32"]  # no bf16 timing: the tests below fake the pipeline
 
 
 def marker(path, tool):
@@ -109,9 +110,12 @@ def earlier_demo(out):
 @pytest.fixture
 def no_pipeline(monkeypatch):
     """Demo.pipeline trains one stage (its fairseq run faked: one file in the save folder), then stops."""
-    def step(self, name, cmd):
+    def step(self, name, cmd, cwd=None):
         save = next(c.split("=", 1)[1] for c in cmd if c.startswith("checkpoint.save_dir="))
         write(os.path.join(save, "checkpoint_last.pt"), "new checkpoint")
+        write(os.path.join(cwd or self.out, ".hydra", "config.yaml"), "cfg")  # hydra's files, where the stage runs
+        if getattr(self, "user_drops", None):
+            write(self.user_drops, "mine")  # a user's file, put in OUT while the stage runs
 
     def pipeline(self):
         self.train("pretrain", demo_pipeline.config_set_dir("tiny"), "pretrain", [])
@@ -124,14 +128,14 @@ def no_pipeline(monkeypatch):
 def test_demo_refuses_a_folder_with_user_data(tmp_path, capsys, no_pipeline):
     out = tmp_path / "mywork"
     write(str(out / "data" / "my_corpus.tsv"))
-    assert demo.main(["--quick", "--out", str(out)]) == 2
+    assert demo.main([*QUICK_DEMO, "--out", str(out)]) == 2
     refused(capsys, "hjprune-demo", f"{out}: holds files this tool did not write (data/); choose a new or empty folder")
     assert os.listdir(out) == ["data"] and os.listdir(out / "data") == ["my_corpus.tsv"]
 
 
 def test_demo_refuses_earlier_results_without_overwrite(tmp_path, capsys, no_pipeline):
     earlier_demo(tmp_path)
-    assert demo.main(["--quick", "--out", str(tmp_path)]) == 2
+    assert demo.main([*QUICK_DEMO, "--out", str(tmp_path)]) == 2
     refused(capsys, "hjprune-demo", f"{tmp_path}: already holds results (pass --overwrite to replace it)")
     assert open(tmp_path / "checkpoints" / "pretrain" / "checkpoint_last.pt").read() == "old checkpoint"
 
@@ -140,7 +144,7 @@ def test_demo_overwrite_refuses_earlier_results_beside_a_user_file(tmp_path, cap
     earlier_demo(tmp_path)
     write(str(tmp_path / "notes.txt"))
     before = sorted(os.listdir(tmp_path))
-    assert demo.main(["--quick", "--out", str(tmp_path), "--overwrite"]) == 2
+    assert demo.main([*QUICK_DEMO, "--out", str(tmp_path), "--overwrite"]) == 2
     refused(capsys, "hjprune-demo", f"{tmp_path}: holds files this tool did not write (notes.txt); "
                                     "choose a new or empty folder")
     assert sorted(os.listdir(tmp_path)) == before and open(tmp_path / "notes.txt").read() == "mine"
@@ -150,7 +154,7 @@ def test_demo_overwrite_refuses_earlier_results_beside_a_user_file(tmp_path, cap
 def test_demo_overwrite_refuses_a_user_file_in_its_corpus(tmp_path, capsys, no_pipeline):
     earlier_demo(tmp_path)
     write(str(tmp_path / "data" / "my_corpus.tsv"))
-    assert demo.main(["--quick", "--out", str(tmp_path), "--overwrite"]) == 2
+    assert demo.main([*QUICK_DEMO, "--out", str(tmp_path), "--overwrite"]) == 2
     refused(capsys, "hjprune-demo", f"{tmp_path / 'data'}: holds files this tool did not write (my_corpus.tsv); "
                                     "choose a new or empty folder")
     assert open(tmp_path / "data" / "my_corpus.tsv").read() == "mine"
@@ -159,7 +163,7 @@ def test_demo_overwrite_refuses_a_user_file_in_its_corpus(tmp_path, capsys, no_p
 def test_demo_overwrite_replaces_its_checkpoints_and_keeps_a_user_file(tmp_path, capsys, no_pipeline):
     earlier_demo(tmp_path)
     write(str(tmp_path / "checkpoints" / "mine.pt"))  # inside the demo's own folder, not listed there
-    assert demo.main(["--quick", "--out", str(tmp_path), "--overwrite"]) == 1
+    assert demo.main([*QUICK_DEMO, "--out", str(tmp_path), "--overwrite"]) == 1
     assert capsys.readouterr().err == "hjprune-demo: error: pipeline stopped by the test\n"
     ckpts = tmp_path / "checkpoints"
     assert open(ckpts / "pretrain" / "checkpoint_last.pt").read() == "new checkpoint"
@@ -171,10 +175,38 @@ def test_demo_overwrite_replaces_its_checkpoints_and_keeps_a_user_file(tmp_path,
 
 def test_demo_new_folder_records_what_it_wrote(tmp_path, capsys, no_pipeline):
     out = tmp_path / "new"
-    assert demo.main(["--quick", "--out", str(out)]) == 1
+    assert demo.main([*QUICK_DEMO, "--out", str(out)]) == 1
     assert marker(out, "hjprune-demo") == {"tool": "hjprune-demo", "entries": ["checkpoints", "logs"]}
-    assert demo.main(["--quick", "--out", str(out)]) == 2  # now it holds results of its own
+    assert demo.main([*QUICK_DEMO, "--out", str(out)]) == 2  # now it holds results of its own
     assert capsys.readouterr().err.endswith(f"{out}: already holds results (pass --overwrite to replace it)\n")
+
+
+def test_demo_records_only_what_it_wrote(tmp_path, capsys, no_pipeline, monkeypatch):
+    """A file a user puts in OUT during a run is not taken for the demo's: a later --overwrite refuses it."""
+    out = tmp_path / "new"
+    monkeypatch.setattr(demo_pipeline.Demo, "user_drops", str(out / "notes.txt"), raising=False)
+    assert demo.main([*QUICK_DEMO, "--out", str(out)]) == 1
+    assert marker(out, "hjprune-demo") == {"tool": "hjprune-demo", "entries": ["checkpoints", "logs"]}
+    capsys.readouterr()
+    monkeypatch.setattr(demo_pipeline.Demo, "user_drops", None)
+    assert demo.main([*QUICK_DEMO, "--out", str(out), "--overwrite"]) == 2
+    refused(capsys, "hjprune-demo", f"{out}: holds files this tool did not write (notes.txt); choose a new or empty folder")
+    assert open(out / "notes.txt").read() == "mine"
+
+
+def test_demo_refuses_a_users_file_where_it_would_write(tmp_path):
+    """report.md put in OUT by a user during a run: refused before any report file is written, and kept."""
+    from hjprune_fairseq.demo.report import write_report
+    from hjprune_manifests import output_dir
+
+    out = tmp_path / "new"
+    output_dir.claim(str(out), "hjprune-demo", False)
+    write(str(out / "report.md"))
+    with pytest.raises(FileExistsError, match=f"^{out / 'report.md'}: was not written by hjprune-demo; move it away "
+                                              "or choose another folder$"):
+        write_report(str(out), "asr", {"models": []}, {}, demo_pipeline.QUICK)
+    assert open(out / "report.md").read() == "mine" and not os.path.exists(out / "report.json")
+    assert sorted(os.listdir(out)) == [".hjprune-demo", "report.md"]
 
 
 # ---- file modes: what open() would give, not mkstemp's 0600 ------------------------------------------

@@ -52,25 +52,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     budget = QUICK if a.quick else FULL
 
-    def run() -> int:
+    def run() -> int:  # each entry of OUT is recorded in its marker before it is written (Demo.own)
         t0 = time.time()
-        try:
-            with progress_lines("hjprune_fairseq.demo", sys.stdout):
-                precision = faster_precision() if a.precision == "auto" else {"precision": a.precision}
-                print(f"training precision: {precision['precision']}" + (
-                    f" (a bf16 step measured {precision['bf16_speedup']}x as fast as fp32 here)" if "bf16_speedup" in precision else ""),
-                    flush=True)  # before the stages' progress lines
-                demo = Demo(out, a.task, budget, precision=precision["precision"])
-                result = demo.pipeline()
-                result["precision"] = precision
-                if a.sweep:
-                    demo.sweep(result, a.jobs)
-                if a.baselines:
-                    demo.baselines(result, a.jobs)
-                demo.time_models(result["models"])
-                write_report(out, a.task, result, demo.timings, budget)
-        finally:  # whatever the run wrote in OUT is the demo's own: OUT held nothing else when it started
-            output_dir.record(out, TOOL, os.listdir(out))
+        with progress_lines("hjprune_fairseq.demo", sys.stdout):
+            precision = faster_precision() if a.precision == "auto" else {"precision": a.precision}
+            print(f"training precision: {precision['precision']}" + (
+                f" (a bf16 step measured {precision['bf16_speedup']}x as fast as fp32 here)" if "bf16_speedup" in precision else ""),
+                flush=True)  # before the stages' progress lines
+            demo = Demo(out, a.task, budget, precision=precision["precision"])
+            result = demo.pipeline()
+            result["precision"] = precision
+            if a.sweep:
+                demo.sweep(result, a.jobs)
+            if a.baselines:
+                demo.baselines(result, a.jobs)
+            demo.time_models(result["models"])
+            write_report(out, a.task, result, demo.timings, budget)
         print(f"report: {os.path.join(out, 'report.md')} ({time.time() - t0:.0f} s in all)")
         return 0
 

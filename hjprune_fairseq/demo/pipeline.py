@@ -10,6 +10,12 @@ task-agnostic pruning (distillation from the pre-trained model with fine-grained
 straight-through gates, 40 % fewer MACs, then fine-tuning).
 
 Progress goes to this module's logger, one line per stage.
+
+OUT's marker (``OUT/.hjprune-demo``, hjprune_manifests.output_dir) lists exactly the top-level entries
+the demo writes, each recorded before it is written (``output_dir.own``), so a file a user puts in OUT
+during a run is never taken for the demo's own (a later ``--overwrite`` refuses the folder). The stages
+run in the demo's own folders (``logs/``; a training stage in ``logs/NAME/``, where hydra writes its
+``.hydra/`` and log), not in OUT itself.
 """
 
 import functools
@@ -140,23 +146,29 @@ class TimeLeft:
 
 class Demo:
     def __init__(self, out: str, task: str, budget: Budget, threads: Optional[int] = None, precision: str = "fp32"):
-        self.out, self.task, self.budget = out, task, budget
+        self.out, self.task, self.budget = os.path.abspath(out), task, budget
         self.precision_overrides = PRECISIONS[precision]  # of the stages that train in that precision
         self.batch = [f"dataset.max_tokens={budget.max_tokens}"] if budget.max_tokens else []
         self.threads = threads  # torch threads per stage (None: torch's default, every core)
-        self.data = os.path.join(out, "data")
+        self.data = os.path.join(self.out, "data")
         self.config_dir = config_set_dir("tiny_slu" if task == "slu" else "tiny")
         self.timings: Dict[str, float] = {}
         self.time_left = TimeLeft()
-        os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+        self.logs = self.own("logs")
+        os.makedirs(self.logs, exist_ok=True)
 
-    def step(self, name: str, cmd: List[str]) -> None:
+    def own(self, name: str) -> str:
+        """OUT/NAME, recorded as the demo's before it is written (refused if a user put it there)."""
+        return output_dir.own(self.out, TOOL, name)
+
+    def step(self, name: str, cmd: List[str], cwd: Optional[str] = None) -> None:
+        """Run stage ``name`` in ``cwd`` (default: OUT/logs), its output in OUT/logs/NAME.log."""
         logger.info(f"[{_now()}] {name} ...")
-        log = os.path.join(self.out, "logs", f"{name}.log")
+        log = os.path.join(self.logs, f"{name}.log")
         env = dict(os.environ)
         if self.threads:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
-        run = run_stage(cmd, log, self.out, env)
+        run = run_stage(cmd, log, cwd or self.logs, env)
         self.timings[name] = round(run.wall_s, 1)
         if run.rc:
             tail = open(log).read().splitlines()[-15:]
@@ -171,20 +183,21 @@ class Demo:
                     (f"; about {left / 60:.0f} min left (estimate)" if left else ""))
 
     def train(self, name: str, config_dir: str, config: str, overrides: Sequence[str]) -> str:
-        save = os.path.join(self.out, "checkpoints", name)
+        save = os.path.join(self.own("checkpoints"), name)
+        work = os.path.join(self.logs, name)  # hydra.run.dir is "." in the configs: .hydra/ and its log go here
+        os.makedirs(work, exist_ok=True)
         # A fresh folder, renamed in when training ends: fairseq would resume from an earlier run's
         # checkpoint_last.pt, and only an earlier demo's checkpoints/NAME (its marker) is replaced.
         with output_dir.staging(save) as tmp:
             self.step(name, [console_script("fairseq-hydra-train"), "--config-dir", config_dir, "--config-name", config,
                              f"common.user_dir={USER_DIR}", f"task.data={self.data}", f"checkpoint.save_dir={tmp}",
-                             *overrides, *self.batch])
+                             *overrides, *self.batch], cwd=work)
             output_dir.replace_entry(os.path.dirname(save), name, tmp, TOOL)
-        output_dir.record(self.out, TOOL, os.listdir(self.out))  # with what fairseq-hydra-train wrote in OUT
         return save
 
     def export(self, name: str, gated: str) -> str:
         """hjprune-export of the gated checkpoint ``gated`` to OUT/slim_NAME.pt."""
-        slim = os.path.join(self.out, f"slim_{name}.pt")
+        slim = self.own(f"slim_{name}.pt")
         self.step(f"export_{name}", [console_script("hjprune-export"), gated, slim, "--overwrite"])
         return slim
 
@@ -195,6 +208,7 @@ class Demo:
         from hjprune_manifests.synth import write_corpus
 
         b = self.budget
+        self.own("data")
         sizes = write_corpus(self.data, self.task, {"train": b.train, "valid": b.valid, "test": b.test}, overwrite=True)
         self.timings["synthesise"] = round(time.time() - t0, 1)
         logger.info(f"[{_now()}] corpus: {sizes}")
@@ -265,10 +279,10 @@ class Demo:
             extra = ["--task", "hjprune_audio_classification", "--scoring", scoring]
         else:
             extra = ["--task", "hjprune_audio_finetuning", "--post-process", "letter", "--scoring", scoring]
+        results = os.path.join(self.own("decode"), name)
         self.step(f"decode_{name}", [console_script("fairseq-generate"), self.data, "--user-dir", USER_DIR, "--path", ckpt,
-                                     "--gen-subset", "test", *DECODING,
-                                     "--results-path", os.path.join(self.out, "decode", name), *extra])
-        hyps, refs = parse_generate(os.path.join(self.out, "decode", name, "generate-test.txt"))
+                                     "--gen-subset", "test", *DECODING, "--results-path", results, *extra])
+        hyps, refs = parse_generate(os.path.join(results, "generate-test.txt"))
         meta = [l.split("\t") for l in open(os.path.join(self.data, "test.meta.tsv")).read().splitlines()[1:]]
         seen = [row[4] == "1" for row in meta]
         cost = describe(ckpt, 10.0)

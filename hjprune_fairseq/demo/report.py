@@ -5,7 +5,9 @@ import json
 import os
 from typing import Dict, List, Optional
 
-from .pipeline import DECODING, METRIC, Budget
+from hjprune_manifests import output_dir
+
+from .pipeline import DECODING, METRIC, TOOL, Budget
 
 DOMAIN = ("The corpus is speech synthesised by eSpeak NG only: these figures show the pipeline's mechanics and "
           "the relative cost of pruning, not accuracy on real speech (models trained on it fail on other voices "
@@ -13,14 +15,18 @@ DOMAIN = ("The corpus is speech synthesised by eSpeak NG only: these figures sho
 
 
 def write_report(out: str, task: str, result: Dict, timings: Dict[str, float], budget: Budget) -> None:
-    """OUT/report.json, OUT/METRIC_vs_gmacs.png, OUT/kept_per_layer.png, OUT/latency.png, OUT/report.md."""
+    """OUT/report.json, OUT/METRIC_vs_gmacs.png, OUT/kept_per_layer.png, OUT/latency.png, OUT/report.md,
+    each recorded in OUT's marker before it is written (a user's file of that name is refused first)."""
     metric = METRIC[task]
     models = result["models"]
-    json.dump({"task": task, "budget": budget.__dict__, "precision": result.get("precision"), "timings_s": timings,
-               "models": models},
-              open(os.path.join(out, "report.json"), "w"), indent=2)
+    for name in ("report.json", f"{metric}_vs_gmacs.png", "kept_per_layer.png", "latency.png", "report.md"):
+        output_dir.own(out, TOOL, name)
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump({"task": task, "budget": budget.__dict__, "precision": result.get("precision"), "timings_s": timings,
+                   "models": models}, f, indent=2)
     plot(out, metric, models)
-    open(os.path.join(out, "report.md"), "w").write(markdown(task, metric, models, timings, budget, result.get("precision")))
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(markdown(task, metric, models, timings, budget, result.get("precision")))
 
 
 def plot(out: str, metric: str, models: List[Dict]) -> None:
