@@ -51,6 +51,19 @@ Each workaround has a test in ``tests/test_compat.py`` that fails loudly when th
    does not load it), so ``from transformers import Wav2Vec2ForCTC`` then fails with ``OSError``. Only
    fairseq's fbank and TTS code imports torchaudio, lazily: the set-up (``make``, the README's install line)
    uninstalls it, and where it is still installed :func:`import_transformers` tells transformers it is absent.
+16. fairseq's legacy DDP (``ddp_backend: legacy_ddp``, alias ``no_c10d``) all-reduces every gradient
+   through ONE buffer of the dtype of the model's first parameter: under fp16/bf16 the fp32 gate
+   gradients travel in 16 bits (fp16: 1e5 -> inf, which lowers the loss scale; 3e-8 -> 5.96e-8).
+   ``hjprune_adamw.all_reduce_grads`` (the hook the trainer calls for the model and the criterion)
+   reduces through :func:`all_reduce_grads_by_dtype` instead: each dtype in its own buffer, the 16-bit
+   weights exactly as fairseq does. ``pytorch_ddp`` (``c10d``) buckets by dtype already, except with
+   ``ddp_comm_hook: fp16``, which compresses every bucket to fp16: hjprune_adamw refuses it, and the
+   ``slowmo`` and ``fully_sharded`` backends (fairscale's, not checked here).
+17. ``FP16Optimizer.clip_grad_norm`` (fp16 and bf16) folds the clip factor into the multiply factor
+   that is later applied to EVERY fp32 master copy, whatever the wrapped optimizer clips itself: the
+   gates and multipliers were clipped with the weights. :func:`clip_only_what_the_optimizer_clips`
+   makes it hand the factor to a wrapped optimizer that has ``multiply_clipped_grads`` (hjprune_adamw:
+   the weights' masters); fairseq's clip rule, norm and overflow check are unchanged.
 """
 
 from __future__ import annotations
@@ -309,3 +322,101 @@ def import_transformers():
     import transformers
 
     return transformers
+
+
+def _legacy_ddp_inside(module):
+    """The ``LegacyDistributedDataParallel`` that ``module`` is or wraps (fairseq's proxy and timeout
+    wrappers), or None."""
+    from fairseq.distributed import DistributedTimeoutWrapper, LegacyDistributedDataParallel, ModuleProxyWrapper
+
+    while isinstance(module, (ModuleProxyWrapper, DistributedTimeoutWrapper)):
+        module = module.module
+    return module if isinstance(module, LegacyDistributedDataParallel) else None
+
+
+def _buckets(params, size: int):
+    """Consecutive runs of ``params`` of at most ``size`` elements (a larger parameter alone)."""
+    bucket, numel = [], 0
+    for p in params:
+        if bucket and numel + p.numel() > size:
+            yield bucket
+            bucket, numel = [], 0
+        bucket.append(p)
+        numel += p.numel()
+    if bucket:
+        yield bucket
+
+
+def all_reduce_grads_by_dtype(module) -> bool:
+    """Average the gradients of the legacy DDP wrapper ``module`` over the data-parallel group, each
+    dtype through its own buffer (quirk 16); False (nothing done) when ``module`` is no such wrapper.
+
+    Otherwise what ``LegacyDistributedDataParallel.all_reduce_grads`` does: nothing inside ``no_sync()``,
+    missing gradients become zeros, unshared (``expert``) parameters are skipped, buckets of at most the
+    wrapper's buffer size are divided by the world size, then summed."""
+    from fairseq.distributed import utils as distributed_utils
+
+    ddp = _legacy_ddp_inside(module)
+    if ddp is None:
+        return False
+    if ddp.accumulate_grads:
+        return True
+    by_dtype = {}
+    for p in ddp.module.parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if not hasattr(p, "expert"):
+            by_dtype.setdefault((p.device, p.dtype), []).append(p)
+    for params in by_dtype.values():
+        for bucket in _buckets(params, ddp.buffer_size):
+            flat = torch.cat([p.grad.reshape(-1) for p in bucket]).div_(ddp.world_size)
+            distributed_utils.all_reduce(flat, ddp.process_group)
+            for p, g in zip(bucket, flat.split([p.numel() for p in bucket])):
+                p.grad.copy_(g.view_as(p))
+    return True
+
+
+def clip_only_what_the_optimizer_clips() -> None:
+    """Make ``FP16Optimizer.clip_grad_norm`` hand its clip factor to a wrapped optimizer that has
+    ``multiply_clipped_grads(c)`` instead of folding it into the factor every master gets (quirk 17)."""
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+
+    original = FP16Optimizer.clip_grad_norm
+    if getattr(original, "lets_the_optimizer_clip", False):
+        return
+
+    @functools.wraps(original)
+    def clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
+        multiply_clipped_grads = getattr(self.fp32_optimizer, "multiply_clipped_grads", None)
+        if multiply_clipped_grads is None:
+            return original(self, max_norm, aggregate_norm_fn)
+        # fairseq's _FP16OptimizerMixin.clip_grad_norm, line for line, except where the factor goes.
+        self._sync_fp16_grads_to_fp32()
+        grad_norm = self._multiply_factor * self.fp32_optimizer.clip_grad_norm(0, aggregate_norm_fn)
+        if torch.is_tensor(self._multiply_factor):
+            self._multiply_factor = self._multiply_factor.to(grad_norm.device)
+        if self.scaler is not None:
+            if grad_norm > max_norm > 0.0:
+                multiply_clipped_grads(max_norm / grad_norm)
+            self.scaler.check_overflow(grad_norm)
+        elif max_norm > 0.0:
+            multiply_clipped_grads((max_norm / (grad_norm + 1e-6)).clamp_(max=1))
+        return grad_norm
+
+    clip_grad_norm.lets_the_optimizer_clip = True
+    FP16Optimizer.clip_grad_norm = clip_grad_norm
+
+
+def check_ddp_reduces_in_own_dtype(ddp_backend, ddp_comm_hook) -> None:
+    """Refuse the data-parallel settings that would reduce the gates and multipliers in 16 bits or are
+    not checked (quirk 16). None (a config without them, in unit tests) passes."""
+    if ddp_backend in ("slowmo", "fully_sharded"):
+        raise ValueError(f"distributed_training.ddp_backend={ddp_backend} is not supported by hjprune_adamw "
+                         "(fairscale's reduction of the fp32 gates and fp64 multipliers is not checked); use "
+                         "legacy_ddp or pytorch_ddp")
+    if ddp_comm_hook == "fp16" and ddp_backend in ("pytorch_ddp", "c10d"):
+        raise ValueError("distributed_training.ddp_comm_hook=fp16 is not supported by hjprune_adamw: it reduces "
+                         "every gradient in fp16, the fp32 gates and fp64 multipliers included; use "
+                         "ddp_comm_hook=none")

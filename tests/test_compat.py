@@ -242,3 +242,98 @@ def test_transformers_imports_torchaudio_unless_told_it_is_absent(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)
     assert ours.returncode == 0, ours.stderr[-2000:]
     assert ours.stdout.split() == ["False", "hjprune_fairseq.compat"]  # hidden, never imported
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo group of this process alone (fairseq's DDP wrappers need one), removed afterwards."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield dist.group.WORLD
+    dist.destroy_process_group()
+
+
+def test_legacy_ddp_reduces_every_gradient_in_the_first_parameters_dtype(one_process_group):
+    """Quirk 16: fairseq's legacy DDP copies every gradient through one buffer of the dtype of the model's first
+    parameter (fp16 under common.fp16): fp32 gate gradients come back rounded or inf. all_reduce_grads_by_dtype
+    reduces each dtype in its own buffer, the 16-bit weights as fairseq does. (Two ranks: test_mixed_precision.)"""
+    import torch
+    from fairseq.distributed import LegacyDistributedDataParallel
+    from fairseq.models import DistributedFairseqModel
+    from omegaconf import OmegaConf
+
+    from hjprune_fairseq.core.hard_concrete import HardConcrete
+
+    assert "self.buffer = next(self.module.parameters()).new(self.buffer_size)" in inspect.getsource(
+        LegacyDistributedDataParallel.all_reduce_grads)
+    args = OmegaConf.create({"tpu": False, "ddp_backend": "legacy_ddp", "heartbeat_timeout": -1})
+    gate_grad = torch.tensor([1e5, 1.0001, 3e-8])
+
+    def wrapped_model(seed):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), HardConcrete((3,)), torch.nn.Linear(3, 200)).half()
+        g = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+        model[1].log_alpha.grad = gate_grad.clone()
+        return model, DistributedFairseqModel(args, model, process_group=one_process_group, device="cpu")
+
+    stock, stock_wrapped = wrapped_model(0)
+    stock_wrapped.all_reduce_grads()
+    assert stock[1].log_alpha.grad.tolist() == [float("inf"), 1.0, 2 ** -24]  # through fp16
+    ours, ours_wrapped = wrapped_model(0)
+    ours_wrapped.module.buffer_size = 100  # several buckets; the last Linear's weight alone, larger than one
+    assert compat.all_reduce_grads_by_dtype(ours_wrapped)
+    assert torch.equal(ours[1].log_alpha.grad, gate_grad)
+    for a, b in zip(stock.parameters(), ours.parameters()):
+        if a.dtype == torch.float16:
+            assert torch.equal(a.grad, b.grad)
+    with ours_wrapped.no_sync():  # update_freq > 1: nothing is reduced until the last micro-batch
+        ours[1].log_alpha.grad[0] = float("nan")
+        assert compat.all_reduce_grads_by_dtype(ours_wrapped)
+    assert not compat.all_reduce_grads_by_dtype(torch.nn.Linear(2, 2))  # not a legacy DDP wrapper: nothing done
+
+
+def test_fp16_optimizer_clips_every_master_with_the_factor_of_the_weights():
+    """Quirk 17: FP16Optimizer (fp16 and bf16) folds the clip factor into the multiply factor applied to every fp32
+    master, whatever the wrapped optimizer clips: with fairseq's SGD a gate's update is clipped with the weights'.
+    With a wrapped optimizer that has multiply_clipped_grads, the factor goes there and nowhere else."""
+    import argparse
+
+    import torch
+    from fairseq.optim.fp16_optimizer import FP16Optimizer, _FP16OptimizerMixin
+    from fairseq.optim.sgd import SGD
+    from omegaconf import OmegaConf
+
+    assert "self._multiply_factor *= max_norm / grad_norm" in inspect.getsource(_FP16OptimizerMixin.clip_grad_norm)
+    assert FP16Optimizer.clip_grad_norm.lets_the_optimizer_clip  # installed by hjprune_adamw's import
+    cfg = OmegaConf.create({"optimizer": {}, "optimization": {"update_freq": [1]},
+                            "common": {"bf16": True, "fp16_scale_window": 1}})
+
+    def clipped_update(wrapped_cls):
+        weight, gate = torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16)), torch.nn.Parameter(torch.zeros(1))
+        masters = FP16Optimizer.build_fp32_params(None, [weight, gate], flatten=False)
+        sgd = wrapped_cls(argparse.Namespace(lr=[1.0], momentum=0.0, weight_decay=0.0), masters)
+        opt = FP16Optimizer(cfg, [weight, gate], sgd, masters)
+        opt.zero_grad()
+        opt.backward(weight.float().sum() * 50.0 + gate.sum())  # weights' norm 100, the gate's gradient 1
+        assert opt.clip_grad_norm(10.0) == pytest.approx(100.0, rel=1e-4)
+        opt.step()
+        return weight.float(), gate
+
+    class ClipsWeights(SGD):
+        def clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
+            return self.param_groups[0]["params"][0].grad.norm()
+
+        def multiply_clipped_grads(self, c):
+            self.param_groups[0]["params"][0].grad.mul_(c)
+
+    weight, gate = clipped_update(SGD)
+    assert gate.item() == pytest.approx(-0.1, rel=1e-4)  # clipped with the weights
+    weight, gate = clipped_update(ClipsWeights)
+    assert gate.item() == -1.0 and weight.tolist() == pytest.approx([-5.0] * 4, rel=1e-2)

@@ -2,6 +2,7 @@
 
 import math
 import os
+import time
 
 import pytest
 import torch
@@ -181,3 +182,169 @@ def test_bf16_prune_reaches_the_sparsity_of_fp32(tmp_path, corpus, w2v_pretraine
     s16 = expected_sparsity(prune(tmp_path, corpus, w2v_pretrained, "bf16", 200, **fast)[0] / "checkpoint_last.pt")
     assert abs(s32 - 0.4) < 0.02  # the constraint is at work
     assert abs(s32 - s16) < 0.01, (s32, s16)
+
+
+# ---- several processes: fairseq's own DDP wrappers, FP16Optimizer, clipping --------------------------
+
+GATE_GRADS = ([1e5, 1.0001, 3e-8], [3e5, -2.0, 1e-8])  # per rank: beyond fp16 (x the loss scale), finer than bf16
+LAMBDA_GRADS = (([2.5e4], [-7.0]), ([3.5e4], [1.0]))  # per rank: lambda1, lambda2
+SAMPLE_SIZE = 6  # the weights' gradient, 100 per element on each rank, averages to a norm of 100: clipped to 10
+CLIP = 10.0
+
+
+class TinyGated(torch.nn.Module):
+    """A 16-bit weight first (legacy DDP's buffer takes its dtype), then fp32 gates; its loss has the
+    gradients it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(3, 3))
+        self.gates = hard_concrete.HardConcrete((3,))
+
+    def forward(self, d_weight, d_gates):
+        return (self.weight.float() * d_weight).sum() + (self.gates.log_alpha * d_gates).sum()
+
+
+class TinyCriterion(torch.nn.Module):
+    """The multipliers inside a criterion, as hjprune_ctc holds them."""
+
+    def __init__(self):
+        super().__init__()
+        self.sparsity = SparsityConstraint("macs", {"macs": 0.4}, 0, 10.0)
+
+    def forward(self, d1, d2):
+        return (self.sparsity.lambda1 * d1).sum() + (self.sparsity.lambda2 * d2).sum()
+
+
+def cpu_ddp(module, device_ids, output_device, **kw):
+    """fairseq's pytorch_ddp wrapper passes the CUDA device; torch's DDP of a CPU module takes none."""
+    return torch.nn.parallel.DistributedDataParallel(module, **kw)
+
+
+def one_update(cfg, rank: int = 0, world: int = 1) -> dict:
+    """One update as fairseq's Trainer makes it: cast, wrap (with several ranks), zero_grad, backward, all-reduce
+    model and criterion, multiply by world / sample_size, clip, step. Returns what AdamW saw and did."""
+    from itertools import chain
+
+    from fairseq import optim
+    from fairseq.distributed import utils as distributed_utils
+    from fairseq.models import DistributedFairseqModel
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+
+    torch.manual_seed(0)
+    model, criterion = TinyGated(), TinyCriterion()
+    if cfg.common.fp16:
+        model, criterion = model.half(), criterion.half()
+    elif cfg.common.bf16:
+        model, criterion = model.to(dtype=torch.bfloat16), criterion.to(dtype=torch.bfloat16)
+    if world > 1:
+        group = distributed_utils.get_data_parallel_group()
+        model, criterion = (DistributedFairseqModel(cfg.distributed_training, m, process_group=group,
+                                                    device=torch.device("cpu")) for m in (model, criterion))
+    params = [p for p in chain(model.parameters(), criterion.parameters()) if p.requires_grad]
+    half = cfg.common.fp16 or cfg.common.bf16
+    opt = FP16Optimizer.build_optimizer(cfg, params) if half else optim.build_optimizer(cfg.optimizer, params)
+    d1, d2 = (torch.tensor(g, dtype=torch.float64) for g in LAMBDA_GRADS[rank])
+    opt.zero_grad()  # also sets FP16Optimizer's multiply factor to 1 / loss scale
+    opt.backward(model(torch.full((3, 3), 100.0), torch.tensor(GATE_GRADS[rank])) + criterion(d1, d2))
+    opt.all_reduce_grads(model)
+    opt.all_reduce_grads(criterion)
+    gate = model.gates.log_alpha
+    scale = opt.scaler.loss_scale if getattr(opt, "scaler", None) is not None else 1.0
+    reduced = (gate.grad / scale).clone()
+    opt.multiply_grads(world / SAMPLE_SIZE)
+    try:
+        norm = opt.clip_grad_norm(CLIP)
+        opt.step()
+    except OverflowError:
+        return {"overflow": True, "reduced_gate_grad": reduced}
+    inner = getattr(opt, "fp32_optimizer", opt)
+    moments = {g["hjprune_role"]: [inner.optimizer.state[p]["exp_avg"].clone() for p in g["params"]]
+               for g in inner.param_groups}
+    return {"overflow": False, "reduced_gate_grad": reduced, "norm": float(norm), "moments": moments,
+            "gates": gate.detach().clone(), "lambda1": criterion.sparsity.lambda1.detach().clone(),
+            "lambda2": criterion.sparsity.lambda2.detach().clone(), "weight": model.weight.detach().float().clone()}
+
+
+def updates_on_rank(rank: int, world: int, port: int, configs: dict, out: str) -> None:
+    """One rank of a gloo group: one update per DDP backend and precision, saved to OUT/rankR.pt."""
+    from fairseq.models import distributed_fairseq_model
+
+    torch.set_num_threads(1)  # a forked child: no OpenMP pool of the parent's (as DataLoader workers do)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    distributed_fairseq_model.DistributedDataParallel = cpu_ddp
+    results = {}
+    for backend, cfg in configs.items():
+        for precision in ("fp32", "fp16", "bf16"):
+            cfg.common.fp16, cfg.common.bf16 = precision == "fp16", precision == "bf16"
+            results[backend, precision] = one_update(cfg, rank, world)
+    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Both ranks' results; forked, so the children start with this process's imports (a few seconds each)."""
+    import socket
+
+    configs = {backend: compose_like_fairseq(TINY, "prune", [
+        f"common.user_dir={USER_DIR}", "task.data=x", "model.w2v_path=x", "common.fp16_no_flatten_grads=true",
+        "common.fp16_init_scale=128", f"optimization.clip_norm={CLIP}", "distributed_training.distributed_world_size=2",
+        f"distributed_training.ddp_backend={backend}"]) for backend in ("legacy_ddp", "pytorch_ddp")}
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # its first use imports torch._dynamo (~4 s): once, here
+    out = tmp_path_factory.mktemp("ddp")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ranks = torch.multiprocessing.start_processes(updates_on_rank, args=(2, port, configs, str(out)), nprocs=2,
+                                                  join=False, start_method="fork")
+    deadline = time.monotonic() + 120
+    while not ranks.join(timeout=1):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for p in ranks.processes:
+                p.kill()
+            pytest.fail("the two ranks did not finish within 120 s")
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.mark.parametrize("backend", ["legacy_ddp", "pytorch_ddp"])
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_two_processes_reduce_and_clip_gates_and_multipliers_as_fp32(two_ranks, backend, precision):
+    """Through fairseq's DDP wrappers and FP16Optimizer: the gates are averaged in fp32 (legacy_ddp used
+    the fp16/bf16 buffer of the first weight: inf, then an overflow in fp16; rounding in bf16), only the
+    weights are clipped (FP16Optimizer scaled every master by the clip factor), so AdamW sees the gate
+    and multiplier gradients of fp32 and makes the same update."""
+    ref, run = two_ranks[0][backend, "fp32"], two_ranks[0][backend, precision]
+    mean = torch.tensor(GATE_GRADS).mean(0)
+    assert torch.equal(ref["reduced_gate_grad"], mean)
+    assert not run["overflow"], run["reduced_gate_grad"]
+    assert torch.equal(run["reduced_gate_grad"], mean)
+    assert run["norm"] == pytest.approx(ref["norm"], rel=1e-3) and ref["norm"] > CLIP
+    assert torch.equal(run["moments"]["gates"][0], ref["moments"]["gates"][0])
+    assert torch.equal(run["gates"], ref["gates"])
+    for role in ("lambda1", "lambda2"):  # FP16Optimizer's masters of the fp64 multipliers are fp32
+        assert run["moments"][role][0].double() == pytest.approx(ref["moments"][role][0], rel=1e-6)
+        assert run[role] == pytest.approx(ref[role], rel=1e-6)
+    assert run["moments"]["weights"][0] == pytest.approx(ref["moments"]["weights"][0].float(), rel=1e-3)
+    assert run["moments"]["weights"][0].norm() == pytest.approx(0.1 * CLIP, rel=1e-3)  # (1 - beta1) * clipped
+    assert all(torch.equal(two_ranks[1][backend, precision][k], run[k]) for k in ("gates", "lambda1", "lambda2"))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_fp16_optimizer_clips_only_the_weights(precision):
+    """One process: the weights' norm is 50, clip 10. FP16Optimizer used to fold the clip factor into every
+    fp32 master, so the gates and multipliers reached AdamW at a fifth of their fp32 gradient; now only the
+    weights are clipped, in every precision, and AdamW sees what it sees in fp32."""
+    cfg = compose_like_fairseq(TINY, "prune", [
+        f"common.user_dir={USER_DIR}", "task.data=x", "model.w2v_path=x", "common.fp16_no_flatten_grads=true",
+        "common.fp16_init_scale=128", f"optimization.clip_norm={CLIP}"])
+    ref = one_update(cfg)
+    setattr(cfg.common, precision, True)
+    run = one_update(cfg)
+    assert ref["norm"] == pytest.approx(300 / SAMPLE_SIZE, rel=1e-6) and run["norm"] == pytest.approx(ref["norm"])
+    assert torch.equal(run["moments"]["gates"][0], ref["moments"]["gates"][0])
+    assert torch.equal(run["gates"], ref["gates"])
+    for role in ("lambda1", "lambda2"):
+        assert run["moments"][role][0].double() == pytest.approx(ref["moments"][role][0], rel=1e-6)
+        assert run[role] == pytest.approx(ref[role], rel=1e-6)
+    assert run["moments"]["weights"][0].norm() == pytest.approx(0.1 * CLIP, rel=1e-3)  # the weights are clipped

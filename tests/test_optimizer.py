@@ -129,3 +129,25 @@ def test_fixed_lrs_follow_the_decay_after_reset_optimizer():
     for lr in (1e-4, 3e-4, 6e-4):  # a warm-up only rises: the fixed groups keep their rates
         warm.set_lr(lr)
     assert [g["lr"] for g in warm.param_groups] == pytest.approx([6e-4, 0.05, 0.02, 0.02])
+
+
+def test_ddp_settings_that_reduce_gates_in_16_bits_are_refused():
+    """ddp_comm_hook=fp16 compresses every pytorch_ddp bucket to fp16, the fp32 gates and fp64 multipliers
+    included (compat quirk 16); fairscale's backends are not checked. Read from distributed_training."""
+    import os
+
+    from fairseq import optim
+    from fairseq_fixtures import EXAMPLES, USER_DIR, compose_like_fairseq
+
+    cfg = compose_like_fairseq(os.path.join(EXAMPLES, "tiny"), "prune", [
+        f"common.user_dir={USER_DIR}", "task.data=x", "model.w2v_path=x", "distributed_training.ddp_backend=pytorch_ddp",
+        "distributed_training.ddp_comm_hook=fp16"])
+    w = torch.nn.Parameter(torch.ones(3, 3))
+    with pytest.raises(ValueError, match="ddp_comm_hook=fp16 is not supported by hjprune_adamw"):
+        optim.build_optimizer(cfg.optimizer, [w])
+    for backend in ("slowmo", "fully_sharded"):
+        cfg = OmegaConf.structured(HJPruneAdamWConfig(lr=[1e-3], ddp_backend=backend))
+        with pytest.raises(ValueError, match=f"ddp_backend={backend} is not supported"):
+            HJPruneAdamW(cfg, [w])
+    for backend in ("legacy_ddp", "no_c10d", "pytorch_ddp", "c10d"):
+        HJPruneAdamW(OmegaConf.structured(HJPruneAdamWConfig(lr=[1e-3], ddp_backend=backend, ddp_comm_hook="none")), [w])

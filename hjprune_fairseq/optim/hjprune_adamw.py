@@ -19,13 +19,18 @@ multiplier lrs follow the schedule's DECAY once it has passed its peak: ``gate_l
 (as a torch scheduler scales every group, DPHuBERT's recipe), so the min-max game settles on the
 target instead of oscillating around it. "Past the peak" is the lr having reached its peak or having
 fallen since the previous update (after ``--reset-optimizer`` in the decay, from the second update). They are not slowed during the lr warm-up, when the target
-sparsity rises and the gates must keep up with it. Only the weights are clipped (``clip_grad_norm``).
+sparsity rises and the gates must keep up with it.
+
+Only the weights are clipped, in every precision: in fp32 and under ``common.amp`` by ``clip_grad_norm``; under
+``common.fp16`` / ``bf16`` fairseq's ``FP16Optimizer`` clips, and hands its factor to ``multiply_clipped_grads``
+(compat quirk 17). In distributed runs gradients are averaged in their own dtype (``all_reduce_grads``, compat
+quirk 16): the fp32 gates and fp64 multipliers never travel in 16 bits.
 """
 
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from fairseq import utils
@@ -38,6 +43,7 @@ from ..core.hard_concrete import GATE_GROUP
 from ..core.sparsity import LAMBDA2_GROUP, LAMBDA_GROUP
 
 logger = logging.getLogger(__name__)
+compat.clip_only_what_the_optimizer_clips()  # FP16Optimizer would clip gates and multipliers too (quirk 17)
 ROLE = "hjprune_role"
 PAST_PEAK = "hjprune_past_peak"  # kept in the weights group, so it is saved with the optimizer state
 LAST_LR = "hjprune_last_lr"  # the lr of the previous set_lr call (same group)
@@ -61,6 +67,13 @@ class HJPruneAdamWConfig(FairseqDataclass):
     lr: List[float] = II("optimization.lr")
     memory_efficient_fp16: bool = II("common.memory_efficient_fp16")
     memory_efficient_bf16: bool = II("common.memory_efficient_bf16")
+    ddp_backend: Optional[str] = field(
+        default=II("distributed_training.ddp_backend"), metadata={"help": "read to refuse the backends that would "
+                                                                          "reduce gates and multipliers in 16 bits"}
+    )
+    ddp_comm_hook: Optional[str] = field(
+        default=II("distributed_training.ddp_comm_hook"), metadata={"help": "read to refuse the fp16 hook"}
+    )
 
 
 def split_params(params: List[torch.nn.Parameter]) -> Dict[str, List[torch.nn.Parameter]]:
@@ -83,6 +96,8 @@ class HJPruneAdamW(FairseqOptimizer):
                 raise ValueError(f"common.{mode}=true is not supported by hjprune_adamw (torch AdamW would step the "
                                  "16-bit weights with 16-bit moments); use common.fp16 or common.bf16 with "
                                  "common.fp16_no_flatten_grads=true, or common.amp")
+        compat.check_ddp_reduces_in_own_dtype(OmegaConf.select(cfg, "ddp_backend", throw_on_resolution_failure=False),
+                                              OmegaConf.select(cfg, "ddp_comm_hook", throw_on_resolution_failure=False))
         if cfg.gate_lr <= 0 or cfg.lambda_lr <= 0 or cfg.lambda2_lr_scale <= 0:
             raise ValueError(f"optimizer.gate_lr, optimizer.lambda_lr and optimizer.lambda2_lr_scale must be positive, "
                              f"got {cfg.gate_lr}, {cfg.lambda_lr}, {cfg.lambda2_lr_scale}")
@@ -140,6 +155,19 @@ class HJPruneAdamW(FairseqOptimizer):
             if group[ROLE] in fixed:
                 group.update(fixed[group[ROLE]])
         self.set_lr(self.param_groups[0]["lr"])
+
+    def all_reduce_grads(self, module) -> None:
+        """Average the gradients of ``module`` (the trainer's model or criterion) over the data-parallel
+        group, each dtype in its own (compat quirk 16); pytorch_ddp reduced them during backward."""
+        if not compat.all_reduce_grads_by_dtype(module):
+            super().all_reduce_grads(module)
+
+    def multiply_clipped_grads(self, c) -> None:
+        """Apply the clip factor ``c`` that ``FP16Optimizer.clip_grad_norm`` computed from the weights'
+        norm to the weights' fp32 masters only (compat quirk 17)."""
+        for p in self.weight_params:
+            if p.grad is not None:
+                p.grad.mul_(c.to(p.grad.device) if torch.is_tensor(c) else c)
 
     def clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
         """Clip (and report the norm of) the model weights only; gates and multipliers are untouched, but
