@@ -11,8 +11,10 @@ The folder (:func:`export_hf`):
 
 - ``config.json``: ``model_type`` ``hjprune_wav2vec2``, ``architectures``, ``auto_map`` (AutoConfig,
   AutoModel and, for a CTC model, AutoModelForCTC), the whole ``encoder_spec``, ``vocab_size``,
-  ``pad_token_id`` (the CTC blank, output 0), ``normalize``, ``sampling_rate`` and, under ``hjprune``,
-  the checkpoint it came from, its architecture and the unpruned encoder's spec;
+  ``pad_token_id`` (the CTC blank, output 0), ``normalize``, ``sampling_rate``, ``inputs_to_logits_ratio``
+  (samples per frame, the product of the CNN's strides: transformers' speech-recognition pipeline aligns chunks
+  and timestamps with it) and, under ``hjprune``, the checkpoint it came from, its architecture and the unpruned
+  encoder's spec;
 - ``model.safetensors``: the weights, as the modelling classes' ``save_pretrained`` writes them (the fairseq
   model's encoder is loaded into them strictly, so every weight and shape is checked on export);
 - ``preprocessor_config.json`` for ``Wav2Vec2FeatureExtractor`` (``do_normalize`` = ``normalize``);
@@ -21,7 +23,8 @@ The folder (:func:`export_hf`):
   (index 0, fairseq's ``<s>``) named ``<pad>``, the tokenizer's pad token, and fairseq's ``<pad>`` named
   ``<s>``, as transformers' own fairseq conversion (``convert_wav2vec2_original_pytorch_checkpoint_to_pytorch.py``)
   names them (``hf_import.FAIRSEQ_SPECIALS``, by which ``hf_import`` maps transformers' vocabularies back); the
-  word delimiter is ``|``.
+  word delimiter is ``|``. The tokenizer's and the feature extractor's configs name ``processor_class``
+  ``Wav2Vec2Processor``, which ``AutoProcessor`` reads (without it, it gives the bare tokenizer).
 
 A gated checkpoint is exported as its slim model (deterministic masks, ``onnx_export.exportable_model``);
 a CTC model's ``blank_weight`` is folded into the output layer (its ``add`` mode into the blank's bias, its
@@ -47,7 +50,7 @@ import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
 from .core.spec import EncoderSpec
-from .hf_import import AUDIO, CONFIG, DELIMITER, FAIRSEQ_SPECIALS, TOKENIZER_DEFAULTS, VOCAB
+from .hf_import import AUDIO, CONFIG, DELIMITER, FAIRSEQ_SPECIALS, PREPROCESSOR, TOKENIZER_DEFAULTS, VOCAB
 from .models import registry
 from .models.base import HJPruneModel
 
@@ -61,6 +64,8 @@ REMOTE_FILES = ("configuration_hjprune.py", "modeling_hjprune.py")  # kept in hf
 CORE_FILES = ("encoder.py", "spec.py", "gate_state.py")  # the encoder, copied from the installed package
 WEIGHTS = "model.safetensors"
 SPECIAL_TOKENS = "special_tokens_map.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+PROCESSOR_CLASS = "Wav2Vec2Processor"  # feature extractor + CTC tokenizer, named in their configs for AutoProcessor
 # Per output layer (registry head): the transformers architecture, and its auto classes.
 ARCHITECTURES = {"ctc": "HJPruneForCTC", "distill": "HJPruneModel"}
 AUTO_MAP = {"AutoConfig": "configuration_hjprune.HJPruneConfig", "AutoModel": "modeling_hjprune.HJPruneModel"}
@@ -140,6 +145,15 @@ def ctc_vocab(model: HJPruneModel, source: str) -> Dict[str, int]:
         raise ValueError(f"{source}: the target dictionary holds {clash} besides fairseq's specials (expected each "
                          "token once)")
     return {name: i for i, name in enumerate(names)}
+
+
+def add_fields(path: str, **fields: Any) -> None:
+    """Add ``fields`` to the JSON object file ``path`` (one that transformers wrote)."""
+    with open(path, encoding="utf-8") as f:
+        content = json.load(f)
+    content.update(fields)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(content, f, ensure_ascii=False, indent=2)
 
 
 def write_tokenizer(folder: str, vocab: Dict[str, int]) -> None:
@@ -233,6 +247,10 @@ def export_hf(checkpoint: str, out: str, overwrite: bool = False) -> Dict[str, A
                                     return_attention_mask=True).save_pretrained(tmp)
         if vocab is not None:
             write_tokenizer(tmp, vocab)
+            # AutoProcessor finds the processor by processor_class in these configs. transformers 5's feature
+            # extractor drops the field, and its processor writes processor_config.json, which 4.x does not read.
+            for name in (PREPROCESSOR, TOKENIZER_CONFIG):
+                add_fields(os.path.join(tmp, name), processor_class=PROCESSOR_CLASS)
         files = sorted(os.listdir(tmp))
         output_dir.publish(tmp, out, TOOL, overwrite, WHAT)
     return {"hf_dir": out, "source": checkpoint, "arch": arch.name, "architecture": ARCHITECTURES[arch.head],

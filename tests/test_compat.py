@@ -235,7 +235,8 @@ def test_transformers_imports_torchaudio_unless_told_it_is_absent(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     code = ("import sys; {}from transformers import Wav2Vec2FeatureExtractor; import transformers.utils; "
             "print('torchaudio' in sys.modules, transformers.utils.is_torchaudio_available.__module__)")
-    stock = subprocess.run([sys.executable, "-c", code.format("")], capture_output=True, text=True, timeout=300, env=env)
+    stock = subprocess.run([sys.executable, "-c", code.format("")], capture_output=True, text=True, timeout=300,
+                           env=env)
     assert stock.returncode != 0 and "stand-in _torchaudio.so" in stock.stderr  # the quirk: transformers imported it
     ours = subprocess.run([sys.executable, "-c", code.format("from hjprune_fairseq import compat; "
                                                               "compat.import_transformers(); ")],

@@ -10,9 +10,11 @@ not hjprune-fairseq.
 Inputs as transformers' ``Wav2Vec2Model`` / ``Wav2Vec2ForCTC``: ``input_values`` (B, S) 16 kHz audio
 (normalised by the feature extractor when ``config.normalize``), ``attention_mask`` (B, S), 1 at real
 samples and 0 at padding. Outputs: ``last_hidden_state`` (B, T, d) or CTC ``logits`` (B, T, V), and
-``frame_mask`` (B, T), 1 at the frames of real audio. ``hidden_states`` (with ``output_hidden_states``):
+``frame_mask`` (B, T), 1 at the frames of real audio (by the spec's frame rule: wav2vec2's conv-length formula, or
+HuBERT's, where a frame is padding when all its samples are). ``hidden_states`` (with ``output_hidden_states``):
 the Transformer's input (the projected CNN features, before the positional convolution) and every
-layer's output, each (B, T, d).
+layer's output, each (B, T, d). At padded frames the CTC logits are the blank only (0 for the blank, -inf for every
+other output), as fairseq's ``get_logits`` makes them: greedy decoding of a padded batch prints nothing there.
 """
 
 from dataclasses import dataclass
@@ -40,7 +42,7 @@ class HJPruneModelOutput(ModelOutput):
 
 @dataclass
 class HJPruneCTCOutput(ModelOutput):
-    """logits (B, T, V) (padded frames are not masked: ``frame_mask`` says which are real);
+    """logits (B, T, V), at padded frames (``frame_mask`` 0) the blank only: 0 for the blank, -inf for the rest;
     frame_mask (B, T) long; hidden_states as :class:`HJPruneModelOutput`."""
 
     logits: Optional[torch.FloatTensor] = None
@@ -75,9 +77,22 @@ class HJPrunePreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """Nothing: every weight is in model.safetensors, and the modules initialise themselves when built."""
 
-    def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
-        """Frames of ``input_lengths`` samples (as transformers' wav2vec2 method of the same name)."""
-        return conv_output_lengths(input_lengths, EncoderSpec.from_dict(self.config.encoder_spec).conv_layers)
+    def _get_feat_extract_output_lengths(self, input_lengths, padded_length: Optional[int] = None) -> torch.Tensor:
+        """Real frames of utterances of ``input_lengths`` samples (as transformers' wav2vec2 method of the same name):
+        what ``frame_mask`` counts for them, by the spec's frame rule. wav2vec2's (the conv output-length formula)
+        needs the lengths alone; HuBERT's (a frame is padding when all its samples are) also the padded length of
+        their batch, ``padded_length`` (default: the longest of ``input_lengths``, as a batch padded to its longest)."""
+        lengths = torch.as_tensor(input_lengths)
+        spec = EncoderSpec.from_dict(self.config.encoder_spec)
+        if spec.frame_padding != "hubert":
+            return conv_output_lengths(lengths, spec.conv_layers)
+        samples = int(lengths.max()) if padded_length is None else int(padded_length)
+        flat = lengths.reshape(-1)
+        padding = torch.arange(samples, device=flat.device).unsqueeze(0) >= flat.unsqueeze(1)
+        frames = int(conv_output_lengths(torch.tensor(samples), spec.conv_layers))
+        frame_pad = self.encoder.frame_padding_mask(padding, frames)  # the encoder's own rule, not a copy of it
+        real = torch.full_like(flat, frames) if frame_pad is None else (~frame_pad).sum(-1)
+        return real.reshape(lengths.shape)
 
 
 class HJPruneModel(HJPrunePreTrainedModel):
@@ -121,5 +136,10 @@ class HJPruneForCTC(HJPruneModel):
         """input_values (B, S); attention_mask (B, S), 1 at real samples -> :class:`HJPruneCTCOutput`."""
         base = super().forward(input_values, attention_mask, output_hidden_states=output_hidden_states,
                                return_dict=True)
-        out = HJPruneCTCOutput(self.lm_head(base.last_hidden_state), base.frame_mask, base.hidden_states)
+        logits = self.lm_head(base.last_hidden_state)
+        # Padded frames decode to the blank, as in fairseq's get_logits (their features come from padding).
+        blank_only = torch.full((logits.size(-1),), float("-inf"), dtype=logits.dtype, device=logits.device)
+        blank_only[self.config.pad_token_id] = 0
+        logits = torch.where(base.frame_mask.bool().unsqueeze(-1), logits, blank_only)
+        out = HJPruneCTCOutput(logits, base.frame_mask, base.hidden_states)
         return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
