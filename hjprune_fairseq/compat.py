@@ -64,6 +64,11 @@ Each workaround has a test in ``tests/test_compat.py`` that fails loudly when th
    gates and multipliers were clipped with the weights. :func:`clip_only_what_the_optimizer_clips`
    makes it hand the factor to a wrapped optimizer that has ``multiply_clipped_grads`` (hjprune_adamw:
    the weights' masters); fairseq's clip rule, norm and overflow check are unchanged.
+18. Resuming a run of several processes: rank 0 loads the checkpoint and broadcasts it, and the other
+   ranks read it with ``torch.load`` without ``weights_only=False`` (``distributed/utils.py``
+   ``_broadcast_object_slow``), which refuses the ``DictConfig`` of the saved config: every rank but 0
+   crashes. :func:`load_what_rank_0_broadcasts` reads what rank 0 sent (a checkpoint it loaded with the
+   safe globals of quirk 1) with ``weights_only=False``.
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ def install() -> None:
     """Register the safe globals and wrap fairseq's checkpoint loader (idempotent)."""
     torch.serialization.add_safe_globals(fairseq_safe_globals())
     name_checkpoint_errors()
+    load_what_rank_0_broadcasts()
 
 
 def first_line(e: BaseException) -> str:
@@ -420,3 +426,29 @@ def check_ddp_reduces_in_own_dtype(ddp_backend, ddp_comm_hook) -> None:
         raise ValueError("distributed_training.ddp_comm_hook=fp16 is not supported by hjprune_adamw: it reduces "
                          "every gradient in fp16, the fp32 gates and fp64 multipliers included; use "
                          "ddp_comm_hook=none")
+
+
+def load_what_rank_0_broadcasts() -> None:
+    """Let the ranks that receive fairseq's broadcast of an object read it whole (quirk 18): it is what
+    rank 0 of the same run sent, e.g. the checkpoint it loaded under the safe globals of quirk 1."""
+    import io
+
+    from fairseq.distributed import utils as distributed_utils
+
+    original = distributed_utils._broadcast_object_slow
+    if getattr(original, "loads_what_rank_0_sent", False):
+        return
+
+    @functools.wraps(original)
+    def _broadcast_object_slow(obj, src_rank, group, dist_device):
+        if distributed_utils.get_rank(group) == src_rank:
+            return original(obj, src_rank, group, dist_device)
+        # fairseq's receiving side, with weights_only=False
+        length = torch.LongTensor([0]).to(dist_device)
+        distributed_utils.broadcast(length, src=src_rank, group=group)
+        buffer = torch.ByteTensor(int(length.item())).to(dist_device)
+        distributed_utils.broadcast(buffer, src=src_rank, group=group)
+        return torch.load(io.BytesIO(buffer.cpu().numpy()), map_location="cpu", weights_only=False)
+
+    _broadcast_object_slow.loads_what_rank_0_sent = True
+    distributed_utils._broadcast_object_slow = _broadcast_object_slow

@@ -338,3 +338,54 @@ def test_fp16_optimizer_clips_every_master_with_the_factor_of_the_weights():
     assert gate.item() == pytest.approx(-0.1, rel=1e-4)  # clipped with the weights
     weight, gate = clipped_update(ClipsWeights)
     assert gate.item() == -1.0 and weight.tolist() == pytest.approx([-5.0] * 4, rel=1e-2)
+
+
+def broadcast_a_config(rank: int, port: int, out: str) -> None:
+    """One of two ranks: rank 0 broadcasts a checkpoint-like object through fairseq, with fairseq's own receiving
+    side and then the plugin's; each rank writes what it got (or the error's type) to OUT/rankR.txt."""
+    import torch
+    import torch.distributed as dist
+    from fairseq.distributed import utils as distributed_utils
+    from omegaconf import OmegaConf
+
+    torch.set_num_threads(1)  # a forked child
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    state = {"cfg": OmegaConf.create({"model": {"_name": "hjprune_wav2vec_ctc"}}), "model": {"w": torch.ones(2)}}
+    got = []
+    for slow in (distributed_utils._broadcast_object_slow.__wrapped__, distributed_utils._broadcast_object_slow):
+        try:
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(distributed_utils, "_broadcast_object_slow", slow)
+                obj = distributed_utils.broadcast_object(state if rank == 0 else None, src_rank=0, group=dist.group.WORLD)
+            got.append(f"{obj['cfg'].model._name} {obj['model']['w'].tolist()}")
+        except Exception as e:  # the receiving rank's torch.load refuses the DictConfig
+            got.append(type(e).__name__)
+            # fairseq's broadcast of the tensors that follows never happens on the failing rank: finish it
+            distributed_utils.broadcast_tensors(None if rank else [state["model"]["w"]], 0, dist.group.WORLD)
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write("\n".join(got))
+    dist.destroy_process_group()
+
+
+def test_fairseq_ranks_cannot_load_the_checkpoint_rank_0_broadcasts(tmp_path):
+    """Quirk 18: resuming with several processes, rank 0 broadcasts the checkpoint it loaded and the others read it
+    with torch.load's weights-only default, which refuses the saved config (DictConfig)."""
+    import socket
+    import time
+
+    import torch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ranks = torch.multiprocessing.start_processes(broadcast_a_config, args=(port, str(tmp_path)), nprocs=2, join=False,
+                                                  start_method="fork")
+    deadline = time.monotonic() + 60
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ranks.processes:
+                p.kill()
+            pytest.fail("the two ranks did not finish within 60 s")
+    expected = "hjprune_wav2vec_ctc [1.0, 1.0]"
+    assert (tmp_path / "rank0.txt").read_text().splitlines() == [expected, expected]
+    assert (tmp_path / "rank1.txt").read_text().splitlines() == ["UnpicklingError", expected]
