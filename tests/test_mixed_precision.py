@@ -1,5 +1,6 @@
 """fp16 / bf16: the gates and multipliers stay fp32, their overflow is caught, and a prune runs."""
 
+import copy
 import math
 import os
 import time
@@ -283,14 +284,31 @@ def updates_on_rank(rank: int, world: int, port: int, configs: dict, out: str) -
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
+def tiny_prune_cfg():
+    """The tiny prune config for the updates below: loss scale 128, clip_norm CLIP, two ranks."""
+    return compose_like_fairseq(TINY, "prune", [
+        f"common.user_dir={USER_DIR}", "task.data=x", "model.w2v_path=x", "common.fp16_no_flatten_grads=true",
+        "common.fp16_init_scale=128", f"optimization.clip_norm={CLIP}", "distributed_training.distributed_world_size=2"])
+
+
+def with_values(cfg, values: dict):
+    """A copy of ``cfg`` with ``values`` (dotted keys) set."""
+    from omegaconf import OmegaConf
+
+    cfg = copy.deepcopy(cfg)
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, tiny_prune_cfg):
     """Both ranks' results; forked, so the children start with this process's imports (a few seconds each)."""
     import socket
 
-    configs = {backend: compose_like_fairseq(TINY, "prune", [
-        f"common.user_dir={USER_DIR}", "task.data=x", "model.w2v_path=x", "common.fp16_no_flatten_grads=true",
-        "common.fp16_init_scale=128", f"optimization.clip_norm={CLIP}", "distributed_training.distributed_world_size=2",
-        f"distributed_training.ddp_backend={backend}"]) for backend in ("legacy_ddp", "pytorch_ddp")}
+    configs = {backend: with_values(tiny_prune_cfg, {"distributed_training.ddp_backend": backend,
+                                                    "optimizer.ddp_backend": backend})
+               for backend in ("legacy_ddp", "pytorch_ddp")}
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # its first use imports torch._dynamo (~4 s): once, here
     out = tmp_path_factory.mktemp("ddp")
     with socket.socket() as s:
@@ -331,16 +349,12 @@ def test_two_processes_reduce_and_clip_gates_and_multipliers_as_fp32(two_ranks, 
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_fp16_optimizer_clips_only_the_weights(precision):
+def test_fp16_optimizer_clips_only_the_weights(tiny_prune_cfg, precision):
     """One process: the weights' norm is 50, clip 10. FP16Optimizer used to fold the clip factor into every
     fp32 master, so the gates and multipliers reached AdamW at a fifth of their fp32 gradient; now only the
     weights are clipped, in every precision, and AdamW sees what it sees in fp32."""
-    cfg = compose_like_fairseq(TINY, "prune", [
-        f"common.user_dir={USER_DIR}", "task.data=x", "model.w2v_path=x", "common.fp16_no_flatten_grads=true",
-        "common.fp16_init_scale=128", f"optimization.clip_norm={CLIP}"])
-    ref = one_update(cfg)
-    setattr(cfg.common, precision, True)
-    run = one_update(cfg)
+    ref = one_update(tiny_prune_cfg)
+    run = one_update(with_values(tiny_prune_cfg, {f"common.{precision}": True}))
     assert ref["norm"] == pytest.approx(300 / SAMPLE_SIZE, rel=1e-6) and run["norm"] == pytest.approx(ref["norm"])
     assert torch.equal(run["moments"]["gates"][0], ref["moments"]["gates"][0])
     assert torch.equal(run["gates"], ref["gates"])
