@@ -5,8 +5,10 @@ as ``fairseq_import`` is for fairseq's (one importer per foreign format: the lay
 ``utils/import_huggingface.py``; the code is this project's). A folder written by ``save_pretrained``
 holds ``config.json``, the weights (``model.safetensors`` or ``pytorch_model.bin``, either possibly
 sharded with an ``.index.json``) and, for a CTC model, its tokenizer (``vocab.json``,
-``tokenizer_config.json``, ``special_tokens_map.json``) and feature extractor
-(``preprocessor_config.json``). ``config.json`` is read as JSON and the weights as tensors: no
+``tokenizer_config.json``, ``special_tokens_map.json``) and feature extractor: ``preprocessor_config.json``
+(``Wav2Vec2FeatureExtractor.save_pretrained``, and ``Wav2Vec2Processor``'s before transformers 5) or, nested
+under ``feature_extractor``, ``processor_config.json`` (``Wav2Vec2Processor.save_pretrained`` in transformers 5;
+:func:`feature_extractor_settings`). ``config.json`` is read as JSON and the weights as tensors: no
 transformers class is built, so importing needs only ``safetensors`` (the ``hf`` extra).
 
 What transformers would compute and :class:`~hjprune_fairseq.core.encoder.Wav2Vec2Encoder` does not
@@ -44,6 +46,10 @@ logger = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"
+# transformers 5's ProcessorMixin.save_pretrained writes one processor_config.json with each sub-processor's
+# settings nested under its attribute name; AutoFeatureExtractor looks under these keys, in this order, first.
+PROCESSOR = "processor_config.json"
+NESTED_FEATURE_EXTRACTOR = ("feature_extractor", "audio_processor")
 VOCAB = "vocab.json"
 TOKENIZER_FILES = ("special_tokens_map.json", "tokenizer_config.json")  # later ones win
 ADDED_TOKENS = "added_tokens.json"  # older tokenizers' tokens beyond vocab.json
@@ -441,23 +447,44 @@ def ctc_head(weight: torch.Tensor, bias: torch.Tensor, vocab: CtcVocabulary) -> 
 
 
 # ---- the whole folder ----------------------------------------------------------------------------
-def read_normalize(folder: str, normalize: Optional[bool]) -> bool:
-    """Whether the model expects normalised audio: ``do_normalize`` of ``preprocessor_config.json``, or
-    ``normalize`` (which must agree with the file, if both are given)."""
+def feature_extractor_settings(folder: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """(where, settings) of the folder's feature extractor, found as transformers 5's ``AutoFeatureExtractor``
+    finds it: nested in ``processor_config.json`` under ``feature_extractor`` (or ``audio_processor``), else
+    ``preprocessor_config.json``; None when the folder has neither. ``where`` names the file, and the key, in
+    errors (``.../processor_config.json: feature_extractor.``)."""
+    processor = os.path.join(folder, PROCESSOR)
+    if os.path.isfile(processor):
+        data = read_json(processor)
+        for key in NESTED_FEATURE_EXTRACTOR:
+            if key in data:
+                if not isinstance(data[key], dict):
+                    raise ValueError(f"{processor}: {key} is a {type(data[key]).__name__} (expected an object: the "
+                                     "feature extractor's settings)")
+                return f"{processor}: {key}.", data[key]
     path = os.path.join(folder, PREPROCESSOR)
-    if not os.path.isfile(path):
+    if os.path.isfile(path):
+        return f"{path}: ", read_json(path)
+    return None
+
+
+def read_normalize(folder: str, normalize: Optional[bool]) -> bool:
+    """Whether the model expects normalised audio: ``do_normalize`` of the feature extractor's settings
+    (:func:`feature_extractor_settings`), or ``normalize`` (which must agree with them, if both are given)."""
+    found = feature_extractor_settings(folder)
+    if found is None:
         if normalize is None:
-            raise ValueError(f"{path}: not found, so the audio normalisation of the model is unknown "
-                             "(expected the file, or normalize given: hjprune-import-hf --normalize / --no-normalize)")
+            raise ValueError(f"{folder}: has neither {PREPROCESSOR} nor a feature_extractor in {PROCESSOR}, so the "
+                             "audio normalisation of the model is unknown (expected one, or normalize given: "
+                             "hjprune-import-hf --normalize / --no-normalize)")
         return bool(normalize)
-    pre = read_json(path)
+    where, pre = found
     for field, expected in AUDIO.items():
         value = pre.get(field, PREPROCESSOR_DEFAULTS[field])
         if value != expected:
-            raise ValueError(f"{path}: {field}={value!r} is not supported (expected {expected!r})")
+            raise ValueError(f"{where}{field}={value!r} is not supported (expected {expected!r})")
     do = bool(pre.get("do_normalize", PREPROCESSOR_DEFAULTS["do_normalize"]))
     if normalize is not None and bool(normalize) != do:
-        raise ValueError(f"{path}: do_normalize={do} but normalize={bool(normalize)} was given "
+        raise ValueError(f"{where}do_normalize={do} but normalize={bool(normalize)} was given "
                          "(expected the same, or normalize left out)")
     return do
 

@@ -5,7 +5,7 @@ Everything but the network is fairseq-generate's own path through this plugin:
 
 - the split (``{split}.tsv``, ``{split}.{labels}``, ``dict.{labels}.txt``) is checked, read (soundfile),
   normalised (fairseq's per-utterance ``layer_norm`` when the export says ``normalize``: ONNX metadata,
-  or ``do_normalize`` of the folder's ``preprocessor_config.json``), batched and padded by the task
+  or ``do_normalize`` of the folder's feature extractor, ``hf_import.read_normalize``), batched and padded by the task
   ``hjprune_audio_finetuning`` with fairseq's batch iterator, as fairseq-generate does with the same
   ``--batch-size`` / ``--max-tokens`` (default one utterance a batch: a padded batch changes the output of
   a CNN that normalises over time, so a hypothesis would depend on its neighbours);

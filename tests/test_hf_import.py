@@ -262,9 +262,47 @@ def test_normalisation_comes_from_the_feature_extractor_or_the_user(folders, tmp
                     "(expected the same, or normalize left out)")
     os.remove(os.path.join(folder, "preprocessor_config.json"))
     assert import_hf.main([folder, str(tmp_path / "b")]) == 2
-    refused(capsys, f"{folder}/preprocessor_config.json: not found, so the audio normalisation of the model is unknown "
-                    "(expected the file, or normalize given: hjprune-import-hf --normalize / --no-normalize)")
+    refused(capsys, f"{folder}: has neither preprocessor_config.json nor a feature_extractor in processor_config.json, "
+                    "so the audio normalisation of the model is unknown (expected one, or normalize given: "
+                    "hjprune-import-hf --normalize / --no-normalize)")
     assert read_checkpoint(os.path.join(imports(folder, tmp_path / "b", "--no-normalize"), "model.pt")).normalize is False
+
+
+def test_a_folder_saved_through_the_processor(folders, tmp_path, capsys):
+    """transformers 5's Wav2Vec2Processor.save_pretrained writes processor_config.json, the feature extractor's
+    settings nested in it, and no preprocessor_config.json: the import reads them where transformers'
+    AutoFeatureExtractor does (the nested ones first, then preprocessor_config.json)."""
+    tr = import_transformers()
+    folder = tmp_path / "hf"
+    shutil.copytree(folders["wav2vec2_ctc"], folder)
+    for name in ("preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if os.path.exists(folder / name):
+            os.remove(folder / name)
+    extractor = tr.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+    tr.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tr.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"))
+                         ).save_pretrained(folder)
+    nested = json.load(open(folder / "processor_config.json"))
+    assert not os.path.exists(folder / "preprocessor_config.json") and nested["feature_extractor"]["do_normalize"]
+    out = imports(folder, tmp_path / "a")
+    assert read_checkpoint(os.path.join(out, "model.pt")).normalize is True
+    assert tr.AutoFeatureExtractor.from_pretrained(folder).do_normalize is True
+    assert open(os.path.join(out, "dict.ltr.txt")).read().split()[::2] == list(VOCAB)[4:]
+    assert import_hf.main([str(folder), str(tmp_path / "b"), "--no-normalize"]) == 2
+    refused(capsys, f"{folder}/processor_config.json: feature_extractor.do_normalize=True but normalize=False was "
+                    "given (expected the same, or normalize left out)")
+    # Both files: the nested settings win, as in transformers; a processor_config.json without them does not count.
+    with open(folder / "preprocessor_config.json", "w") as f:
+        json.dump(dict(nested["feature_extractor"], do_normalize=False), f)
+    assert read_checkpoint(os.path.join(imports(folder, tmp_path / "a", "--overwrite"), "model.pt")).normalize is True
+    with open(folder / "processor_config.json", "w") as f:
+        json.dump({"processor_class": "Wav2Vec2Processor"}, f)
+    assert read_checkpoint(os.path.join(imports(folder, tmp_path / "a", "--overwrite"), "model.pt")).normalize is False
+    assert tr.AutoFeatureExtractor.from_pretrained(folder).do_normalize is False
+    with open(folder / "processor_config.json", "w") as f:
+        json.dump(dict(nested, feature_extractor=dict(nested["feature_extractor"], sampling_rate=8000)), f)
+    assert import_hf.main([str(folder), str(tmp_path / "b")]) == 2
+    refused(capsys, f"{folder}/processor_config.json: feature_extractor.sampling_rate=8000 is not supported "
+                    "(expected 16000)")
 
 
 def test_audio_or_weights_other_than_described_are_refused(folders, tmp_path, capsys):

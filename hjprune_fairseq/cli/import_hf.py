@@ -14,7 +14,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(
         prog="hjprune-import-hf",
         description="Convert a Hugging Face transformers model folder (config.json, model.safetensors or "
-                    "pytorch_model.bin; for CTC models vocab.json and the tokenizer files) of Wav2Vec2Model, "
+                    "pytorch_model.bin; preprocessor_config.json or processor_config.json; for CTC models vocab.json "
+                    "and the tokenizer files) of Wav2Vec2Model, "
                     "Wav2Vec2ForPreTraining, Wav2Vec2ForCTC, HubertModel, HubertForCTC, WavLMModel or WavLMForCTC (or "
                     "a folder written by hjprune-export --hf) "
                     "into OUT_DIR/model.pt, a dense hjprune_slim_ctc checkpoint that every stage takes as "
@@ -28,7 +29,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     norm = p.add_mutually_exclusive_group()
     norm.add_argument("--normalize", dest="normalize", action="store_const", const=True, default=None,
                       help="the model expects zero-mean, unit-variance audio (needed, with --no-normalize, only when "
-                           "HF_DIR has no preprocessor_config.json; otherwise its do_normalize is used)")
+                           "HF_DIR has no feature extractor settings, in preprocessor_config.json or nested in "
+                           "processor_config.json; otherwise their do_normalize is used)")
     norm.add_argument("--no-normalize", dest="normalize", action="store_const", const=False,
                       help="the model expects raw audio")
     p.add_argument("--overwrite", action="store_true", help="replace this tool's earlier output in OUT_DIR")

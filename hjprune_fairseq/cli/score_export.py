@@ -23,7 +23,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         prog="hjprune-score-export",
         description="Decode a labelled split (DATA/SUBSET.tsv, DATA/SUBSET.LABELS, DATA/dict.LABELS.txt) with exported "
                     "CTC models and score it with fairseq's WER scorer, side by side in one run. The audio is read, "
-                    "normalised (as the export's metadata or preprocessor_config.json says) and batched by the "
+                    "normalised (as the ONNX metadata or the folder's feature extractor settings say) and batched by the "
                     "plugin's task as fairseq-generate does with the same --batch-size/--max-tokens; greedy CTC "
                     "decoding and the texts are fairseq-generate's (blank 0, repeats merged, --post-process). With "
                     "--compare, counts the hypotheses that differ from fairseq-generate's. Prints a JSON report.",
