@@ -12,39 +12,59 @@ units first (``checkpoints.slim_checkpoint``: the graph is that of its slim mode
   they are) and ``frame_padding_mask`` (B, T) bool; a classifier's ``logits`` (B, C); a distillation
   model's encoder output ``features`` (B, T, d) and ``frame_padding_mask`` (its prediction heads are
   for training only);
-- batch, samples and frames are dynamic axes.
+- batch, samples and frames are dynamic axes. One frame needs ``min_samples`` samples, the CNN's
+  receptive field (400 for wav2vec2's CNN, :func:`min_samples`): the metadata records it, and the tools
+  that feed a graph refuse a shorter input in one line (:func:`check_samples`) where onnxruntime would
+  fail inside the first Conv.
 
-Exporter: torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``), which torch
-2.13 still ships (deprecated). The dynamo exporter (``dynamo=True`` with ``dynamic_shapes``) also
-exported a tiny fine-grained slim encoder correctly (dynamic batch and length, padding), but took 37 s
-against 1.8 s on 2 cores, too slow for the tests. A tracer follows one input: a Python branch on a
-tensor's value freezes into the graph. The encoder has one on purpose (no padding -> no frame mask);
-:class:`~.core.encoder.Wav2Vec2Encoder`'s ``trace_padding`` turns it off for export, and any other such
-branch (a ``TracerWarning``) makes the export fail with its line.
+Exporter: torch's ``torch.export``-based one. :func:`export_graph` captures the graph with
+``torch.export.export`` (non-strict; batch and samples symbolic) and translates that program with
+``torch.onnx.export(program, dynamo=True)``, whose onnxscript optimiser folds the constants. Where the
+TorchScript tracer froze a branch into the graph, right for the example input only, the export fails and
+says why: a Python branch on a tensor's value (with its line; the encoder has one on purpose, no padding ->
+no frame mask, which :class:`~.core.encoder.Wav2Vec2Encoder`'s ``trace_padding`` turns off for export), a
+size fixed to the example's, or a branch on the input's length. Both axes are ``Dim.DYNAMIC``, so that
+conditions torch sets itself and cannot prove (the frame count is not 1, inside the attention's shape
+function; the bounds of the HuBERT frame rule's slice) do not fail the capture; :func:`_check_dynamic` then
+refuses a program that holds for fewer sizes than declared.
+
+``torch.export`` takes every dynamic size to be at least 2 (its 0/1 specialisation), the frame count
+too, so the capture declares at least two frames' worth of samples (:func:`dynamic_shapes`). What that
+adds on the frame count are torch's own contiguity checks, which pick a memory layout, not a value, and
+ONNX has no layout: the graph computes one frame, and batch size 1, as PyTorch does (the tests run every
+graph at exactly ``min_samples`` samples). The export costs tens of seconds where the deprecated
+TorchScript exporter took a few: symbolic shapes, traced three times (capture, decomposition, type
+promotion); docs/REFERENCE.md ("ONNX export") has the figures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 import tempfile
+import traceback
 import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
+from hjprune_manifests.data_checks import receptive_field
 from hjprune_manifests.output_dir import write_atomically
 from omegaconf import OmegaConf
 from torch import nn
 
 from .checkpoints import arch_of, check_output_path, model_from_state, slim_checkpoint
+from .core.spec import EncoderSpec
 from .fairseq_import import load_state
 from .models import registry
 from .models.base import HJPruneModel
 
-OPSET = 17  # LayerNormalization is an ONNX op from 17
+OPSET = 18  # the opset torch's exporter builds in (LayerNormalization is an ONNX op from 17)
 INPUTS = ("source", "padding_mask")
+MIN_SAMPLES = "min_samples"  # the metadata key of min_samples(spec)
 # A (B, S) example to trace with: two rows, the second padded (the padding path is in the graph anyway).
 TRACE_LENGTHS = (16000, 12000)
 # Dynamic quantisation quantises these (weights int8 per tensor, activations uint8 at run time). Conv is
@@ -90,12 +110,14 @@ ENCODER_OUTPUTS = OUTPUTS["distill"][0]  # a bare encoder (the benchmark): featu
 class ModelGraph(nn.Module):
     """What the ONNX graph computes: ``forward(source (B, S), padding_mask (B, S))`` -> the outputs of
     ``OUTPUTS[head]``. The model is put in eval mode and its encoder computes the frame padding mask
-    for every input (``trace_padding``)."""
+    for every input (``trace_padding``); ``spec`` is its encoder's."""
 
     def __init__(self, model: HJPruneModel, head: str):
         super().__init__()
         self.model = model.eval()
+        self.eval()
         model.encoder.trace_padding = True
+        self.spec: EncoderSpec = model.spec
         self.output_axes, self.compute = OUTPUTS[head]
 
     def forward(self, source: torch.Tensor, padding_mask: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -108,7 +130,9 @@ class EncoderGraph(nn.Module):
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder.eval()
+        self.eval()
         encoder.trace_padding = True
+        self.spec: EncoderSpec = encoder.spec
         self.output_axes = ENCODER_OUTPUTS
 
     def forward(self, source: torch.Tensor, padding_mask: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -127,42 +151,145 @@ def padded_batch(lengths: Sequence[int], seed: int = 0) -> Tuple[torch.Tensor, t
     return source, padding_mask
 
 
-# ---- tracing ------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _no_frozen_branches(source: str) -> Iterator[None]:
-    """Fail where the tracer met, outside torch's own files, a Python value computed from a tensor (it
-    would be a constant in the graph, right for the example input only). torch's own (e.g. the size
-    check of ``F.group_norm``) guard errors, not the result, and are dropped; other warnings pass
-    through, but the exporter's notice that it is the TorchScript-based one (chosen here on purpose)."""
+# ---- the shortest input ---------------------------------------------------------------------------
+def min_samples(spec: EncoderSpec) -> int:
+    """The fewest samples the encoder takes: those of one frame, the receptive field of its CNN
+    (``spec.conv_layers``; 400 for wav2vec2's, 25 ms at 16 kHz). Fewer, and a Conv has no output."""
+    return receptive_field(spec.conv_layers)
+
+
+def graph_min_samples(sess, path: str) -> int:
+    """The ``min_samples`` metadata of the graph of onnxruntime session ``sess`` (read from ``path``)."""
+    value = sess.get_modelmeta().custom_metadata_map.get(MIN_SAMPLES)
+    if value is None or not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{path}: metadata {MIN_SAMPLES}={value!r} (expected a positive integer, as hjprune-export "
+                         "--onnx writes it; export the graph again)")
+    return int(value)
+
+
+def check_samples(samples: int, minimum: int, path: str) -> None:
+    """Refuse, in one line naming the graph ``path``, an input of fewer than ``minimum`` samples."""
+    if samples < minimum:
+        raise ValueError(f"{path}: an input of {samples} samples is shorter than the graph takes (expected at least "
+                         f"{MIN_SAMPLES}={minimum} samples, {1000 * minimum / SAMPLE_RATE:g} ms at {SAMPLE_RATE} Hz: "
+                         "the CNN's receptive field, one frame)")
+
+
+# ---- export ---------------------------------------------------------------------------------------
+def dynamic_shapes(spec: EncoderSpec) -> Dict[str, Dict[int, Any]]:
+    """Batch and samples dynamic for both inputs. The samples of at least two frames: torch.export takes every
+    dynamic size, the frame count included, to be at least 2 (module docstring)."""
+    from torch.export import Dim
+
+    hop = math.prod(stride for _, _, stride in spec.conv_layers)
+    return {name: {0: Dim.DYNAMIC(min=2), 1: Dim.DYNAMIC(min=min_samples(spec) + hop)} for name in INPUTS}
+
+
+def _user_line(e: BaseException) -> str:
+    """``file:line: code`` of the innermost frame of ``e``'s traceback outside torch: the line that caused it."""
     torch_files = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        if issubclass(w.category, torch.jit.TracerWarning) and os.path.abspath(w.filename).startswith(torch_files):
-            continue
-        if issubclass(w.category, torch.jit.TracerWarning):
-            raise ValueError(f"{source}: the traced graph would freeze a value computed from the example input "
-                             f"({w.filename}:{w.lineno}: {w.message}); expected a graph with no such branch")
-        if not (issubclass(w.category, DeprecationWarning) and "TorchScript-based ONNX export" in str(w.message)):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not os.path.abspath(f.filename).startswith(torch_files)]
+    if not frames:
+        return "inside torch"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
 
 
-def trace_to_onnx(graph: nn.Module, path: str, source: str, opset: int = OPSET) -> None:
-    """Trace ``graph`` (:class:`ModelGraph` or :class:`EncoderGraph`) on a padded example and write its
-    ONNX model to ``path`` (a file this module owns: a temporary one). ``source`` names the model in errors."""
+def _check_dynamic(program: torch.export.ExportedProgram, spec: EncoderSpec, source: str) -> None:
+    """Refuse a captured program that holds for fewer inputs than declared: an input axis replaced by an
+    expression (e.g. samples a multiple of the hop), a range narrowed, or a condition left to a run-time assertion
+    (which the ONNX translation drops). ``Dim.DYNAMIC`` lets the capture accept what it cannot prove; this
+    checks that what it accepted constrains nothing."""
+    from torch.utils._sympy.numbers import int_oo  # the upper bound of an unbounded size
+
+    declared = {axis: dim.min for axis, dim in dynamic_shapes(spec)[INPUTS[0]].items()}
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    user_inputs = program.graph_signature.user_inputs  # the names of source's and padding_mask's placeholders
+    for name in user_inputs:
+        shape = placeholders[name].meta["val"].shape
+        for axis, low in declared.items():
+            size = shape[axis]
+            expr = size.node.expr if isinstance(size, torch.SymInt) else size
+            vr = program.range_constraints.get(expr)
+            if vr is None:
+                raise ValueError(f"{source}: the captured graph holds only where axis {axis} of {name} is {expr} "
+                                 f"(expected any size from {low}): the model fixes or divides that size")
+            if vr.lower != low or vr.upper != int_oo:
+                held = f"{vr.lower} or more" if vr.upper == int_oo else f"from {vr.lower} to {vr.upper}"
+                raise ValueError(f"{source}: the captured graph holds only where axis {axis} of {name} is {held} "
+                                 f"(expected any size from {low}): a Python branch on that size")
+    asserts = [n for n in program.graph.nodes
+               if n.op == "call_function" and str(n.target).startswith("aten._assert_scalar")]
+    if asserts:
+        conditions = "; ".join(str(n.args[1]) for n in asserts[:2])
+        raise ValueError(f"{source}: the captured graph holds only under conditions on the input sizes "
+                         f"({conditions}); expected none")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Without the notices of torch's own code that a user cannot act on: the ONNX registry's warning per
+    torchvision op when torchvision is absent (not needed here), and a deprecation inside torch.export."""
+    registry_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_logger.level
+    registry_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            yield
+    finally:
+        registry_logger.setLevel(level)
+
+
+def export_graph(graph: nn.Module, path: str, source: str, metadata: Optional[Dict[str, str]] = None,
+                 opset: int = OPSET) -> None:
+    """Export ``graph`` (:class:`ModelGraph` or :class:`EncoderGraph`), captured on a padded example, as the
+    ONNX model ``path`` (a file this module owns: a temporary one) with metadata ``min_samples`` and
+    ``metadata``. ``source`` names the model in errors: a Python branch on a tensor's value, or a size the
+    capture cannot keep dynamic, fails with the line that caused it."""
+    onnx, _ = import_onnx()
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
     outputs = graph.output_axes
-    axes = {name: {0: "batch", 1: "samples"} for name in INPUTS}
-    axes.update(outputs)
     example = padded_batch(TRACE_LENGTHS)
-    with torch.no_grad(), _no_frozen_branches(source):
-        torch.onnx.export(graph, example, path, dynamo=False, input_names=list(INPUTS), output_names=list(outputs),
-                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+    with torch.no_grad(), _quiet_exporter():
+        try:
+            program = torch.export.export(graph, example, dynamic_shapes=dynamic_shapes(graph.spec), strict=False)
+        except GuardOnDataDependentSymNode as e:
+            raise ValueError(f"{source}: the graph would branch on a value computed from the input ({_user_line(e)}); "
+                             "expected a graph with no such branch") from e
+        except torch._dynamo.exc.UserError as e:  # a size the graph would fix to the example's
+            lines = [line.strip(" -") for line in str(e).splitlines() if line.startswith("  - ")]
+            detail = (lines or [str(e).strip().splitlines()[0]])[0].split(". If you")[0]
+            raise ValueError(f"{source}: the graph cannot keep batch and samples dynamic ({detail}); expected a "
+                             "graph with no fixed input size") from e
+        _check_dynamic(program, graph.spec, source)
+        exported = torch.onnx.export(program, dynamo=True, input_names=list(INPUTS), output_names=list(outputs),
+                                     opset_version=opset, external_data=False, verbose=False)
+    # The exporter names the axes by the capture's symbols (s0, s1, the frames' formula in them): name them
+    # as the module docstring does, in every value of the graph.
+    ir_graph = exported.model.graph
+    axes = {}
+    for value in ir_graph.inputs:
+        axes.update({value.shape[0]: "batch", value.shape[1]: "samples"})
+    for value in ir_graph.outputs:
+        axes.update({value.shape[axis]: name for axis, name in outputs[value.name].items()})
+    exported.rename_axes(axes)
+    proto = exported.model_proto
+    for k, v in {MIN_SAMPLES: str(min_samples(graph.spec)), **(metadata or {})}.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, path)
 
 
 def quantize_int8(fp32_path: str, int8_path: str, op_types: Sequence[str] = INT8_OPS) -> None:
     """onnxruntime's dynamic quantisation of ``fp32_path`` into ``int8_path``: the weights of ``op_types``
-    int8 (per tensor), their inputs quantised to uint8 at run time; everything else stays fp32.
+    int8 (per tensor, in 7 bits), their inputs quantised to uint8 at run time; everything else stays fp32.
+
+    7-bit weights (``reduce_range``): onnxruntime's uint8 x int8 kernels for x86-64 CPUs without VNNI (AVX2,
+    AVX-512F) add pairs of products in 16 bits, which saturate with 8-bit weights. On such a CPU (AMD EPYC, AVX2)
+    the tiny test models' logits came out 12 to 15 % off with 8-bit weights, 1.5 % with 7-bit ones, so a graph
+    that runs on any x86-64 CPU keeps one bit less.
 
     Conv (the CNN and the positional conv) is not quantised by default: ConvInteger made the CNN slower
     on CPU and the output further off (docs/RESULTS.md, "onnxruntime")."""
@@ -174,7 +301,8 @@ def quantize_int8(fp32_path: str, int8_path: str, op_types: Sequence[str] = INT8
         # onnxruntime's recommended pre-processing (shape inference, graph optimisation) first.
         pre = os.path.join(tmp, "pre.onnx")
         quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
-        quantize_dynamic(pre, int8_path, op_types_to_quantize=list(op_types), weight_type=QuantType.QInt8)
+        quantize_dynamic(pre, int8_path, op_types_to_quantize=list(op_types), weight_type=QuantType.QInt8,
+                         reduce_range=True)
 
 
 def session(path: str, threads: int = 0, spinning: bool = True):
@@ -231,9 +359,9 @@ def export_onnx(checkpoint: str, out: str, overwrite: bool = False, int8: bool =
     Refuses to write over the checkpoint, or over an existing ``out`` without ``overwrite``; ``out``
     appears complete or not at all. Then runs the written file in onnxruntime on a padded batch of
     ``check_lengths`` samples and compares it with PyTorch (:func:`compare`). Returns the arch, the
-    output names, the model's ``normalize`` and that comparison.
+    output names, the model's ``normalize``, the graph's ``min_samples`` and that comparison.
     """
-    onnx, _ = import_onnx()
+    import_onnx()
     check_output_path(checkpoint, out, overwrite)
     model, arch = exportable_model(checkpoint)
     graph = ModelGraph(model, arch.head)
@@ -242,13 +370,9 @@ def export_onnx(checkpoint: str, out: str, overwrite: bool = False, int8: bool =
     os.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=f".{os.path.basename(out)}.") as tmp:
         fp32 = os.path.join(tmp, "fp32.onnx")
-        trace_to_onnx(graph, fp32, checkpoint)
-        proto = onnx.load(fp32)
         meta = {"hjprune_arch": arch.name, "normalize": str(normalize).lower(), "sample_rate": str(SAMPLE_RATE),
                 "hjprune_exported_from": os.path.abspath(checkpoint)}
-        for k, v in meta.items():
-            proto.metadata_props.add(key=k, value=v)
-        onnx.save(proto, fp32)
+        export_graph(graph, fp32, checkpoint, meta)
         if int8:
             final = os.path.join(tmp, "int8.onnx")
             quantize_int8(fp32, final)
@@ -261,4 +385,4 @@ def export_onnx(checkpoint: str, out: str, overwrite: bool = False, int8: bool =
     frame_pad = reference[1] if len(reference) > 1 else None
     check = compare(reference, run(session(out), source, padding_mask), frame_pad)
     return {"onnx": out, "arch": arch.name, "int8": int8, "inputs": list(INPUTS), "outputs": list(graph.output_axes),
-            "normalize": normalize, "opset": OPSET, "check_vs_pytorch": check}
+            "normalize": normalize, "min_samples": min_samples(graph.spec), "opset": OPSET, "check_vs_pytorch": check}

@@ -16,7 +16,8 @@ Everything but the network is fairseq-generate's own path through this plugin:
 - WER is fairseq's own scorer (``--scoring wer``, through ``demo.scores.score``).
 
 An ONNX graph must be hjprune-export's CTC graph (inputs ``source``, ``padding_mask``; outputs ``logits``,
-``frame_padding_mask``) with as many outputs as the dictionary has symbols (the graph carries no symbols). A
+``frame_padding_mask``; metadata ``normalize``, ``sample_rate`` and ``min_samples``) with as many outputs as the
+dictionary has symbols (the graph carries no symbols); a batch shorter than its ``min_samples`` is refused. A
 Hugging Face folder is loaded with ``AutoModelForCTC.from_pretrained(folder, trust_remote_code=True)``; its
 vocabulary is mapped to fairseq's indices by ``hf_import.ctc_vocabulary`` and must be the split's dictionary.
 """
@@ -77,12 +78,12 @@ class ExportedCtc:
 
 class OnnxCtc(ExportedCtc):
     """The CTC graph of ``hjprune-export --onnx`` (fp32 or int8) in an onnxruntime CPU session of ``threads``
-    intra-op threads (0: onnxruntime's choice)."""
+    intra-op threads (0: onnxruntime's choice); ``min_samples``: the shortest batch it takes (its metadata)."""
 
     kind = "onnx"
 
     def __init__(self, path: str, threads: int = 0):
-        from .onnx_export import session
+        from .onnx_export import graph_min_samples, session
 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: ONNX model not found")
@@ -100,6 +101,7 @@ class OnnxCtc(ExportedCtc):
         if meta.get("sample_rate") != str(SAMPLE_RATE):
             raise ValueError(f"{path}: metadata sample_rate={meta.get('sample_rate')!r} (expected '{SAMPLE_RATE}')")
         self.normalize = meta["normalize"] == "true"
+        self.min_samples = graph_min_samples(self.session, path)
         self.vocab_size = self.session.get_outputs()[0].shape[-1]
 
     def check_dictionary(self, symbols: Sequence[str], path: str) -> None:
@@ -108,8 +110,9 @@ class OnnxCtc(ExportedCtc):
                              "symbols (expected the dictionary the model was trained with)")
 
     def logits(self, source: torch.Tensor, padding_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        from .onnx_export import run
+        from .onnx_export import check_samples, run
 
+        check_samples(source.shape[1], self.min_samples, self.path)
         logits, frame_pad = run(self.session, source.float(), padding_mask)
         return torch.from_numpy(logits), torch.from_numpy(frame_pad)
 

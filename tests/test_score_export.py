@@ -154,3 +154,38 @@ def test_an_existing_hyps_file_is_kept_unless_overwrite(exported, capsys, tmp_pa
     assert mine.read_text() == "my notes\n"  # refused before decoding, nothing lost
     score(capsys, *args, "--overwrite")
     assert mine.read_text().startswith("id\treference\t")
+
+
+def with_metadata(src, dst, **changes):
+    """A copy of the graph ``src`` at ``dst`` whose metadata has ``changes`` (None: the key removed)."""
+    import onnx as onnx_lib
+
+    proto = onnx_lib.load(src)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    meta.update(changes)
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        if v is not None:
+            proto.metadata_props.add(key=k, value=v)
+    onnx_lib.save(proto, str(dst))
+    return str(dst)
+
+
+def test_audio_shorter_than_the_graph_takes_is_refused(exported, capsys, tmp_path):
+    """A batch shorter than the graph's metadata min_samples (the CNN's receptive field: onnxruntime would fail
+    inside the first Conv) is refused in one line; a graph without that metadata (an older export) too."""
+    data = exported["data"]
+    rows = open(os.path.join(data, "test.tsv")).read().splitlines()[1:]
+    shortest = min(int(row.split("\t")[1]) for row in rows)
+    longer = with_metadata(exported["onnx"], tmp_path / "longer.onnx", min_samples=str(shortest + 1))
+    assert score_cli.main([data, "--onnx", longer]) == 2
+    ms = f"{1000 * (shortest + 1) / 16000:g}"
+    assert capsys.readouterr().err == (
+        f"hjprune-score-export: error: {longer}: an input of {shortest} samples is shorter than the graph takes "
+        f"(expected at least min_samples={shortest + 1} samples, {ms} ms at 16000 Hz: the CNN's receptive field, "
+        "one frame)\n")
+    older = with_metadata(exported["onnx"], tmp_path / "older.onnx", min_samples=None)
+    assert score_cli.main([data, "--onnx", older]) == 2
+    assert capsys.readouterr().err == (
+        f"hjprune-score-export: error: {older}: metadata min_samples=None (expected a positive integer, as "
+        "hjprune-export --onnx writes it; export the graph again)\n")

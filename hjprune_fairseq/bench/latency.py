@@ -11,7 +11,7 @@ al. 2023): every head stays, and its query/key and value/output dims are pruned 
 choice over the layer's (heads x head_dim) dims, so the heads of a layer end up of uneven widths, as
 learned gates leave them. The slim attention runs one call per distinct (QK, VO) width in a layer.
 
-``onnx`` also times the models in onnxruntime, traced by ``onnx_export`` (the slim one also int8,
+``onnx`` also times the models in onnxruntime, exported by ``onnx_export`` (the slim one also int8,
 dynamically quantised), in the same alternation, on the same input (with an all-False padding mask,
 which the graph always takes), with as many intra-op threads as torch has; idle onnxruntime threads
 do not spin, so they take no CPU from the contender that runs next.
@@ -90,9 +90,10 @@ def slim_spec_for(spec: EncoderSpec, macs_sparsity: float, seconds: float, seed:
 
 def onnx_contenders(models: Dict[str, Wav2Vec2Encoder], wav: torch.Tensor,
                     folder: str) -> Tuple[Dict[str, Callable[[int], None]], Dict[str, float]]:
-    """The encoders as onnxruntime sessions of graphs traced into ``folder``, the slim one also int8:
-    ``{"onnx_NAME": call}`` for :func:`median_times` (``onnx_slim_int8`` too), and how far the slim
-    graphs' outputs on ``wav`` (1, S) are from PyTorch's (``slim_max_abs_diff``, ``int8_rel_error``)."""
+    """The encoders as onnxruntime sessions of graphs exported into ``folder`` (``wav`` must have at least each
+    graph's ``min_samples``), the slim one also int8:
+    ``{"onnx_NAME": call}`` for :func:`median_times` (``onnx_slim_int8`` too), and how far the graphs' outputs on
+    ``wav`` (1, S) are from PyTorch's (``NAME_max_abs_diff`` of each fp32 graph, ``int8_rel_error``)."""
     from .. import onnx_export
 
     pad = torch.zeros(wav.shape, dtype=torch.bool)
@@ -100,19 +101,21 @@ def onnx_contenders(models: Dict[str, Wav2Vec2Encoder], wav: torch.Tensor,
     outputs = {}
     for name, model in models.items():
         paths = {name: os.path.join(folder, f"{name}.onnx")}
-        onnx_export.trace_to_onnx(onnx_export.EncoderGraph(model), paths[name], name)  # PyTorch gets no mask: same model
+        onnx_export.export_graph(onnx_export.EncoderGraph(model), paths[name], name)  # PyTorch gets no mask: same model
         if name == "slim":
             paths["slim_int8"] = os.path.join(folder, "slim_int8.onnx")
             onnx_export.quantize_int8(paths["slim"], paths["slim_int8"])
         for k, path in paths.items():
             sess = onnx_export.session(path, torch.get_num_threads(), spinning=False)
+            graph = f"the {k} graph"
+            onnx_export.check_samples(wav.shape[1], onnx_export.graph_min_samples(sess, graph), graph)
             calls[f"onnx_{k}"] = lambda i, s=sess: onnx_export.run(s, wav, pad)
-            if k.startswith("slim"):
-                outputs[k] = calls[f"onnx_{k}"](0)
+            outputs[k] = calls[f"onnx_{k}"](0)
     with torch.inference_mode():
-        ref = models["slim"](wav)[:1]
-    check = {"slim_max_abs_diff": onnx_export.compare(ref, outputs["slim"], None)["max_abs_diff"],
-             "int8_rel_error": onnx_export.compare(ref, outputs["slim_int8"], None)["rel_error"]}
+        refs = {name: model(wav)[:1] for name, model in models.items()}
+    check = {f"{name}_max_abs_diff": onnx_export.compare(refs[name], outputs[name], None)["max_abs_diff"]
+             for name in models}
+    check["int8_rel_error"] = onnx_export.compare(refs["slim"], outputs["slim_int8"], None)["rel_error"]
     return calls, check
 
 
