@@ -188,13 +188,6 @@ def hf_config(config_class: type, model: HJPruneModel, arch: registry.Arch, chec
     )
 
 
-def _follow_umask(path: str) -> None:
-    """Give ``path`` the mode of a new file (safetensors writes its files readable by their owner only)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def _exportable(checkpoint: str) -> Tuple[HJPruneModel, registry.Arch]:
     from .onnx_export import exportable_model
 
@@ -240,7 +233,8 @@ def export_hf(checkpoint: str, out: str, overwrite: bool = False) -> Dict[str, A
         if vocab is not None:
             hf.lm_head.load_state_dict(ctc_output_layer(model))
         hf.save_pretrained(tmp)  # config.json and model.safetensors
-        _follow_umask(os.path.join(tmp, WEIGHTS))
+        # safetensors writes its files readable by their owner only
+        os.chmod(os.path.join(tmp, WEIGHTS), output_dir.new_file_mode())
         for name, src in shipped_files().items():
             shutil.copyfile(src, os.path.join(tmp, name))
         tr.Wav2Vec2FeatureExtractor(**AUDIO, do_normalize=bool(model.cfg.normalize),

@@ -388,6 +388,8 @@ def test_the_folder(exported):
         keys = set(f.keys())
     assert {"encoder.pos_conv.g", "encoder.pos_conv.v.0", "lm_head.weight"} <= keys
     assert not any("weight_g" in k or "weight_v" in k for k in keys)  # names transformers renames on load
+    # safetensors writes owner-only files: the weights get the mode open() gave config.json (the umask's)
+    assert os.stat(os.path.join(folder, "model.safetensors")).st_mode == os.stat(os.path.join(folder, "config.json")).st_mode
     assert config["hjprune"]["exported_from"].endswith("whole_heads_gated.pt")  # exported from the gated checkpoint
     assert EncoderSpec.from_dict(config["hjprune"]["reference_spec"]) == slim.reference_spec != slim.spec
     pre = json.load(open(os.path.join(folder, "preprocessor_config.json")))
