@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["hjprune_fairseq", "hjprune_fairseq.*"]) + ["hjprune_manifests", "hjprune_fairseq.examples"],
     package_dir={"hjprune_manifests": "manifests", "hjprune_fairseq.examples": "examples"},
     # hf_remote/: the modelling code hjprune-export --hf copies into an exported folder (data, not a package)
-    package_data={"hjprune_fairseq.examples": ["*/*.yaml", "*/*/*.yaml"], "hjprune_fairseq": ["hf_remote/*.py"]},
+    package_data={"hjprune_fairseq.examples": ["*/*.yaml", "*/*/*.yaml"], "hjprune_fairseq.convert": ["hf_remote/*.py"]},
     install_requires=[
         "torch>=2.1",  # set-up installs torch==2.13.0 first where no torch is present (Makefile)
         "fairseq-fixed==0.12.3.1",

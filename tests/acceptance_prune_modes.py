@@ -18,7 +18,7 @@ import sys
 from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, make_letter_corpus, make_pretrained
 
 import hjprune_fairseq  # noqa: F401  (registers the hjprune classes)
-from hjprune_fairseq.checkpoints import load_model
+from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.core import cost_model
 from hjprune_fairseq.core.measures import MEASURES
 from hjprune_fairseq.core.presets import PRESETS

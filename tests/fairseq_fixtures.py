@@ -203,7 +203,7 @@ def make_intent_corpus(data_dir: str, splits: Dict[str, int], seed: int = 0) -> 
 def save_like_trainer(model, path, data: str = "unused", labels: str = "ltr") -> str:
     """An hjprune model's checkpoint as fairseq's trainer writes it (cfg as plain containers, the
     full hjprune_audio_finetuning task section)."""
-    from hjprune_fairseq.tasks.hjprune_audio import HJPruneAudioFinetuningConfig
+    from hjprune_fairseq.plugin.tasks.hjprune_audio import HJPruneAudioFinetuningConfig
 
     task = OmegaConf.structured(HJPruneAudioFinetuningConfig(data=data, normalize=False, labels=labels, tpu=False, seed=1))
     task._name = "hjprune_audio_finetuning"

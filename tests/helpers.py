@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from hjprune_fairseq.models.base import HJPruneGatedCtcConfig
-from hjprune_fairseq.models.ctc import HJPruneGatedCtc
+from hjprune_fairseq.plugin.models.base import HJPruneGatedCtcConfig
+from hjprune_fairseq.plugin.models.ctc import HJPruneGatedCtc
 
 from fairseq_fixtures import batch, letter_dictionary
 

@@ -5,9 +5,9 @@ import torch
 from fairseq_fixtures import make_pretrained
 from helpers import gated_model
 
-from hjprune_fairseq.fairseq_import import read_checkpoint
-from hjprune_fairseq.models.base import HJPruneGatedCtcConfig
-from hjprune_fairseq.models.ctc import HJPruneGatedCtc
+from hjprune_fairseq.plugin.fairseq_import import read_checkpoint
+from hjprune_fairseq.plugin.models.base import HJPruneGatedCtcConfig
+from hjprune_fairseq.plugin.models.ctc import HJPruneGatedCtc
 from omegaconf import OmegaConf
 
 

@@ -10,10 +10,10 @@ import torch
 from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, letter_dictionary, make_letter_corpus, save_like_trainer
 from omegaconf import OmegaConf
 
-from hjprune_fairseq.checkpoints import export_slim
+from hjprune_fairseq.plugin.checkpoints import export_slim
 from hjprune_fairseq.cli import cost, export
-from hjprune_fairseq.models.base import HJPruneGatedCtcConfig
-from hjprune_fairseq.models.ctc import HJPruneGatedCtc
+from hjprune_fairseq.plugin.models.base import HJPruneGatedCtcConfig
+from hjprune_fairseq.plugin.models.ctc import HJPruneGatedCtc
 
 NO_GATES = dict(prune_conv=False, prune_heads=False, prune_ffn=False, prune_hidden=False)
 
@@ -21,7 +21,7 @@ NO_GATES = dict(prune_conv=False, prune_heads=False, prune_ffn=False, prune_hidd
 def build_task(data):
     from fairseq import tasks
 
-    from hjprune_fairseq.tasks.hjprune_audio import HJPruneAudioFinetuningConfig
+    from hjprune_fairseq.plugin.tasks.hjprune_audio import HJPruneAudioFinetuningConfig
 
     cfg = OmegaConf.structured(HJPruneAudioFinetuningConfig(data=str(data), normalize=False, tpu=False, seed=1))
     cfg._name = "hjprune_audio_finetuning"

@@ -40,8 +40,8 @@ def test_train_step_bench_runs_both_updates(capsys):
 
 
 def test_train_step_bench_updates_gates_and_multipliers(tmp_path):
-    from hjprune_fairseq.bench import train_update as bench_train
-    from hjprune_fairseq.fairseq_import import write_random_wav2vec2
+    from hjprune_fairseq.tools.bench import train_update as bench_train
+    from hjprune_fairseq.plugin.fairseq_import import write_random_wav2vec2
     from hjprune_fairseq.core.presets import PRESETS
 
     import torch

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from hjprune_fairseq import compat
+from hjprune_fairseq.plugin import compat
 
 
 def run(code: str) -> subprocess.CompletedProcess:
@@ -202,7 +202,7 @@ def test_fairseq_names_no_architecture_on_a_nested_model_config(monkeypatch, w2v
     from fairseq_fixtures import letter_dictionary
     from omegaconf import OmegaConf
 
-    from hjprune_fairseq.models.ctc import HJPruneGatedCtc
+    from hjprune_fairseq.plugin.models.ctc import HJPruneGatedCtc
 
     def nested():
         return OmegaConf.create({"hjprune_wav2vec_ctc": {"w2v_path": w2v_pretrained, "normalize": False,
@@ -242,7 +242,7 @@ def test_transformers_imports_torchaudio_unless_told_it_is_absent(tmp_path):
                                                               "compat.import_transformers(); ")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert ours.returncode == 0, ours.stderr[-2000:]
-    assert ours.stdout.split() == ["False", "hjprune_fairseq.compat"]  # hidden, never imported
+    assert ours.stdout.split() == ["False", "hjprune_fairseq.plugin.compat"]  # hidden, never imported
 
 
 @pytest.fixture

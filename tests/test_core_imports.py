@@ -73,8 +73,8 @@ def test_core_module_imports_without_fairseq_omegaconf_hydra(module):
     assert r.stdout.strip() == f"imported {module}"
 
 
-@pytest.mark.parametrize("module", ["hjprune_fairseq.compat", "hjprune_fairseq.models.parp",
-                                    "hjprune_fairseq.criterions.sparsity_config"])
+@pytest.mark.parametrize("module", ["hjprune_fairseq.plugin.compat", "hjprune_fairseq.plugin.models.parp",
+                                    "hjprune_fairseq.plugin.criterions.sparsity_config"])
 def test_the_check_refuses_fairseq_bound_modules(module):
     """The same check fails for modules that need fairseq, omegaconf or hydra, directly or not."""
     r = import_without_fairseq(module)

@@ -20,7 +20,7 @@ def load(data):
     from fairseq import tasks
     from omegaconf import OmegaConf
 
-    from hjprune_fairseq.tasks.hjprune_audio import HJPruneAudioFinetuningConfig
+    from hjprune_fairseq.plugin.tasks.hjprune_audio import HJPruneAudioFinetuningConfig
 
     cfg = OmegaConf.structured(HJPruneAudioFinetuningConfig(data=str(data), normalize=False, tpu=False, seed=1))
     cfg._name = "hjprune_audio_finetuning"

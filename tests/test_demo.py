@@ -10,7 +10,7 @@ import os
 import pytest
 
 from hjprune_fairseq.cli import demo
-from hjprune_fairseq.demo import pipeline
+from hjprune_fairseq.tools.demo import pipeline
 
 
 @pytest.fixture(scope="module")

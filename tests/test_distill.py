@@ -10,9 +10,9 @@ from fairseq_fixtures import EXAMPLES, make_letter_corpus, save_like_trainer, tr
 from helpers import max_diff, open_gates
 from omegaconf import OmegaConf
 
-from hjprune_fairseq.checkpoints import export_slim, load_model
-from hjprune_fairseq.criterions.distill_loss import HJPruneDistillCriterion, HJPruneDistillCriterionConfig
-from hjprune_fairseq.models.distill import HJPruneDistillConfig, HJPruneGatedDistill, parse_layers
+from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
+from hjprune_fairseq.plugin.criterions.distill_loss import HJPruneDistillCriterion, HJPruneDistillCriterionConfig
+from hjprune_fairseq.plugin.models.distill import HJPruneDistillConfig, HJPruneGatedDistill, parse_layers
 
 
 def distill_model(w2v_path, **kw):
@@ -119,7 +119,7 @@ def test_loss_is_averaged_over_layers(w2v_pretrained):
 
 def test_heads_are_random_when_the_widths_differ(w2v_pretrained, caplog):
     d = distill_model(w2v_pretrained).spec.embed_dim
-    with caplog.at_level(logging.INFO, logger="hjprune_fairseq.models.distill"):
+    with caplog.at_level(logging.INFO, logger="hjprune_fairseq.plugin.models.distill"):
         model = distill_model(w2v_pretrained, teacher_dim=d + 8)
     assert all(head.weight.shape == (d + 8, d) for head in model.heads)
     assert f"map width {d} to the teacher's {d + 8}: not square, so initialised at random" in caplog.text

@@ -9,7 +9,7 @@ import torch
 import yaml
 from omegaconf import open_dict
 
-from hjprune_fairseq.checkpoints import export_slim
+from hjprune_fairseq.plugin.checkpoints import export_slim
 
 from fairseq_fixtures import EXAMPLES as ROOT
 from fairseq_fixtures import USER_DIR, compose_like_fairseq, letter_dictionary
@@ -89,7 +89,7 @@ def test_pretrain_config_builds_the_tiny_preset(tmp_path):
     from fairseq import models
     from fairseq.criterions import build_criterion
 
-    from hjprune_fairseq.fairseq_import import spec_from_fairseq_cfg
+    from hjprune_fairseq.plugin.fairseq_import import spec_from_fairseq_cfg
     from hjprune_fairseq.core.presets import PRESETS
 
     cfg = compose_like_fairseq(os.path.join(ROOT, "tiny"), "pretrain", [f"common.user_dir={USER_DIR}", f"task.data={tmp_path}"])

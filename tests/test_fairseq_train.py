@@ -11,7 +11,7 @@ import yaml
 from fairseq_fixtures import make_letter_corpus
 
 import hjprune_fairseq
-from hjprune_fairseq.checkpoints import export_slim, load_model
+from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
 from hjprune_fairseq.cli import cost as cost_cli
 
 USER_DIR = os.path.dirname(hjprune_fairseq.__file__)

@@ -12,7 +12,7 @@ from fairseq_fixtures import save_like_trainer
 from helpers import gated_model
 
 from hjprune_fairseq.cli import demo, export
-from hjprune_fairseq.demo import pipeline as demo_pipeline
+from hjprune_fairseq.tools.demo import pipeline as demo_pipeline
 from hjprune_manifests import synth
 
 TINY = ["--train", "2", "--valid", "1", "--test", "1"]
@@ -196,7 +196,7 @@ def test_demo_records_only_what_it_wrote(tmp_path, capsys, no_pipeline, monkeypa
 
 def test_demo_refuses_a_users_file_where_it_would_write(tmp_path):
     """report.md put in OUT by a user during a run: refused before any report file is written, and kept."""
-    from hjprune_fairseq.demo.report import write_report
+    from hjprune_fairseq.tools.demo.report import write_report
     from hjprune_manifests import output_dir
 
     out = tmp_path / "new"
@@ -284,7 +284,7 @@ def test_export_refuses_its_input_behind_a_link(gated, tmp_path, capsys, link):
 
 def test_export_writes_through_a_fresh_temporary_name(gated, tmp_path):
     """A user's file named like the old fixed temporary (SLIM.tmp) is not overwritten."""
-    from hjprune_fairseq.checkpoints import export_slim
+    from hjprune_fairseq.plugin.checkpoints import export_slim
 
     (tmp_path / "slim.pt.tmp").write_text("mine")
     export_slim(gated, str(tmp_path / "slim.pt"))

@@ -23,13 +23,13 @@ from helpers import SYMBOLS, ctc_model, gated_model, letters_head, max_diff, ran
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
-from hjprune_fairseq import hf_export
-from hjprune_fairseq.checkpoints import export_slim, load_model
+from hjprune_fairseq.convert import hf_export
+from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
 from hjprune_fairseq.cli import export as export_cli
 from hjprune_fairseq.cli import import_hf
-from hjprune_fairseq.compat import import_transformers
+from hjprune_fairseq.plugin.compat import import_transformers
 from hjprune_fairseq.core.spec import EncoderSpec, conv_output_lengths
-from hjprune_fairseq.models.distill import HJPruneDistillConfig, HJPruneGatedDistill
+from hjprune_fairseq.plugin.models.distill import HJPruneDistillConfig, HJPruneGatedDistill
 
 TOOL = "hjprune-export-hf"
 LENGTHS = [5000, 3300]

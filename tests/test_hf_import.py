@@ -16,13 +16,13 @@ from fairseq_fixtures import EXAMPLES, LETTERS, batch, fairseq_generate, make_le
 from helpers import VOCAB as LETTER_VOCAB
 from helpers import gated_model
 
-from hjprune_fairseq import hf_import
-from hjprune_fairseq.checkpoints import load_model
+from hjprune_fairseq.convert import hf_import
+from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.cli import cost as cost_cli
 from hjprune_fairseq.cli import export as export_cli
 from hjprune_fairseq.cli import import_hf
-from hjprune_fairseq.compat import import_transformers
-from hjprune_fairseq.fairseq_import import read_checkpoint
+from hjprune_fairseq.plugin.compat import import_transformers
+from hjprune_fairseq.plugin.fairseq_import import read_checkpoint
 
 TOOL = "hjprune-import-hf"
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, conv_dim=(16, 16, 16),

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from fairseq.data import Dictionary
 
-from hjprune_fairseq.tasks.hjprune_audio import check_split
+from hjprune_fairseq.plugin.tasks.hjprune_audio import check_split
 from hjprune_manifests import tools
 
 TEXTS = {"0": "HELLO WORLD", "1": "IT'S A FINE DAY", "2": "GOOD MORNING", "3": "SEE YOU SOON", "4": "THE END"}

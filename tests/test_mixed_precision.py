@@ -103,7 +103,7 @@ def test_inf_in_a_multiplier_gradient_stops_fp32_training():
     """In fp32 the trainer raises 'gradients are Nan/Inf' on a non-finite norm: the clip reports inf."""
     from omegaconf import OmegaConf
 
-    from hjprune_fairseq.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
+    from hjprune_fairseq.plugin.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
 
     w = torch.nn.Parameter(torch.ones(3))
     constraint = SparsityConstraint("macs", {"macs": 0.4}, 0, 10.0)
@@ -153,7 +153,7 @@ def prune(tmp_path, corpus, w2v, precision, max_update, **extra):
 
 
 def expected_sparsity(path):
-    from hjprune_fairseq.checkpoints import load_model
+    from hjprune_fairseq.plugin.checkpoints import load_model
 
     model, _ = load_model(str(path))
     return report(model.spec, model.gates.keep_probs(), 10.0)["macs_sparsity"]

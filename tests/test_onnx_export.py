@@ -17,16 +17,16 @@ from fairseq_fixtures import save_like_trainer
 from helpers import NO_GATES, gated_model, randomize_gates
 from omegaconf import OmegaConf
 
-from hjprune_fairseq import onnx_export
-from hjprune_fairseq.checkpoints import load_model
+from hjprune_fairseq.convert import onnx_export
+from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.cli import bench
 from hjprune_fairseq.cli import export as export_cli
 from hjprune_fairseq.core.encoder import Wav2Vec2Encoder
 from hjprune_fairseq.core.presets import PRESETS
 from hjprune_fairseq.core.spec import EncoderSpec
-from hjprune_fairseq.models.base import HJPruneGatedCtcConfig
-from hjprune_fairseq.models.classifier import HJPruneGatedCls
-from hjprune_fairseq.models.distill import HJPruneDistillConfig, HJPruneGatedDistill
+from hjprune_fairseq.plugin.models.base import HJPruneGatedCtcConfig
+from hjprune_fairseq.plugin.models.classifier import HJPruneGatedCls
+from hjprune_fairseq.plugin.models.distill import HJPruneDistillConfig, HJPruneGatedDistill
 
 # One export, run at all three: two lengths without padding (8019 samples make exactly 99 frames: the
 # HuBERT frame rule drops no sample; 5000 make 62 and drop 40) and a padded batch of three.

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from hjprune_fairseq.core.hard_concrete import HardConcrete
 from hjprune_fairseq.core.sparsity import LAMBDA2_GROUP, LAMBDA_GROUP, SparsityConstraint
-from hjprune_fairseq.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
+from hjprune_fairseq.plugin.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
 
 
 def setup(**kw):

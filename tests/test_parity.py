@@ -5,7 +5,7 @@ import torch
 from fairseq_fixtures import batch
 from helpers import NO_GATES, gated_model, max_diff, open_gates
 
-from hjprune_fairseq.fairseq_import import read_checkpoint
+from hjprune_fairseq.plugin.fairseq_import import read_checkpoint
 
 LENGTHS = [16000, 11000, 7300]
 

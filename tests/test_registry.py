@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 from fairseq.models import MODEL_DATACLASS_REGISTRY, MODEL_REGISTRY
 
-from hjprune_fairseq.models import registry
-from hjprune_fairseq.models.base import HJPruneCtcConfig, HJPruneGatedCtcConfig
+from hjprune_fairseq.plugin.models import registry
+from hjprune_fairseq.plugin.models.base import HJPruneCtcConfig, HJPruneGatedCtcConfig
 
 
 def test_every_hjprune_model_fairseq_knows_is_registered_here():

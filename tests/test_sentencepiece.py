@@ -11,7 +11,7 @@ from fairseq.data import Dictionary
 from fairseq.data.data_utils import post_process
 from fairseq_fixtures import USER_DIR, make_letter_corpus
 
-from hjprune_fairseq.tasks.hjprune_audio import check_split
+from hjprune_fairseq.plugin.tasks.hjprune_audio import check_split
 from hjprune_manifests import sentencepiece_labels as spm_labels
 
 

@@ -10,13 +10,13 @@ from omegaconf import OmegaConf
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from hjprune_fairseq.checkpoints import export_slim, load_model
+from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
 from hjprune_fairseq.cli import cost as cost_cli
 from hjprune_fairseq.cli import export as export_cli
 from hjprune_fairseq.core import cost_model
-from hjprune_fairseq.fairseq_import import read_checkpoint
-from hjprune_fairseq.models.base import HJPruneCtcConfig
-from hjprune_fairseq.models.ctc import HJPruneSlimCtc
+from hjprune_fairseq.plugin.fairseq_import import read_checkpoint
+from hjprune_fairseq.plugin.models.base import HJPruneCtcConfig
+from hjprune_fairseq.plugin.models.ctc import HJPruneSlimCtc
 
 LENGTHS = [16000, 12500, 8000]
 

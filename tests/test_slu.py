@@ -10,7 +10,7 @@ import pytest
 import torch
 from fairseq_fixtures import EXAMPLES, INTENTS, USER_DIR, hydra_train, make_intent_corpus
 
-from hjprune_fairseq.checkpoints import export_slim, load_model
+from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
 from hjprune_fairseq.cli import cost as cost_cli
 
 
@@ -67,7 +67,7 @@ def test_unknown_intent_is_reported_before_decoding(tmp_path):
     from fairseq import tasks
     from omegaconf import OmegaConf
 
-    from hjprune_fairseq.tasks.hjprune_audio import HJPruneAudioClassificationConfig
+    from hjprune_fairseq.plugin.tasks.hjprune_audio import HJPruneAudioClassificationConfig
 
     data = make_intent_corpus(str(tmp_path / "d"), {"test": 3})
     lines = open(os.path.join(data, "test.label")).read().splitlines()

@@ -11,8 +11,8 @@ from hjprune_fairseq.core.gates import EncoderGates
 from hjprune_fairseq.core.hard_concrete import keep_prob
 from hjprune_fairseq.core.presets import PRESETS
 from hjprune_fairseq.core.sparsity import add_to_logging_output, reduce_logged
-from hjprune_fairseq.criterions.sparsity_config import SparsityConfig, constraint_from_config
-from hjprune_fairseq.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
+from hjprune_fairseq.plugin.criterions.sparsity_config import SparsityConfig, constraint_from_config
+from hjprune_fairseq.plugin.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
 
 MODES = {
     "macs": dict(target_sparsity=0.4),

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 from fairseq.data import Dictionary
 
-from hjprune_fairseq.tasks.hjprune_audio import check_split
+from hjprune_fairseq.plugin.tasks.hjprune_audio import check_split
 from hjprune_manifests import synth
 from hjprune_manifests.espeak import Espeak
 
@@ -82,7 +82,7 @@ def test_refusals(corpora, capsys, tmp_path):
 @pytest.mark.parametrize("task", ["asr", "slu"])
 def test_demo_sizes_can_be_planned(task):
     """The grammars make enough distinct sentences for the demo's full corpus (plan only, no audio)."""
-    from hjprune_fairseq.demo.pipeline import FULL
+    from hjprune_fairseq.tools.demo.pipeline import FULL
 
     sizes = {"train": FULL.train, "valid": FULL.valid, "test": FULL.test}
     rows = synth.plan(task, sizes, seed=1, unseen_fraction=0.5)

@@ -11,8 +11,8 @@ from helpers import NO_GATES, VOCAB, gated_model, max_diff, open_gates, randomiz
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from hjprune_fairseq.checkpoints import export_slim, load_model
-from hjprune_fairseq.compat import import_transformers
+from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
+from hjprune_fairseq.plugin.compat import import_transformers
 from hjprune_fairseq.core import cost_model
 from hjprune_fairseq.core.encoder import Wav2Vec2Encoder
 from hjprune_fairseq.core.presets import PRESETS
@@ -48,7 +48,7 @@ def tiny_wavlm(layout: str, seed: int = 0):
 def imported(hf_model, folder) -> str:
     """``hf_model`` saved as transformers saves it, then imported by ``hjprune-import-hf``: the path of
     the hjprune checkpoint, usable as model.w2v_path."""
-    from hjprune_fairseq.hf_import import import_hf
+    from hjprune_fairseq.convert.hf_import import import_hf
 
     hf_model.save_pretrained(str(folder / "hf"))
     return import_hf(str(folder / "hf"), str(folder / "imported"), normalize=False)["checkpoint"]
@@ -205,7 +205,7 @@ def test_wavlm_base_preset_and_cli(capsys):
     import json
 
     from hjprune_fairseq.cli import cost as cost_cli
-    from hjprune_fairseq.fairseq_import import fairseq_model_config
+    from hjprune_fairseq.plugin.fairseq_import import fairseq_model_config
 
     spec = PRESETS["wavlm_base"]
     assert cost_cli.main(["--preset", "wavlm_base", "--json"]) == 0
@@ -258,7 +258,7 @@ def test_prunes_to_a_macs_target_under_fairseq_hydra_train(tmp_path, capsys):
 def test_train_step_bench_on_wavlm(monkeypatch, tmp_path):
     """hjprune-bench-train on a WavLM preset: fairseq has no WavLM, so the update compared with is the
     same encoder without gates; both updates run from the same random dense WavLM checkpoint."""
-    from hjprune_fairseq.bench import train_update
+    from hjprune_fairseq.tools.bench import train_update
 
     spec = EncoderSpec.uniform([(16, 10, 5), (16, 4, 4), (16, 4, 4)], 32, 2, 4, 48, 8, 4, rel_pos_buckets=32,
                                rel_pos_max_distance=32)  # the shape of tiny_wavlm()

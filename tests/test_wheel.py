@@ -74,7 +74,7 @@ def test_the_packages_and_the_demo_lookup_resolve_inside_the_env(wheel_env):
     bin_dir, site, outside = wheel_env
     code = ("import sys, hjprune_fairseq, hjprune_manifests\n"
             "from hjprune_fairseq import smoke_base\n"
-            "from hjprune_fairseq.demo import pipeline as demo\n"
+            "from hjprune_fairseq.tools.demo import pipeline as demo\n"
             "assert smoke_base.config_set_dir is demo.config_set_dir\n"
             "print(hjprune_fairseq.__file__, hjprune_manifests.__file__, demo.config_set_dir('tiny'), demo.USER_DIR,"
             " sep='\\n')\n"
@@ -103,7 +103,7 @@ def test_hjprune_cost_export_demo_and_validate_run_from_the_wheel(wheel_env):
 
 
 def test_the_editable_install_finds_the_repository_config_sets():
-    from hjprune_fairseq import config_sets
+    from hjprune_fairseq.plugin import config_sets
 
     if not config_sets.USER_DIR.startswith(REPO):
         pytest.skip(f"hjprune_fairseq is installed from {config_sets.USER_DIR}, not this source tree")

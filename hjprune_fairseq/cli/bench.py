@@ -1,6 +1,6 @@
 """hjprune-bench: CPU latency of a dense encoder vs a slim one with about ``--macs-sparsity`` fewer MACs.
 
-The comparison is ``hjprune_fairseq.bench.latency`` (the slim structure follows paper Fig. 5; the
+The comparison is ``hjprune_fairseq.tools.bench.latency`` (the slim structure follows paper Fig. 5; the
 models are timed alternately in one process).
 """
 
@@ -11,9 +11,9 @@ import json
 import sys
 from typing import List, Optional
 
-from ..bench.latency import GOAL, ONNX_GOAL, compare_latency
+from ..tools.bench.latency import GOAL, ONNX_GOAL, compare_latency
 from ..core.presets import PRESETS
-from ..timing import apply_threads
+from ..tools.timing import apply_threads
 from .options import add_timing_args
 
 
@@ -40,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error(f"--macs-sparsity must be in (0, 1), got {a.macs_sparsity}")
     apply_threads(a.threads)
     if a.onnx:
-        from ..onnx_export import import_onnx
+        from ..convert.onnx_export import import_onnx
 
         import_onnx()  # a one-line error without the extra, before the models are built
     r = compare_latency(a.preset, a.macs_sparsity, a.seconds, a.seed, a.fine_grained, a.repeats, a.warmup, a.onnx)

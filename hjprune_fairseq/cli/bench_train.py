@@ -1,7 +1,7 @@
 """hjprune-bench-train: cost of one pruning update vs one stock fairseq wav2vec_ctc update (WavLM, which
 fairseq lacks: the same encoder without gates), same batch.
 
-The comparison is ``hjprune_fairseq.bench.train_update`` (forward, backward and optimizer step of
+The comparison is ``hjprune_fairseq.tools.bench.train_update`` (forward, backward and optimizer step of
 each, alternately, from the same random checkpoint of ``--preset``).
 """
 
@@ -12,9 +12,9 @@ import json
 import sys
 from typing import List, Optional
 
-from ..bench.train_update import GOAL, compare_updates
+from ..tools.bench.train_update import GOAL, compare_updates
 from ..core.presets import PRESETS
-from ..timing import apply_threads
+from ..tools.timing import apply_threads
 from .options import add_timing_args
 
 

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 from hjprune_manifests.cli import run_cli
 
 from ..core.presets import PRESETS
-from ..cost_report import describe
+from ..tools.cost_report import describe
 
 
 def format_table(r: Dict) -> str:

@@ -2,9 +2,9 @@
 
 The stages (hjprune-synth -> pre-train -> fine-tune -> prune with ``macs`` -> hjprune-export ->
 fine-tune the slim model -> fairseq-generate -> CPU latency; ``--sweep``: every sparsity mode at three
-budgets; ``--baselines``: PARP and task-agnostic pruning) are ``hjprune_fairseq.demo.pipeline``, each
+budgets; ``--baselines``: PARP and task-agnostic pruning) are ``hjprune_fairseq.tools.demo.pipeline``, each
 stage's output in OUT/logs/STAGE.log; report.md, report.json and the PNG plots are
-``hjprune_fairseq.demo.report``.
+``hjprune_fairseq.tools.demo.report``.
 """
 
 import argparse
@@ -16,8 +16,8 @@ from typing import Optional, Sequence
 from hjprune_manifests import output_dir
 from hjprune_manifests.cli import run_cli
 
-from ..demo.pipeline import FULL, QUICK, TOOL, Demo, faster_precision
-from ..demo.report import write_report
+from ..tools.demo.pipeline import FULL, QUICK, TOOL, Demo, faster_precision
+from ..tools.demo.report import write_report
 from .progress import progress_lines
 
 PROG = "hjprune-demo"
@@ -54,7 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def run() -> int:  # each entry of OUT is recorded in its marker before it is written (Demo.own)
         t0 = time.time()
-        with progress_lines("hjprune_fairseq.demo", sys.stdout):
+        with progress_lines("hjprune_fairseq.tools.demo", sys.stdout):
             precision = faster_precision() if a.precision == "auto" else {"precision": a.precision}
             print(f"training precision: {precision['precision']}" + (
                 f" (a bf16 step measured {precision['bf16_speedup']}x as fast as fp32 here)" if "bf16_speedup" in precision else ""),

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from hjprune_manifests.cli import run_cli
 
-from ..config_sets import USER_DIR, config_set_dir, config_sets, examples_dir
+from ..plugin.config_sets import USER_DIR, config_set_dir, config_sets, examples_dir
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -19,8 +19,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "(conv channels, heads, query/key and value/output dims of heads, FFN units, hidden dims) is "
                     "removed from the weights. The result loads with fairseq's checkpoint_utils, "
                     "fairseq-generate, and as model.w2v_path of a fine-tuning stage. With --onnx, also (or only) "
-                    "the ONNX graph for onnxruntime (hjprune_fairseq.onnx_export); with --hf, a folder that transformers loads "
-                    "with trust_remote_code (hjprune_fairseq.hf_export).",
+                    "the ONNX graph for onnxruntime (hjprune_fairseq.convert.onnx_export); with --hf, a folder that transformers loads "
+                    "with trust_remote_code (hjprune_fairseq.convert.hf_export).",
     )
     p.add_argument("gated", help="gated checkpoint: the prune stage's checkpoint_last.pt (checkpoint_best.pt is from before the target was reached)")
     p.add_argument("slim", nargs="?", help="output path of the slim checkpoint (may be left out with --onnx or --hf)")
@@ -45,21 +45,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.int8 and not a.onnx:
         p.error("--int8 needs --onnx OUT.onnx")
-    from ..checkpoints import check_output_path, export_slim
-    from ..cost_report import describe
+    from ..plugin.checkpoints import check_output_path, export_slim
+    from ..tools.cost_report import describe
 
     def go() -> int:
         if a.slim is None and a.onnx is None and a.hf is None:
             raise ValueError(f"{a.gated}: nothing to write; give SLIM, --onnx OUT.onnx, --hf DIR, or several")
         if a.onnx is not None:
-            from ..onnx_export import import_onnx
+            from ..convert.onnx_export import import_onnx
 
             import_onnx()  # the extra is there, and OUT.onnx may be written, before anything is written
             check_output_path(a.gated, a.onnx, a.overwrite)
             if a.slim is not None:
                 check_output_path(a.slim, a.onnx, True)
         if a.hf is not None:
-            from ..hf_export import check_output
+            from ..convert.hf_export import check_output
 
             check_output(a.hf, a.overwrite)  # the extra is there, and DIR may be written, before anything is written
         r = {"gated": a.gated}
@@ -74,11 +74,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "layers": after["layers"],
             })
         if a.onnx is not None:
-            from ..onnx_export import export_onnx
+            from ..convert.onnx_export import export_onnx
 
             r["onnx"] = export_onnx(a.slim or a.gated, a.onnx, overwrite=a.overwrite, int8=a.int8)
         if a.hf is not None:
-            from ..hf_export import export_hf
+            from ..convert.hf_export import export_hf
 
             r["hf"] = export_hf(a.slim or a.gated, a.hf, overwrite=a.overwrite)
         print(json.dumps(r, indent=2))

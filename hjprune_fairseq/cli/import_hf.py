@@ -37,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
 
     def go() -> int:
-        from ..hf_import import import_hf
+        from ..convert.hf_import import import_hf
 
         print(json.dumps(import_hf(a.hf_dir, a.out_dir, a.normalize, a.overwrite), indent=2))
         return 0

@@ -1,5 +1,5 @@
 """hjprune-score-export: WER of exported CTC models (ONNX graphs, Hugging Face folders) on a labelled split, decoded
-as fairseq-generate decodes their checkpoint (hjprune_fairseq.score_export)."""
+as fairseq-generate decodes their checkpoint (hjprune_fairseq.convert.score_export)."""
 
 from __future__ import annotations
 
@@ -62,15 +62,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error(f"--batch-size must be at least 1, got {a.batch_size}")
 
     def go() -> int:
-        from ..score_export import score_exports
-        from ..timing import apply_threads
+        from ..convert.score_export import score_exports
+        from ..tools.timing import apply_threads
 
         if any(kind == "onnx" for kind, _ in a.exports):
-            from ..onnx_export import import_onnx
+            from ..convert.onnx_export import import_onnx
 
             import_onnx()  # a one-line error without the extra
         if any(kind == "hf" for kind, _ in a.exports):
-            from ..compat import import_transformers
+            from ..plugin.compat import import_transformers
 
             import_transformers().utils.logging.disable_progress_bar()  # the report is JSON on stdout; stderr quiet
         apply_threads(a.threads)

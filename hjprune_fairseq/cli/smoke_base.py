@@ -2,7 +2,7 @@
 
 The chain of each config set (finetune -> prune in every mode -> hjprune-export -> final, distill,
 parp) from random wav2vec2-base / HuBERT-base checkpoints on a small eSpeak NG corpus is
-``hjprune_fairseq.smoke_base``. The configs' fp16 is replaced by ``--precision`` (bf16 by default);
+``hjprune_fairseq.tools.smoke_base``. The configs' fp16 is replaced by ``--precision`` (bf16 by default);
 PARP runs in fp32. Prints a table: config, seconds per update (between the last two updates), peak
 RSS of the training process, and whether every logged loss was finite.
 """
@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 from hjprune_manifests.cli import run_cli
 
-from ..smoke_base import CONFIG_SETS, run_smoke
+from ..tools.smoke_base import CONFIG_SETS, run_smoke
 from .progress import progress_lines
 
 PROG = "hjprune-smoke-base"
@@ -42,7 +42,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error(f"--updates must be at least 2, got {a.updates}")
 
     def go() -> int:
-        with progress_lines("hjprune_fairseq.smoke_base", sys.stderr):
+        with progress_lines("hjprune_fairseq.tools.smoke_base", sys.stderr):
             rows = run_smoke(a.updates, a.precision, a.sets)
         print(json.dumps(rows, indent=2) if a.json else format_table(rows))
         return 0 if all(r["rc"] == 0 and r["finite_loss"] for r in rows) else 1

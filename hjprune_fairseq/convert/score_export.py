@@ -36,9 +36,9 @@ from hjprune_manifests.audio import SAMPLE_RATE
 from hjprune_manifests.labels import write_lines
 from omegaconf import OmegaConf
 
-from .decoding import GreedyCTCGenerator
-from .demo.scores import parse_generate, score
-from .tasks.hjprune_audio import HJPruneAudioFinetuningConfig, HJPruneAudioFinetuningTask
+from ..plugin.decoding import GreedyCTCGenerator
+from ..tools.demo.scores import parse_generate, score
+from ..plugin.tasks.hjprune_audio import HJPruneAudioFinetuningConfig, HJPruneAudioFinetuningTask
 
 KINDS = ("onnx", "hf")
 ONNX_CTC_OUTPUTS = ("logits", "frame_padding_mask")  # onnx_export.OUTPUTS["ctc"]
@@ -126,7 +126,7 @@ class HfCtc(ExportedCtc):
 
     def __init__(self, folder: str):
         from . import hf_import
-        from .compat import import_transformers
+        from ..plugin.compat import import_transformers
 
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{folder}: Hugging Face folder not found")

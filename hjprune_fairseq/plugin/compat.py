@@ -83,7 +83,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .core.encoder import TrainingFns
+from ..core.encoder import TrainingFns
 
 logger = logging.getLogger(__name__)
 

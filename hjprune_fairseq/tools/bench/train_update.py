@@ -20,8 +20,8 @@ from typing import Dict, Tuple
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
-from ..core.presets import PRESETS
-from ..core.spec import EncoderSpec
+from ...core.presets import PRESETS
+from ...core.spec import EncoderSpec
 from ..timing import median_times
 
 VOCAB_SYMBOLS = list("ETAOINSHRDLUCMWFGYPBVKJXQZ'|")
@@ -66,7 +66,7 @@ def build(kind: str, w2v_path: str, mode: str):
     from omegaconf import OmegaConf
 
     import hjprune_fairseq  # noqa: F401  (registers the hjprune classes)
-    from ..models.ctc import HJPruneCtcConfig, HJPruneGatedCtc, HJPruneGatedCtcConfig, HJPruneSlimCtc
+    from ...plugin.models.ctc import HJPruneCtcConfig, HJPruneGatedCtc, HJPruneGatedCtcConfig, HJPruneSlimCtc
 
     task = _Task()
     crit = {"zero_infinity": True, "sentence_avg": True, "post_process": "letter"}
@@ -110,9 +110,9 @@ def write_random(spec: EncoderSpec, folder: str) -> Tuple[str, str]:
     """A random checkpoint of ``spec`` in ``folder`` that both updates start from, and the kind of update
     compared with (a key of :data:`BASELINES`): a fairseq pre-training checkpoint and fairseq's model,
     or for WavLM (not in fairseq) a dense hjprune checkpoint and this plugin's model without gates."""
-    from ..checkpoints import save_imported
-    from ..core.encoder import Wav2Vec2Encoder
-    from ..fairseq_import import ImportedCheckpoint, write_random_wav2vec2
+    from ...plugin.checkpoints import save_imported
+    from ...core.encoder import Wav2Vec2Encoder
+    from ...plugin.fairseq_import import ImportedCheckpoint, write_random_wav2vec2
 
     path = os.path.join(folder, "w2v.pt")
     if not spec.has_rel_pos:

@@ -24,7 +24,7 @@ import torch
 from omegaconf import open_dict
 from torch import nn
 
-from ..core.spec import EncoderSpec
+from ...core.spec import EncoderSpec
 from ..fairseq_import import ImportedCheckpoint
 from . import registry
 from .base import HJPruneCtcConfig, HJPruneGatedCtcConfig, HJPruneGatedModel, HJPruneModel

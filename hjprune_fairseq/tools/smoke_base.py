@@ -23,8 +23,8 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Dict, List, Sequence
 
-from .config_sets import USER_DIR, config_set_dir
-from .core.measures import MEASURES
+from ..plugin.config_sets import USER_DIR, config_set_dir
+from ..core.measures import MEASURES
 from .stages import console_script, run_stage
 
 logger = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ def run_smoke(updates: int, precision: str, sets: Sequence[str] = CONFIG_SETS) -
     A failed training is a row with its exit status; a failed export raises RuntimeError."""
     from hjprune_manifests.synth import write_corpus
 
-    from .core.presets import PRESETS
-    from .fairseq_import import write_random_wav2vec2
+    from ..core.presets import PRESETS
+    from ..plugin.fairseq_import import write_random_wav2vec2
 
     with tempfile.TemporaryDirectory(prefix="hjprune-smoke-") as work:
         os.makedirs(os.path.join(work, "logs"))

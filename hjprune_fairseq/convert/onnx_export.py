@@ -56,11 +56,11 @@ from hjprune_manifests.output_dir import write_atomically
 from omegaconf import OmegaConf
 from torch import nn
 
-from .checkpoints import arch_of, check_output_path, model_from_state, slim_checkpoint
-from .core.spec import EncoderSpec
-from .fairseq_import import load_state
-from .models import registry
-from .models.base import HJPruneModel
+from ..plugin.checkpoints import arch_of, check_output_path, model_from_state, slim_checkpoint
+from ..core.spec import EncoderSpec
+from ..plugin.fairseq_import import load_state
+from ..plugin.models import registry
+from ..plugin.models.base import HJPruneModel
 
 OPSET = 18  # the opset torch's exporter builds in (LayerNormalization is an ONNX op from 17)
 INPUTS = ("source", "padding_mask")

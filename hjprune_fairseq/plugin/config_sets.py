@@ -10,7 +10,7 @@ a source tree (editable install) beside the package.
 import os
 from typing import List
 
-USER_DIR = os.path.dirname(os.path.abspath(__file__))  # the hjprune_fairseq package, for common.user_dir
+USER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the hjprune_fairseq package, for common.user_dir
 _CANDIDATES = (
     os.path.join(USER_DIR, "examples"),  # installed from a wheel (setup.py package_data)
     os.path.join(os.path.dirname(USER_DIR), "examples"),  # the source tree (editable install)

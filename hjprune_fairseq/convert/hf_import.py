@@ -39,8 +39,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
-from .core.spec import EncoderSpec
-from .fairseq_import import ImportedCheckpoint, pos_conv_state, weight_norm_pair
+from ..core.spec import EncoderSpec
+from ..plugin.fairseq_import import ImportedCheckpoint, pos_conv_state, weight_norm_pair
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def hf_encoder_state(config: Dict[str, Any], weights: Dict[str, torch.Tensor], f
     """(spec, state dict of :class:`Wav2Vec2Encoder`) of a transformers model's ``config`` and ``weights``;
     ``folder`` is named in errors. Every weight is used, except a head (``lm_head``, the pre-training
     quantizer and projections); a missing or misshapen one is an error."""
-    from .core.encoder import Wav2Vec2Encoder
+    from ..core.encoder import Wav2Vec2Encoder
 
     if architecture(config, folder)[1] == "hjprune":
         from .hf_export import exported_encoder_state
@@ -526,7 +526,7 @@ def import_hf(folder: str, out: str, normalize: Optional[bool] = None, overwrite
     from hjprune_manifests import output_dir
     from hjprune_manifests.labels import write_dictionary
 
-    from .checkpoints import save_imported
+    from ..plugin.checkpoints import save_imported
 
     output_dir.check(out, TOOL, overwrite, "an imported model")
     ckpt = read_hf(folder, normalize)

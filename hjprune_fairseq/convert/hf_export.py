@@ -49,17 +49,17 @@ from typing import Any, Dict, Iterator, Tuple
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
-from .core.spec import EncoderSpec
+from ..core.spec import EncoderSpec
 from .hf_import import AUDIO, CONFIG, DELIMITER, FAIRSEQ_SPECIALS, PREPROCESSOR, TOKENIZER_DEFAULTS, VOCAB
-from .models import registry
-from .models.base import HJPruneModel
+from ..plugin.models import registry
+from ..plugin.models.base import HJPruneModel
 
 logger = logging.getLogger(__name__)
 
 TOOL = "hjprune-export-hf"  # the name of its marker file in the output folder, .hjprune-export-hf (output_dir)
 WHAT = "a Hugging Face export"  # what an earlier output is called in errors
 REMOTE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_remote")
-CORE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "core")
+CORE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "core")
 REMOTE_FILES = ("configuration_hjprune.py", "modeling_hjprune.py")  # kept in hf_remote/
 CORE_FILES = ("encoder.py", "spec.py", "gate_state.py")  # the encoder, copied from the installed package
 WEIGHTS = "model.safetensors"
@@ -159,7 +159,7 @@ def add_fields(path: str, **fields: Any) -> None:
 def write_tokenizer(folder: str, vocab: Dict[str, int]) -> None:
     """``vocab.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` of ``Wav2Vec2CTCTokenizer``
     (transformers 5 writes no ``special_tokens_map.json``; older versions, and ``hf_import``, read it)."""
-    from .compat import import_transformers
+    from ..plugin.compat import import_transformers
 
     path = os.path.join(folder, VOCAB)
     with open(path, "w", encoding="utf-8") as f:
@@ -203,7 +203,7 @@ def check_output(out: str, overwrite: bool) -> None:
     Hugging Face extra (transformers, safetensors) is installed: before anything is written."""
     from hjprune_manifests import output_dir
 
-    from .compat import import_transformers
+    from ..plugin.compat import import_transformers
 
     output_dir.check(out, TOOL, overwrite, WHAT)
     import_transformers()
@@ -220,7 +220,7 @@ def export_hf(checkpoint: str, out: str, overwrite: bool = False) -> Dict[str, A
     Returns what was written: the folder, the architectures, vocab_size, normalize, params and the files."""
     from hjprune_manifests import output_dir
 
-    from .compat import import_transformers
+    from ..plugin.compat import import_transformers
 
     check_output(out, overwrite)
     tr = import_transformers()
@@ -258,7 +258,7 @@ def exported_encoder_state(config: Dict[str, Any], weights: Dict[str, torch.Tens
     """(spec, state dict of :class:`~.core.encoder.Wav2Vec2Encoder`) of a folder :func:`export_hf` wrote, from its
     ``config.json`` and weights (``encoder.*``; ``lm_head.*`` is the CTC head, read by ``hf_import``); ``folder``
     is named in errors. Every encoder weight must be there with its shape, and no other weight."""
-    from .core.encoder import Wav2Vec2Encoder
+    from ..core.encoder import Wav2Vec2Encoder
 
     try:
         spec = EncoderSpec.from_dict(dict(config["encoder_spec"]))

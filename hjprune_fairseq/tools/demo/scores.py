@@ -2,7 +2,7 @@
 
 Each utterance's reference (``T-``) and hypothesis (``D-``) line is fed to the scorer that
 fairseq-generate itself used (``--scoring wer``: fairseq's ``WerScorer``; ``--scoring
-hjprune_accuracy``: ``hjprune_fairseq.scoring.AccuracyScorer``), one scorer per subset (all, seen and
+hjprune_accuracy``: ``hjprune_fairseq.plugin.scoring.AccuracyScorer``), one scorer per subset (all, seen and
 unseen sentences), so that no WER or accuracy formula is written here.
 """
 
@@ -11,7 +11,7 @@ from typing import Dict, Sequence, Tuple
 
 from fairseq.scoring import build_scorer
 
-from .. import scoring as _scoring  # noqa: F401  (registers hjprune_accuracy)
+from ...plugin import scoring as _scoring  # noqa: F401  (registers hjprune_accuracy)
 
 
 def parse_generate(path: str) -> Tuple[Dict[int, str], Dict[int, str]]:

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from hjprune_manifests import output_dir
 from hjprune_manifests.audio import SAMPLE_RATE
 
-from ..config_sets import USER_DIR, config_set_dir
+from ...plugin.config_sets import USER_DIR, config_set_dir
 from ..stages import console_script, run_stage
 from .scores import parse_generate, subset_scores
 
@@ -89,8 +89,8 @@ def faster_precision(threads: int = 0, seconds: float = 8.0) -> Dict:
 
     import torch
 
-    from ..core.encoder import Wav2Vec2Encoder
-    from ..core.presets import PRESETS
+    from ...core.encoder import Wav2Vec2Encoder
+    from ...core.presets import PRESETS
     from ..timing import apply_threads, median_times
 
     apply_threads(threads)
@@ -245,8 +245,8 @@ class Demo:
 
     def parp_point(self, finetuned: str, params: int) -> Dict:
         """PARP from the fine-tuned model, its sparsity set for ``params`` nonzero encoder weights."""
-        from ..checkpoints import load_model
-        from ..core.parp import prunable_weights
+        from ...plugin.checkpoints import load_model
+        from ...core.parp import prunable_weights
 
         model, _ = load_model(finetuned)
         dense = sum(p.numel() for p in model.encoder.parameters())
@@ -357,7 +357,7 @@ def latencies(checkpoints: Dict[str, str], seconds: float = 10.0, repeats: int =
     other (median of 5 each), a sweep reported macs_40 2.03x faster where taking turns gives 1.30x."""
     import torch
 
-    from ..checkpoints import load_model
+    from ...plugin.checkpoints import load_model
     from ..timing import median_times
 
     models = {name: load_model(ckpt)[0].eval() for name, ckpt in checkpoints.items()}

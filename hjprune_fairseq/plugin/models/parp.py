@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
-from ..core.parp import SCOPES, magnitude_prune_, prunable_weights
+from ...core.parp import SCOPES, magnitude_prune_, prunable_weights
 from .base import HJPruneCtcConfig
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from typing import Dict, Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from ..core.measures import MEASURES
-from ..core.sparsity import SparsityConstraint
+from ...core.measures import MEASURES
+from ...core.sparsity import SparsityConstraint
 
 SPARSITY_MODES = ChoiceEnum(["none", *MEASURES])  # the registered measures (core/measures.py)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .checkpoints import arch_of, model_from_state
-from .core import cost_model
-from .core.parp import zero_count
-from .core.presets import PRESETS
-from .fairseq_import import load_state, read_checkpoint
-from .models import registry
+from ..plugin.checkpoints import arch_of, model_from_state
+from ..core import cost_model
+from ..core.parp import zero_count
+from ..core.presets import PRESETS
+from ..plugin.fairseq_import import load_state, read_checkpoint
+from ..plugin.models import registry
 
 EXPECTED_KEYS = ("encoder_gmacs", "size_sparsity", "macs_sparsity", "cnn_size_sparsity", "transformer_size_sparsity")
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .core.spec import EncoderSpec
+from ..core.spec import EncoderSpec
 
 PRETRAINED = {"wav2vec2": "wav2vec2", "hubert": "hubert"}
 FINETUNED_CTC = {"wav2vec_ctc": "wav2vec2", "hubert_ctc": "hubert"}

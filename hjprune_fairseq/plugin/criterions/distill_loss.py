@@ -25,7 +25,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum
 from omegaconf import II
 
-from ..core.encoder import Wav2Vec2Encoder
+from ...core.encoder import Wav2Vec2Encoder
 from ..fairseq_import import read_checkpoint
 from .penalty import SparsityPenaltyMixin
 from .sparsity_config import SparsityConfig, constraint_from_config

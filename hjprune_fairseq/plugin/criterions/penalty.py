@@ -4,7 +4,7 @@ from typing import Optional
 
 from fairseq import metrics
 
-from ..core.sparsity import SparsityConstraint, add_to_logging_output, reduce_logged
+from ...core.sparsity import SparsityConstraint, add_to_logging_output, reduce_logged
 
 
 class SparsityPenaltyMixin:

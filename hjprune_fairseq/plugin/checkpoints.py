@@ -11,9 +11,9 @@ import torch
 from hjprune_manifests.output_dir import write_atomically
 from omegaconf import OmegaConf
 
-from .core.gate_state import GateMasks
-from .core.slim import slim_encoder, slim_head
-from .core.spec import EncoderSpec
+from ..core.gate_state import GateMasks
+from ..core.slim import slim_encoder, slim_head
+from ..core.spec import EncoderSpec
 from .fairseq_import import ImportedCheckpoint, load_state
 from .models import registry
 from .models.base import HJPruneModel

@@ -26,11 +26,11 @@ from typing import Callable, Dict, Tuple
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
-from ..core import cost_model
-from ..core.encoder import Wav2Vec2Encoder
-from ..core.gate_state import GateMasks
-from ..core.presets import PRESETS
-from ..core.spec import EncoderSpec
+from ...core import cost_model
+from ...core.encoder import Wav2Vec2Encoder
+from ...core.gate_state import GateMasks
+from ...core.presets import PRESETS
+from ...core.spec import EncoderSpec
 from ..timing import median_times
 
 GOAL = 0.85  # the slim model should reach speed-up >= GOAL x MAC ratio
@@ -74,7 +74,7 @@ def fig5_masks(spec: EncoderSpec, strength: float, seed: int = 0, fine_grained: 
 def slim_spec_for(spec: EncoderSpec, macs_sparsity: float, seconds: float, seed: int = 0,
                   fine_grained: bool = False) -> EncoderSpec:
     """Bisect the Fig. 5 strength until the slim encoder has ``macs_sparsity`` fewer MACs."""
-    from ..core.slim import slim_encoder
+    from ...core.slim import slim_encoder
 
     dense = cost_model.to_float(cost_model.cost(spec, None, seconds).encoder_macs)
     lo, hi = 0.0, 1.0
@@ -94,7 +94,7 @@ def onnx_contenders(models: Dict[str, Wav2Vec2Encoder], wav: torch.Tensor,
     graph's ``min_samples``), the slim one also int8:
     ``{"onnx_NAME": call}`` for :func:`median_times` (``onnx_slim_int8`` too), and how far the graphs' outputs on
     ``wav`` (1, S) are from PyTorch's (``NAME_max_abs_diff`` of each fp32 graph, ``int8_rel_error``)."""
-    from .. import onnx_export
+    from ...convert import onnx_export
 
     pad = torch.zeros(wav.shape, dtype=torch.bool)
     calls: Dict[str, Callable[[int], None]] = {}
