@@ -4,9 +4,9 @@ from .plugin import compat
 
 with compat.keep_root_logging():  # importing fairseq reconfigures the root logger (compat quirk 3)
     compat.install()
-    # fairseq imports models/ itself under --user-dir; importing here registers them for scripts too.
+    # Every registered class, for fairseq's --user-dir / common.user_dir and for scripts alike (fairseq would
+    # import only a user dir's top-level models/ and tasks/ folders; the plugin's are in plugin/).
     from .plugin.models import classifier, ctc, distill  # noqa: E402,F401
-    # fairseq auto-imports only models/ and tasks/ of a user dir.
     from .plugin.criterions import cross_entropy_loss, ctc_loss, distill_loss  # noqa: E402,F401
     from .plugin.optim import hjprune_adamw, hjprune_tri_stage  # noqa: E402,F401
     from .plugin.tasks import hjprune_audio  # noqa: E402,F401

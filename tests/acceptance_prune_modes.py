@@ -18,10 +18,10 @@ import sys
 from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, make_letter_corpus, make_pretrained
 
 import hjprune_fairseq  # noqa: F401  (registers the hjprune classes)
-from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.core import cost_model
 from hjprune_fairseq.core.measures import MEASURES
 from hjprune_fairseq.core.presets import PRESETS
+from hjprune_fairseq.plugin.checkpoints import load_model
 
 TINY = os.path.join(EXAMPLES, "tiny")
 MODES = {"macs": ["macs"], "size": ["size"], "sep_size": ["cnn", "transformer"], "transformer_only": ["transformer_only"]}

@@ -10,8 +10,8 @@ import torch
 from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, letter_dictionary, make_letter_corpus, save_like_trainer
 from omegaconf import OmegaConf
 
-from hjprune_fairseq.plugin.checkpoints import export_slim
 from hjprune_fairseq.cli import cost, export
+from hjprune_fairseq.convert.slim_export import export_slim
 from hjprune_fairseq.plugin.models.base import HJPruneGatedCtcConfig
 from hjprune_fairseq.plugin.models.ctc import HJPruneGatedCtc
 

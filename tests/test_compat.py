@@ -238,7 +238,7 @@ def test_transformers_imports_torchaudio_unless_told_it_is_absent(tmp_path):
     stock = subprocess.run([sys.executable, "-c", code.format("")], capture_output=True, text=True, timeout=300,
                            env=env)
     assert stock.returncode != 0 and "stand-in _torchaudio.so" in stock.stderr  # the quirk: transformers imported it
-    ours = subprocess.run([sys.executable, "-c", code.format("from hjprune_fairseq import compat; "
+    ours = subprocess.run([sys.executable, "-c", code.format("from hjprune_fairseq.plugin import compat; "
                                                               "compat.import_transformers(); ")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert ours.returncode == 0, ours.stderr[-2000:]

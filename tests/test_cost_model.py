@@ -81,8 +81,8 @@ def test_cli_missing_checkpoint(capsys, tmp_path):
 def test_exact_at_wav2vec2_base_scale_and_bench_structure():
     """94 M parameters: counting from masks must still be exact (float64), and the bench's
     Fig. 5-shaped structure must hit its MACs target."""
-    from hjprune_fairseq.tools.bench.latency import fig5_masks, slim_spec_for
     from hjprune_fairseq.core.slim import slim_encoder
+    from hjprune_fairseq.tools.bench.latency import fig5_masks, slim_spec_for
 
     spec = PRESETS["wav2vec2_base"]
     masks = fig5_masks(spec, 0.6)

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from hjprune_fairseq.cli import demo
-from hjprune_fairseq.tools.demo import pipeline
+from hjprune_fairseq.tools.demo import pipeline, report
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,9 @@ def test_report_says_what_it_shows(quick):
     assert "eSpeak NG only" in md and "not accuracy on real speech" in md
     assert "WER % per test voice:" in md and "| model | " + " | ".join(voices) + " |" in md
     assert "`" + " ".join(pipeline.DECODING) + "`" in md  # the decoding settings, the same for every model
+    assert "fairseq-generate, greedy CTC," in md
+    slu = report.markdown("slu", "wer", r["models"], r["timings_s"], pipeline.Budget(**r["budget"]), r["precision"])
+    assert "CTC" not in slu and "the intent classifier's most probable intent" in slu  # intent classifiers
     for name in ("decode_unpruned", "decode_macs_40"):  # fairseq-generate prints its config
         assert "'batch_size': 1," in open(os.path.join(quick, "logs", f"{name}.log")).read()
 

@@ -1,4 +1,4 @@
-"""The demo's WER / accuracy come from fairseq's scorers fed per utterance (hjprune_fairseq.tools.demo.scores)
+"""The demo's WER / accuracy come from fairseq's scorers fed per utterance (hjprune_fairseq.plugin.scoring)
 and equal, on a fixed fairseq-generate output, what the demo's own formulas gave before."""
 
 import math
@@ -7,8 +7,8 @@ import editdistance
 import pytest
 from fairseq.scoring import SCORER_REGISTRY
 
+from hjprune_fairseq.plugin.scoring import parse_generate, subset_scores
 from hjprune_fairseq.tools.demo.pipeline import SCORING
-from hjprune_fairseq.tools.demo.scores import parse_generate, subset_scores
 
 # What fairseq-generate writes to generate-test.txt (S/T/H/D/P lines per utterance, out of id order,
 # then its summary); utterance 3 decodes to nothing.

@@ -10,7 +10,8 @@ from fairseq_fixtures import EXAMPLES, make_letter_corpus, save_like_trainer, tr
 from helpers import max_diff, open_gates
 from omegaconf import OmegaConf
 
-from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
+from hjprune_fairseq.convert.slim_export import export_slim
+from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.plugin.criterions.distill_loss import HJPruneDistillCriterion, HJPruneDistillCriterionConfig
 from hjprune_fairseq.plugin.models.distill import HJPruneDistillConfig, HJPruneGatedDistill, parse_layers
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 from omegaconf import open_dict
 
-from hjprune_fairseq.plugin.checkpoints import export_slim
+from hjprune_fairseq.convert.slim_export import export_slim
 
 from fairseq_fixtures import EXAMPLES as ROOT
 from fairseq_fixtures import USER_DIR, compose_like_fairseq, letter_dictionary

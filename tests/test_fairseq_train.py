@@ -11,8 +11,9 @@ import yaml
 from fairseq_fixtures import make_letter_corpus
 
 import hjprune_fairseq
-from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
 from hjprune_fairseq.cli import cost as cost_cli
+from hjprune_fairseq.convert.slim_export import export_slim
+from hjprune_fairseq.plugin.checkpoints import load_model
 
 USER_DIR = os.path.dirname(hjprune_fairseq.__file__)
 

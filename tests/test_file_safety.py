@@ -284,7 +284,7 @@ def test_export_refuses_its_input_behind_a_link(gated, tmp_path, capsys, link):
 
 def test_export_writes_through_a_fresh_temporary_name(gated, tmp_path):
     """A user's file named like the old fixed temporary (SLIM.tmp) is not overwritten."""
-    from hjprune_fairseq.plugin.checkpoints import export_slim
+    from hjprune_fairseq.convert.slim_export import export_slim
 
     (tmp_path / "slim.pt.tmp").write_text("mine")
     export_slim(gated, str(tmp_path / "slim.pt"))

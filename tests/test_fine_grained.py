@@ -8,7 +8,8 @@ import sys
 
 from fairseq_fixtures import EXAMPLES, USER_DIR, make_letter_corpus, train_ok
 
-from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
+from hjprune_fairseq.convert.slim_export import export_slim
+from hjprune_fairseq.plugin.checkpoints import load_model
 
 
 def test_fine_grained_ste_prune_export_and_decode(tmp_path, w2v_pretrained):

@@ -11,7 +11,7 @@ import torch
 from fairseq_fixtures import USER_DIR, make_letter_corpus, save_like_trainer
 from helpers import gated_model, randomize_gates
 
-from hjprune_fairseq.plugin.checkpoints import export_slim
+from hjprune_fairseq.convert.slim_export import export_slim
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,15 @@ from helpers import SYMBOLS, ctc_model, gated_model, letters_head, max_diff, ran
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
-from hjprune_fairseq.convert import hf_export
-from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
 from hjprune_fairseq.cli import export as export_cli
 from hjprune_fairseq.cli import import_hf
-from hjprune_fairseq.plugin.compat import import_transformers
+from hjprune_fairseq.convert import hf_export
+from hjprune_fairseq.convert.slim_export import export_slim
 from hjprune_fairseq.core.spec import EncoderSpec, conv_output_lengths
+from hjprune_fairseq.plugin.checkpoints import load_model
+from hjprune_fairseq.plugin.compat import import_transformers
 from hjprune_fairseq.plugin.models.distill import HJPruneDistillConfig, HJPruneGatedDistill
+from hjprune_fairseq.tools.cost_report import describe
 
 TOOL = "hjprune-export-hf"
 LENGTHS = [5000, 3300]
@@ -433,10 +435,15 @@ def test_an_export_imports_back_as_the_same_model(exported, name, tmp_path):
     slim = m["slim"]
     assert back.spec == slim.spec and back.encoder.state_dict().keys() == slim.encoder.state_dict().keys()
     assert all(torch.equal(v, slim.encoder.state_dict()[k]) for k, v in back.encoder.state_dict().items())
+    # sparsity stays measured against the dense ancestor, not the pruned model
+    assert back.reference_spec == slim.reference_spec
     if name == "wavlm":
         assert back.proj.weight.shape[0] == 0  # an encoder without a CTC head
         return
     assert state["cfg"]["model"]["target_dictionary"]["symbols"] == SYMBOLS
+    assert slim.reference_spec != slim.spec  # pruned: hjprune-cost says so and measures against the dense ancestor
+    cost = describe(os.path.join(out, "model.pt"), 10.0)
+    assert cost["kind"] == "slim" and cost["macs_sparsity"] == describe(m["slim_path"], 10.0)["macs_sparsity"] > 0
     assert open(os.path.join(out, "dict.ltr.txt")).read().split()[::2] == SYMBOLS[4:]
     source, pad = exported["batch"]
     with torch.no_grad():

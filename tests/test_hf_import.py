@@ -16,11 +16,11 @@ from fairseq_fixtures import EXAMPLES, LETTERS, batch, fairseq_generate, make_le
 from helpers import VOCAB as LETTER_VOCAB
 from helpers import gated_model
 
-from hjprune_fairseq.convert import hf_import
-from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.cli import cost as cost_cli
 from hjprune_fairseq.cli import export as export_cli
 from hjprune_fairseq.cli import import_hf
+from hjprune_fairseq.convert import hf_import
+from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.plugin.compat import import_transformers
 from hjprune_fairseq.plugin.fairseq_import import read_checkpoint
 
@@ -142,7 +142,7 @@ def test_imported_checkpoint_is_read_by_every_tool(imported, capsys):
     assert cost_cli.main([path, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["params"] == sum(p.numel() for p in model.parameters())
-    assert report["size_sparsity"] == 0.0
+    assert report["size_sparsity"] == 0.0 and report["kind"] == "dense"  # not "slim": its reference is itself
 
 
 def test_an_import_initialises_a_gated_model(imported):

@@ -17,13 +17,13 @@ from fairseq_fixtures import save_like_trainer
 from helpers import NO_GATES, gated_model, randomize_gates
 from omegaconf import OmegaConf
 
-from hjprune_fairseq.convert import onnx_export
-from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.cli import bench
 from hjprune_fairseq.cli import export as export_cli
+from hjprune_fairseq.convert import onnx_export, slim_export
 from hjprune_fairseq.core.encoder import Wav2Vec2Encoder
 from hjprune_fairseq.core.presets import PRESETS
 from hjprune_fairseq.core.spec import EncoderSpec
+from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.plugin.models.base import HJPruneGatedCtcConfig
 from hjprune_fairseq.plugin.models.classifier import HJPruneGatedCls
 from hjprune_fairseq.plugin.models.distill import HJPruneDistillConfig, HJPruneGatedDistill
@@ -179,7 +179,7 @@ def test_onnxruntime_equals_pytorch(exported):
 def test_a_dense_checkpoint_is_exported_as_it_is(w2v_pretrained, tmp_path):
     """A model without gates is its own graph (its onnxruntime parity: the dense encoder of the bench test)."""
     model = gated_model(w2v_pretrained, **NO_GATES)
-    exportable, arch = onnx_export.exportable_model(save_like_trainer(model, tmp_path / "dense.pt"))
+    exportable, arch = slim_export.exportable_model(save_like_trainer(model, tmp_path / "dense.pt"))
     assert arch.name == "hjprune_wav2vec_ctc" and exportable.gates is None and exportable.spec == model.spec
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in exportable.state_dict().items())
 

@@ -8,9 +8,9 @@ import torch
 from fairseq_fixtures import EXAMPLES, make_letter_corpus, train_ok
 from omegaconf import OmegaConf
 
-from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.cli import cost as cost_cli
 from hjprune_fairseq.core.parp import magnitude_prune_, prunable_weights, zero_fraction
+from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.plugin.models.ctc import HJPruneParpCtc
 from hjprune_fairseq.plugin.models.parp import HJPruneParpCtcConfig
 

@@ -13,11 +13,11 @@ import pytest
 from fairseq_fixtures import fairseq_generate, make_letter_corpus, save_like_trainer
 from helpers import ctc_model, letters_head
 
-from hjprune_fairseq.plugin.checkpoints import export_slim
 from hjprune_fairseq.cli import export as export_cli
 from hjprune_fairseq.cli import score_export as score_cli
+from hjprune_fairseq.convert.slim_export import export_slim
 from hjprune_fairseq.plugin.compat import import_transformers
-from hjprune_fairseq.tools.demo.scores import parse_generate
+from hjprune_fairseq.plugin.scoring import parse_generate
 
 UTTERANCES = 5
 BATCH_SIZES = (1, 2)

@@ -10,10 +10,11 @@ from omegaconf import OmegaConf
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
 from hjprune_fairseq.cli import cost as cost_cli
 from hjprune_fairseq.cli import export as export_cli
+from hjprune_fairseq.convert.slim_export import export_slim
 from hjprune_fairseq.core import cost_model
+from hjprune_fairseq.plugin.checkpoints import load_model
 from hjprune_fairseq.plugin.fairseq_import import read_checkpoint
 from hjprune_fairseq.plugin.models.base import HJPruneCtcConfig
 from hjprune_fairseq.plugin.models.ctc import HJPruneSlimCtc

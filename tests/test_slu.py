@@ -10,8 +10,9 @@ import pytest
 import torch
 from fairseq_fixtures import EXAMPLES, INTENTS, USER_DIR, hydra_train, make_intent_corpus
 
-from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
 from hjprune_fairseq.cli import cost as cost_cli
+from hjprune_fairseq.convert.slim_export import export_slim
+from hjprune_fairseq.plugin.checkpoints import load_model
 
 
 @pytest.fixture(scope="module")

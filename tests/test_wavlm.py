@@ -11,12 +11,13 @@ from helpers import NO_GATES, VOCAB, gated_model, max_diff, open_gates, randomiz
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from hjprune_fairseq.plugin.checkpoints import export_slim, load_model
-from hjprune_fairseq.plugin.compat import import_transformers
+from hjprune_fairseq.convert.slim_export import export_slim
 from hjprune_fairseq.core import cost_model
 from hjprune_fairseq.core.encoder import Wav2Vec2Encoder
 from hjprune_fairseq.core.presets import PRESETS
 from hjprune_fairseq.core.spec import EncoderSpec
+from hjprune_fairseq.plugin.checkpoints import load_model
+from hjprune_fairseq.plugin.compat import import_transformers
 
 LENGTHS = [4000, 2600]  # 49 and 32 frames: offsets of exact, log-spaced and clamped (beyond 32) buckets
 LAYOUTS = {  # transformers' two WavLM layouts

@@ -73,7 +73,7 @@ def test_the_wheel_ships_both_packages_and_every_config(wheel_env):
 def test_the_packages_and_the_demo_lookup_resolve_inside_the_env(wheel_env):
     bin_dir, site, outside = wheel_env
     code = ("import sys, hjprune_fairseq, hjprune_manifests\n"
-            "from hjprune_fairseq import smoke_base\n"
+            "from hjprune_fairseq.tools import smoke_base\n"
             "from hjprune_fairseq.tools.demo import pipeline as demo\n"
             "assert smoke_base.config_set_dir is demo.config_set_dir\n"
             "print(hjprune_fairseq.__file__, hjprune_manifests.__file__, demo.config_set_dir('tiny'), demo.USER_DIR,"

@@ -11,8 +11,8 @@ import json
 import sys
 from typing import List, Optional
 
-from ..tools.bench.latency import GOAL, ONNX_GOAL, compare_latency
 from ..core.presets import PRESETS
+from ..tools.bench.latency import GOAL, ONNX_GOAL, compare_latency
 from ..tools.timing import apply_threads
 from .options import add_timing_args
 

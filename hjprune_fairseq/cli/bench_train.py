@@ -12,8 +12,8 @@ import json
 import sys
 from typing import List, Optional
 
-from ..tools.bench.train_update import GOAL, compare_updates
 from ..core.presets import PRESETS
+from ..tools.bench.train_update import GOAL, compare_updates
 from ..tools.timing import apply_threads
 from .options import add_timing_args
 

@@ -45,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.int8 and not a.onnx:
         p.error("--int8 needs --onnx OUT.onnx")
-    from ..plugin.checkpoints import check_output_path, export_slim
+    from ..convert.slim_export import check_output_path, export_slim
     from ..tools.cost_report import describe
 
     def go() -> int:

@@ -26,7 +26,7 @@ The folder (:func:`export_hf`):
   word delimiter is ``|``. The tokenizer's and the feature extractor's configs name ``processor_class``
   ``Wav2Vec2Processor``, which ``AutoProcessor`` reads (without it, it gives the bare tokenizer).
 
-A gated checkpoint is exported as its slim model (deterministic masks, ``onnx_export.exportable_model``);
+A gated checkpoint is exported as its slim model (deterministic masks, ``slim_export.exportable_model``);
 a CTC model's ``blank_weight`` is folded into the output layer (its ``add`` mode into the blank's bias, its
 ``set`` mode as a blank row of weight 0 and bias ``blank_weight``). A distillation model's prediction heads
 are for training only: its encoder is exported. A classifier is refused (transformers has no class for
@@ -49,10 +49,10 @@ from typing import Any, Dict, Iterator, Tuple
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
-from ..core.spec import EncoderSpec
-from .hf_import import AUDIO, CONFIG, DELIMITER, FAIRSEQ_SPECIALS, PREPROCESSOR, TOKENIZER_DEFAULTS, VOCAB
 from ..plugin.models import registry
 from ..plugin.models.base import HJPruneModel
+from .hf_format import AUDIO, DELIMITER, FAIRSEQ_SPECIALS, PREPROCESSOR, TOKENIZER_DEFAULTS, VOCAB, exported_name
+from .slim_export import exportable_model
 
 logger = logging.getLogger(__name__)
 
@@ -71,19 +71,6 @@ ARCHITECTURES = {"ctc": "HJPruneForCTC", "distill": "HJPruneModel"}
 AUTO_MAP = {"AutoConfig": "configuration_hjprune.HJPruneConfig", "AutoModel": "modeling_hjprune.HJPruneModel"}
 CTC_AUTO_MAP = {"AutoModelForCTC": "modeling_hjprune.HJPruneForCTC"}
 MODEL_TYPE = "hjprune_wav2vec2"  # configuration_hjprune.HJPruneConfig.model_type
-# The positional convolution's weight-norm pair: (its name in the encoder, in the exported weights). The exported
-# names are modeling_hjprune.WeightNormPositionalConv's (transformers renames keys holding weight_g / weight_v).
-POS_CONV_NAMES = (("pos_conv.weight_g", "pos_conv.g"), ("pos_conv.weight_v.", "pos_conv.v."))
-
-
-def exported_name(name: str, back: bool = False) -> str:
-    """The key of the encoder's state-dict entry ``name`` in the exported weights (:data:`POS_CONV_NAMES`), or,
-    ``back``, the encoder's key of an exported one."""
-    for ours, exported in POS_CONV_NAMES:
-        old, new = (exported, ours) if back else (ours, exported)
-        if name.startswith(old):
-            return new + name[len(old):]
-    return name
 
 
 def shipped_files() -> Dict[str, str]:
@@ -111,14 +98,12 @@ def shipped_code() -> Iterator[Tuple[Any, Any]]:
 
 # ---- output layer and vocabulary --------------------------------------------------------------------
 def ctc_output_layer(model: HJPruneModel) -> Dict[str, torch.Tensor]:
-    """The CTC output layer with ``blank_weight`` folded in: {"weight": (V, d), "bias": (V,)}; the blank is row 0."""
+    """The CTC output layer with ``blank_weight`` folded in (the model's ``blank_rule``, the blank's logit being its
+    row's weight times the features plus its bias): {"weight": (V, d), "bias": (V,)}; the blank is row 0."""
     weight, bias = model.proj.weight.detach().clone(), model.proj.bias.detach().clone()
-    blank_weight, mode = float(model.cfg.blank_weight), str(model.cfg.blank_mode)
-    if blank_weight != 0:
-        if mode == "add":
-            bias[0] += blank_weight
-        else:  # "set": the blank's logit is blank_weight on every frame
-            weight[0], bias[0] = 0.0, blank_weight
+    scale, shift = model.blank_rule()
+    weight[0] *= scale
+    bias[0] = bias[0] * scale + shift
     return {"weight": weight, "bias": bias}
 
 
@@ -189,8 +174,6 @@ def hf_config(config_class: type, model: HJPruneModel, arch: registry.Arch, chec
 
 
 def _exportable(checkpoint: str) -> Tuple[HJPruneModel, registry.Arch]:
-    from .onnx_export import exportable_model
-
     model, arch = exportable_model(checkpoint)
     if arch.head not in ARCHITECTURES:
         raise ValueError(f"{checkpoint}: {arch.name} has a {arch.head} head, which the Hugging Face export does not "
@@ -252,29 +235,3 @@ def export_hf(checkpoint: str, out: str, overwrite: bool = False) -> Dict[str, A
             "params": sum(p.numel() for p in hf.parameters()), "files": files}
 
 
-# ---- reading an export back (hf_import) -----------------------------------------------------------
-def exported_encoder_state(config: Dict[str, Any], weights: Dict[str, torch.Tensor], folder: str
-                           ) -> Tuple[EncoderSpec, Dict[str, torch.Tensor]]:
-    """(spec, state dict of :class:`~.core.encoder.Wav2Vec2Encoder`) of a folder :func:`export_hf` wrote, from its
-    ``config.json`` and weights (``encoder.*``; ``lm_head.*`` is the CTC head, read by ``hf_import``); ``folder``
-    is named in errors. Every encoder weight must be there with its shape, and no other weight."""
-    from ..core.encoder import Wav2Vec2Encoder
-
-    try:
-        spec = EncoderSpec.from_dict(dict(config["encoder_spec"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{os.path.join(folder, CONFIG)}: no valid encoder_spec ({e}); expected the config.json "
-                         "hjprune-export --hf writes") from e
-    state: Dict[str, torch.Tensor] = {}
-    for key, value in weights.items():
-        if key.startswith("encoder."):
-            state[exported_name(key[len("encoder."):], back=True)] = value
-        elif not key.startswith("lm_head."):
-            raise ValueError(f"{folder}: the weights hold {key!r} (expected only encoder.* and lm_head.*)")
-    try:
-        Wav2Vec2Encoder(spec).load_state_dict(state)  # strict: names and shapes
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[:2]
-        raise ValueError(f"{folder}: the weights do not fit the encoder config.json describes "
-                         f"({' '.join(line.strip() for line in first)})") from e
-    return spec, state

@@ -37,20 +37,18 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from hjprune_manifests.audio import SAMPLE_RATE
 
 from ..core.spec import EncoderSpec
 from ..plugin.fairseq_import import ImportedCheckpoint, pos_conv_state, weight_norm_pair
+from .hf_format import (AUDIO, CONFIG, DELIMITER, FAIRSEQ_SPECIALS, PREPROCESSOR, PREPROCESSOR_DEFAULTS,
+                        TOKENIZER_DEFAULTS, VOCAB, exported_encoder_state, exported_reference_spec)
 
 logger = logging.getLogger(__name__)
 
-CONFIG = "config.json"
-PREPROCESSOR = "preprocessor_config.json"
 # transformers 5's ProcessorMixin.save_pretrained writes one processor_config.json with each sub-processor's
 # settings nested under its attribute name; AutoFeatureExtractor looks under these keys, in this order, first.
 PROCESSOR = "processor_config.json"
 NESTED_FEATURE_EXTRACTOR = ("feature_extractor", "audio_processor")
-VOCAB = "vocab.json"
 TOKENIZER_FILES = ("special_tokens_map.json", "tokenizer_config.json")  # later ones win
 ADDED_TOKENS = "added_tokens.json"  # older tokenizers' tokens beyond vocab.json
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # each may be sharded: NAME.index.json
@@ -90,19 +88,6 @@ DEFAULTS: Dict[str, Any] = {
     "use_weighted_layer_sum": False, "pad_token_id": 0, "num_buckets": 320, "max_bucket_distance": 800,
 }
 EXTRACTOR_MODES = {"group": "default", "layer": "layer_norm"}  # feat_extract_norm -> EncoderSpec.extractor_mode
-# Wav2Vec2CTCTokenizer's and Wav2Vec2FeatureExtractor's defaults (checked by the same test).
-TOKENIZER_DEFAULTS: Dict[str, Any] = {
-    "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-    "word_delimiter_token": "|", "replace_word_delimiter_char": " ", "do_lower_case": False,
-}
-PREPROCESSOR_DEFAULTS: Dict[str, Any] = {"do_normalize": True, "sampling_rate": 16000, "padding_value": 0.0,
-                                         "feature_size": 1}
-# fairseq's specials -> the tokenizer field naming the transformers token of their output row. CTC's blank
-# is fairseq's <s> (index 0) and transformers' pad token: the two swap, and <pad> with <s>, as transformers'
-# own conversion of fairseq checkpoints swaps them (convert_wav2vec2_original_pytorch_checkpoint_to_pytorch.py).
-FAIRSEQ_SPECIALS = {"<s>": "pad_token", "<pad>": "bos_token", "</s>": "eos_token", "<unk>": "unk_token"}
-AUDIO = {"sampling_rate": SAMPLE_RATE, "padding_value": 0.0, "feature_size": 1}  # what fairseq's audio datasets give
-DELIMITER = "|"  # the word delimiter of fairseq's letter targets (post_process=letter makes it a space)
 NEVER_WINS = -1.0e4  # bias of an output row without a token: far below any logit, and finite in fp16
 
 
@@ -247,8 +232,6 @@ def hf_encoder_state(config: Dict[str, Any], weights: Dict[str, torch.Tensor], f
     from ..core.encoder import Wav2Vec2Encoder
 
     if architecture(config, folder)[1] == "hjprune":
-        from .hf_export import exported_encoder_state
-
         return exported_encoder_state(config, weights, folder)
     spec = hf_spec(config, folder)
     _, family, ctc = architecture(config, folder)
@@ -493,13 +476,17 @@ def read_hf(folder: str, normalize: Optional[bool] = None) -> ImportedCheckpoint
     """A transformers model folder as an :class:`ImportedCheckpoint` (kind ``huggingface``): the encoder,
     and for a CTC model its output layer in fairseq's order, with ``model_cfg["target_dictionary"]``
     (``{"path": vocab.json, "symbols": [...]}``) the fairseq dictionary it indexes; ``model_cfg["hf_config"]``
-    is ``config.json``. ``normalize``: see :func:`read_normalize`."""
+    is ``config.json``, ``model_cfg["reference_spec"]`` the dense ancestor's spec of a folder ``hjprune-export --hf``
+    wrote. ``normalize``: see :func:`read_normalize`."""
     config = read_config(folder)
     arch, _, ctc = architecture(config, folder)
     norm = read_normalize(folder, normalize)
     weights = load_weights(folder)
     spec, state = hf_encoder_state(config, weights, folder)
     model_cfg: Dict[str, Any] = {"hf_config": config}
+    reference = exported_reference_spec(config, folder)
+    if reference is not None:  # an export of this project: its dense ancestor stays the reference
+        model_cfg["reference_spec"] = reference
     head = None
     if ctc:
         if "lm_head.weight" not in weights or "lm_head.bias" not in weights:

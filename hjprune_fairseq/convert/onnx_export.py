@@ -2,7 +2,7 @@
 
 Any checkpoint ``checkpoints.load_model`` reads can be exported: a dense (fine-tuned) model, a slim
 one, a PARP one, or a gated one, whose deterministic 0/1 masks are folded in by removing the pruned
-units first (``checkpoints.slim_checkpoint``: the graph is that of its slim model). The graph:
+units first (``slim_export.slim_checkpoint``: the graph is that of its slim model). The graph:
 
 - inputs ``source`` (B, S) float32 waveform and ``padding_mask`` (B, S) bool, True at padding (every
   sample False for an unpadded batch); audio normalised as the model was trained (metadata
@@ -53,14 +53,11 @@ import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 from hjprune_manifests.data_checks import receptive_field
 from hjprune_manifests.output_dir import write_atomically
-from omegaconf import OmegaConf
 from torch import nn
 
-from ..plugin.checkpoints import arch_of, check_output_path, model_from_state, slim_checkpoint
 from ..core.spec import EncoderSpec
-from ..plugin.fairseq_import import load_state
-from ..plugin.models import registry
 from ..plugin.models.base import HJPruneModel
+from .slim_export import check_output_path, exportable_model
 
 OPSET = 18  # the opset torch's exporter builds in (LayerNormalization is an ONNX op from 17)
 INPUTS = ("source", "padding_mask")
@@ -320,20 +317,6 @@ def session(path: str, threads: int = 0, spinning: bool = True):
 def run(sess, source: torch.Tensor, padding_mask: torch.Tensor) -> List[np.ndarray]:
     """Outputs of an onnxruntime session for one batch."""
     return sess.run(None, {"source": source.numpy(), "padding_mask": padding_mask.numpy()})
-
-
-# ---- checkpoints --------------------------------------------------------------------------------
-def exportable_model(path: str) -> Tuple[HJPruneModel, registry.Arch]:
-    """The model of checkpoint ``path`` as it is exported: a gated model with gates becomes its slim
-    model (deterministic masks folded in by removing the pruned units); any other as it is."""
-    state = load_state(path)
-    model = model_from_state(state, path)
-    arch = registry.get(arch_of(state))
-    if model.gates is not None:
-        slim = slim_checkpoint(state, model, path)[0]
-        slim["cfg"] = OmegaConf.create(slim["cfg"])  # as fairseq's loader gives it
-        model, arch = model_from_state(slim, path), arch.slim
-    return model, arch
 
 
 def compare(reference: Sequence[torch.Tensor], outputs: Sequence[np.ndarray],

@@ -13,7 +13,7 @@ Everything but the network is fairseq-generate's own path through this plugin:
   (``decoding.GreedyCTCGenerator``: best class per frame, repeats merged, the blank, index 0, dropped), and
   references and hypotheses become text as fairseq-generate's ``T-`` / ``D-`` lines (fairseq's
   ``Dictionary.string`` with ``post_process``: ``letter`` joins the letters and prints ``|`` as a space);
-- WER is fairseq's own scorer (``--scoring wer``, through ``demo.scores.score``).
+- WER is fairseq's own scorer (``--scoring wer``, through ``plugin.scoring.score``).
 
 An ONNX graph must be hjprune-export's CTC graph (inputs ``source``, ``padding_mask``; outputs ``logits``,
 ``frame_padding_mask``; metadata ``normalize``, ``sample_rate`` and ``min_samples``) with as many outputs as the
@@ -37,7 +37,7 @@ from hjprune_manifests.labels import write_lines
 from omegaconf import OmegaConf
 
 from ..plugin.decoding import GreedyCTCGenerator
-from ..tools.demo.scores import parse_generate, score
+from ..plugin.scoring import parse_generate, score
 from ..plugin.tasks.hjprune_audio import HJPruneAudioFinetuningConfig, HJPruneAudioFinetuningTask
 
 KINDS = ("onnx", "hf")
@@ -125,8 +125,8 @@ class HfCtc(ExportedCtc):
     kind = "hf"
 
     def __init__(self, folder: str):
-        from . import hf_import
         from ..plugin.compat import import_transformers
+        from . import hf_import
 
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{folder}: Hugging Face folder not found")

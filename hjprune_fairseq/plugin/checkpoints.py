@@ -1,19 +1,14 @@
-"""Load this plugin's checkpoints without a task; write the slim checkpoint of a gated one, and an imported
-(hf_import) encoder as a dense one; one writer of the fairseq checkpoint format for both (:func:`write_checkpoint`)."""
+"""Load this plugin's checkpoints without a task, and write them: the one writer of the fairseq checkpoint format
+(:func:`write_checkpoint`), for slim checkpoints (convert.slim_export) and imported encoders (convert.hf_import)."""
 
 from __future__ import annotations
 
-import copy
-import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 from hjprune_manifests.output_dir import write_atomically
 from omegaconf import OmegaConf
 
-from ..core.gate_state import GateMasks
-from ..core.slim import slim_encoder, slim_head
-from ..core.spec import EncoderSpec
 from .fairseq_import import ImportedCheckpoint, load_state
 from .models import registry
 from .models.base import HJPruneModel
@@ -50,63 +45,6 @@ def load_model(path: str) -> Tuple[HJPruneModel, Dict[str, Any]]:
     return model_from_state(state, path), state
 
 
-def check_output_path(input_path: str, output_path: str, overwrite: bool) -> None:
-    """Refuse an output that is the input (also through a symlink or hard link), or an existing file
-    without ``overwrite``."""
-    if os.path.realpath(input_path) == os.path.realpath(output_path) or (  # symlinks, hard links
-            os.path.exists(input_path) and os.path.exists(output_path) and os.path.samefile(input_path, output_path)):
-        raise ValueError(f"{output_path}: output would overwrite the input checkpoint")
-    if os.path.exists(output_path) and not overwrite:
-        raise FileExistsError(f"{output_path}: already exists (pass --overwrite to replace it)")
-
-
-def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_no_gates: bool = False) -> Dict[str, Any]:
-    """Write the physically pruned model of ``gated_path`` (deterministic masks) to ``slim_path``; a
-    model without gates (e.g. a fine-tuned one) is refused unless ``allow_no_gates`` (a dense copy)."""
-    check_output_path(gated_path, slim_path, overwrite)
-    state = load_state(gated_path)
-    arch = registry.find(arch_of(state))
-    if arch is None or arch.kind != "gated":
-        raise ValueError(f"{gated_path}: architecture {arch_of(state)!r} has no gates to export "
-                         f"(expected one of {registry.names(kind='gated')})")
-    model = model_from_state(state, gated_path)
-    if model.gates is None and not allow_no_gates:
-        raise ValueError(f"{gated_path}: has no gates (every model.prune_* is false, e.g. a fine-tuned model), so "
-                         "nothing would be removed; export the checkpoint of a prune stage (checkpoint_last.pt), "
-                         "or pass --allow-no-gates for a dense copy")
-    out, spec, masks = slim_checkpoint(state, model, gated_path)
-    write_atomically(slim_path, lambda tmp: torch.save(out, tmp))
-    return {"spec": spec, "masks": masks}
-
-
-def slim_checkpoint(state: Dict[str, Any], model: HJPruneModel, path: str) -> Tuple[Dict[str, Any], EncoderSpec, GateMasks]:
-    """The slim checkpoint (the dict ``torch.save`` writes), its spec and the masks applied, of ``model``:
-    a gated model rebuilt from the checkpoint ``state`` read from ``path``, with its deterministic masks
-    (every unit kept where it has no gates: a dense copy in the slim format)."""
-    arch = registry.get(arch_of(state))
-    masks = model.gates.deterministic() if model.gates is not None else model.gate_masks()
-    with torch.no_grad():
-        spec, enc = slim_encoder(model.spec, model.encoder.state_dict(), masks, source=path)
-        if arch.head == "distill":  # one prediction head per distilled layer
-            output = {f"heads.{i}.{k}": v for i, h in enumerate(model.heads)
-                      for k, v in slim_head(h.state_dict(), masks).items()}
-        else:
-            output = {f"proj.{k}": v for k, v in slim_head(model.proj.state_dict(), masks).items()}
-    model_cfg = OmegaConf.to_container(state["cfg"]["model"], resolve=False, enum_to_str=True)
-    for k in arch.gate_fields:
-        model_cfg.pop(k, None)
-    model_cfg["_name"] = arch.slim_name
-    model_cfg["encoder_spec"] = spec.to_dict()
-    model_cfg["reference_spec"] = model.reference_spec.to_dict()
-    cfg = OmegaConf.to_container(state["cfg"], resolve=False, enum_to_str=True)
-    cfg["model"] = model_cfg
-    weights = {f"encoder.{k}": v for k, v in enc.items()}
-    weights.update(output)
-    out = checkpoint_dict(cfg, weights, {"hjprune_exported_from": os.path.abspath(path)},
-                          copy.deepcopy(state.get("task_state", {})))
-    return out, spec, masks
-
-
 def checkpoint_dict(cfg: Dict[str, Any], weights: Dict[str, torch.Tensor], extra_state: Dict[str, Any],
                     task_state: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """What fairseq's trainer saves (``cfg`` with its model and task sections, the ``model`` weights,
@@ -139,7 +77,8 @@ IMPORTED_TASK = "hjprune_audio_finetuning"
 
 def save_imported(ckpt: ImportedCheckpoint, path: str, data: str, target_dictionary: Optional[Dict[str, Any]],
                   extra_state: Dict[str, Any]) -> str:
-    """Write an imported encoder as a dense ``hjprune_slim_ctc`` checkpoint; returns that name.
+    """Write an imported encoder as an ``hjprune_slim_ctc`` checkpoint (dense; or, from a folder ``hjprune-export --hf``
+    wrote, slim against the dense ancestor it records, ``ckpt.model_cfg["reference_spec"]``); returns that name.
 
     With an output layer (``ckpt.head_state``), ``target_dictionary`` ({path, symbols}) is the dictionary
     it indexes, recorded as the task records it; without one, the output layer has no symbols (0 rows),
@@ -151,7 +90,8 @@ def save_imported(ckpt: ImportedCheckpoint, path: str, data: str, target_diction
     arch = registry.get(IMPORTED_ARCH)
     normalize = bool(ckpt.normalize)
     model_cfg = OmegaConf.to_container(OmegaConf.structured(arch.config_class(normalize=normalize)), enum_to_str=True)
-    model_cfg.update(_name=arch.name, encoder_spec=ckpt.spec.to_dict(), reference_spec=ckpt.spec.to_dict(),
+    reference = ckpt.model_cfg.get("reference_spec") or ckpt.spec.to_dict()  # an export's dense ancestor, or itself
+    model_cfg.update(_name=arch.name, encoder_spec=ckpt.spec.to_dict(), reference_spec=reference,
                      target_dictionary=target_dictionary)
     d = ckpt.spec.embed_dim
     head = ckpt.head_state or {"weight": torch.zeros(0, d), "bias": torch.zeros(0)}

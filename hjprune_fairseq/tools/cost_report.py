@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from ..plugin.checkpoints import arch_of, model_from_state
 from ..core import cost_model
 from ..core.parp import zero_count
 from ..core.presets import PRESETS
+from ..plugin.checkpoints import arch_of, model_from_state
 from ..plugin.fairseq_import import load_state, read_checkpoint
 from ..plugin.models import registry
 
@@ -39,7 +39,8 @@ def describe(source: str, seconds: float) -> Dict[str, Any]:
             r["expected"] = {k: expected[k] for k in EXPECTED_KEYS}
         else:
             r = cost_model.report(model.spec, None, seconds, vocab, ref, arch.per_frame)
-            r["kind"] = "dense" if arch.kind == "gated" else "slim"
+            # slim: smaller than its reference (the dense ancestor); a dense model in the slim format (an import) is dense
+            r["kind"] = "slim" if arch.kind != "gated" and model.spec != ref else "dense"
         if arch.kind == "parp":
             # Unstructured zeros: the structure (and so the MACs of dense kernels) is unchanged.
             zeros, _ = zero_count(model.encoder)

@@ -23,8 +23,8 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Dict, List, Sequence
 
-from ..plugin.config_sets import USER_DIR, config_set_dir
 from ..core.measures import MEASURES
+from ..plugin.config_sets import USER_DIR, config_set_dir
 from .stages import console_script, run_stage
 
 logger = logging.getLogger(__name__)

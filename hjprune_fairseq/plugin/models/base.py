@@ -23,11 +23,11 @@ from hjprune_manifests import data_checks
 from omegaconf import II, open_dict
 from torch import nn
 
-from .. import compat
 from ...core.encoder import MaskingOptions, Wav2Vec2Encoder, _linear
 from ...core.gate_state import GateMasks
 from ...core.gates import EncoderGates
 from ...core.spec import EncoderSpec
+from .. import compat
 from ..fairseq_import import ImportedCheckpoint, read_checkpoint
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ the same network with per-layer sizes and no gates (what ``hjprune-export`` writ
 ``hjprune_parp_ctc`` is the dense model fine-tuned with PARP's magnitude pruning (parp.py).
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from fairseq import utils
@@ -24,14 +24,19 @@ class CtcOutput:
         x = self.proj(self.final_dropout(x))
         return {"encoder_out": x.transpose(0, 1), "padding_mask": frame_pad}
 
+    def blank_rule(self) -> Tuple[float, float]:
+        """``blank_weight`` as an affine map of the blank's logit x -> scale * x + shift: ``add`` (1, w), ``set``
+        (0, w). The one rule, for decoding (:meth:`get_logits`) and for exports that fold it into the output layer
+        (``hf_export.ctc_output_layer``: the blank's weight row times scale, its bias times scale plus shift)."""
+        return (1.0 if self.cfg.blank_mode == "add" else 0.0), float(self.cfg.blank_weight)
+
     def get_logits(self, net_output: Dict[str, Any], normalize: bool = False) -> torch.Tensor:
-        """T x B x V logits; padded frames forced to blank (as fairseq's Wav2VecCtc)."""
+        """T x B x V logits, ``blank_weight`` applied (:meth:`blank_rule`); padded frames forced to blank (as
+        fairseq's Wav2VecCtc)."""
         logits = net_output["encoder_out"]
         if self.cfg.blank_weight != 0:
-            if self.cfg.blank_mode == "add":
-                logits[..., 0] += self.cfg.blank_weight
-            else:
-                logits[..., 0] = self.cfg.blank_weight
+            scale, shift = self.blank_rule()
+            logits[..., 0] = logits[..., 0] * scale + shift
         pad = net_output["padding_mask"]
         if pad is not None and pad.any():
             blank_only = torch.full((logits.size(-1),), float("-inf"), device=logits.device, dtype=logits.dtype)

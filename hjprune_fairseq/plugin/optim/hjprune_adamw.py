@@ -38,9 +38,9 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II, OmegaConf
 
-from .. import compat
 from ...core.hard_concrete import GATE_GROUP
 from ...core.sparsity import LAMBDA2_GROUP, LAMBDA_GROUP
+from .. import compat
 
 logger = logging.getLogger(__name__)
 compat.clip_only_what_the_optimizer_clips()  # FP16Optimizer would clip gates and multipliers too (quirk 17)

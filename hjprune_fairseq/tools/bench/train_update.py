@@ -12,8 +12,9 @@ the final fine-tuning stage's model) with fairseq's ``ctc`` criterion and ``adam
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
-import sys
 import tempfile
 from typing import Dict, Tuple
 
@@ -23,6 +24,8 @@ from hjprune_manifests.audio import SAMPLE_RATE
 from ...core.presets import PRESETS
 from ...core.spec import EncoderSpec
 from ..timing import median_times
+
+logger = logging.getLogger(__name__)
 
 VOCAB_SYMBOLS = list("ETAOINSHRDLUCMWFGYPBVKJXQZ'|")
 GOAL = 1.3  # a pruning update should cost at most GOAL x a stock one
@@ -127,10 +130,12 @@ def compare_updates(preset: str, mode: str, batch_size: int, seconds: float, rep
     """Median seconds of a stock (for WavLM: dense, see :func:`write_random`) and of a pruning update
     (sparsity ``mode``) from a random ``preset`` checkpoint on one random batch, with torch's current
     threads; their ratio and whether the goal is met."""
-    # fairseq's Wav2VecEncoder print()s the model while loading: keep stdout for the caller's output.
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
+    # fairseq's Wav2VecEncoder print()s the whole model while loading: to the debug log, not the user's terminal.
+    printed = io.StringIO()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(printed):
         w2v, baseline = write_random(PRESETS[preset], tmp)
         setups = {"stock": build(baseline, w2v, ""), "prune": build("prune", w2v, mode)}
+    logger.debug("fairseq printed while building the models:\n%s", printed.getvalue())
     sample = make_batch(batch_size, seconds, int(seconds * 12), len(VOCAB_SYMBOLS) + 4, 0)
 
     def step(i: int, setup) -> None:

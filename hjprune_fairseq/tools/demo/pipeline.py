@@ -29,14 +29,15 @@ from hjprune_manifests import output_dir
 from hjprune_manifests.audio import SAMPLE_RATE
 
 from ...plugin.config_sets import USER_DIR, config_set_dir
+from ...plugin.scoring import parse_generate, subset_scores
 from ..stages import console_script, run_stage
-from .scores import parse_generate, subset_scores
 
 logger = logging.getLogger(__name__)
 
 TOOL = "hjprune-demo"  # the name of its marker files, .hjprune-demo (output_dir)
 SCORING = {"asr": "wer", "slu": "hjprune_accuracy"}  # fairseq-generate --scoring, per task
 METRIC = {"asr": "wer", "slu": "accuracy"}  # the report's name of that score
+DECODER = {"asr": "greedy CTC", "slu": "the intent classifier's most probable intent"}  # how fairseq-generate decodes
 # fairseq-generate's batching, the same for every model. One utterance a batch: batched decoding pads,
 # and the padded zeros reach the first conv layer's GroupNorm (it normalises over time, as stock
 # wav2vec2-base), so a hypothesis would depend on its batch neighbours.
@@ -245,8 +246,8 @@ class Demo:
 
     def parp_point(self, finetuned: str, params: int) -> Dict:
         """PARP from the fine-tuned model, its sparsity set for ``params`` nonzero encoder weights."""
-        from ...plugin.checkpoints import load_model
         from ...core.parp import prunable_weights
+        from ...plugin.checkpoints import load_model
 
         model, _ = load_model(finetuned)
         dense = sum(p.numel() for p in model.encoder.parameters())

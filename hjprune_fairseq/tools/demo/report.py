@@ -7,7 +7,7 @@ from typing import Dict, List, Optional
 
 from hjprune_manifests import output_dir
 
-from .pipeline import DECODING, METRIC, TOOL, Budget
+from .pipeline import DECODER, DECODING, METRIC, TOOL, Budget
 
 DOMAIN = ("The corpus is speech synthesised by eSpeak NG only: these figures show the pipeline's mechanics and "
           "the relative cost of pruning, not accuracy on real speech (models trained on it fail on other voices "
@@ -91,7 +91,7 @@ def markdown(task: str, metric: str, models: List[Dict], timings: Dict[str, floa
           f"Synthetic eSpeak NG corpus: {budget.train} train / {budget.valid} valid / {budget.test} test utterances; the test "
           f"voices ({', '.join(voices)}) and rates are other eSpeak NG voices, unseen in training; 'seen' / 'unseen' "
           "split the test sentences by whether they occur in training. Every model is decoded the same way: "
-          f"fairseq-generate, greedy CTC, `{' '.join(DECODING)}` (no padding, so no hypothesis depends on its batch).", "",
+          f"fairseq-generate, {DECODER[task]}, `{' '.join(DECODING)}` (no padding, so no hypothesis depends on its batch).", "",
           f"| model | mode | GMACs | params | MACs sparsity | {name} | seen | unseen | latency s | speed-up |",
           "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
           f"{name} per test voice:", "", "| model | " + " | ".join(voices) + " |",
