@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from hjprune_manifests.cli import USER_ERRORS, run_cli
 
@@ -41,10 +41,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace SLIM, OUT.onnx and the earlier --hf DIR if they exist")
     p.add_argument("--allow-no-gates", action="store_true",
                    help="export a checkpoint without gates too (a dense copy in the slim format; refused otherwise)")
+    p.add_argument("--budget", metavar="Q=F[,Q=F]",
+                   help="export at this budget instead of the run's: a fraction removed per quantity of one sparsity "
+                        "measure, e.g. macs=0.5, size=0.3, cnn=0.3,transformer=0.5 (sep_size); the deterministic "
+                        "masks are moved in log_alpha order until it is met within 0.5 points")
+    p.add_argument("--align", type=int, default=1, metavar="N",
+                   help="keep a multiple of N of every CNN layer's channels, every layer's FFN units, the hidden dims "
+                        "and (fine-grained heads) every head's query/key and value/output dims, within the budget")
+    p.add_argument("--as-trained", action="store_true",
+                   help="export the deterministic masks as they are (round of each row's expected L0), not the budget")
     p.add_argument("--seconds", type=float, default=10.0, help="virtual input length of the printed cost")
     a = p.parse_args(argv)
     if a.int8 and not a.onnx:
         p.error("--int8 needs --onnx OUT.onnx")
+    if a.as_trained and (a.budget or a.align != 1):
+        p.error("--as-trained keeps the trained masks: it takes no --budget or --align")
+    if a.align < 1:
+        p.error(f"--align must be a positive number of units, got {a.align}")
+    budget = _budget(p, a.budget) if a.budget else None
     from ..convert.slim_export import check_output_path, export_slim
     from ..tools.cost_report import describe
 
@@ -64,12 +78,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             check_output(a.hf, a.overwrite)  # the extra is there, and DIR may be written, before anything is written
         r = {"gated": a.gated}
         if a.slim is not None:
-            export_slim(a.gated, a.slim, overwrite=a.overwrite, allow_no_gates=a.allow_no_gates)
-            before, after = describe(a.gated, a.seconds), describe(a.slim, a.seconds)
+            info = export_slim(a.gated, a.slim, overwrite=a.overwrite, allow_no_gates=a.allow_no_gates, budget=budget,
+                               align=a.align, as_trained=a.as_trained)
+            fitted = info["budget"]
+            r["budget"] = fitted.summary() if fitted is not None else info["note"]
+            before, after = describe(a.gated, a.seconds, as_trained=True), describe(a.slim, a.seconds)
             r.update({
                 "slim": a.slim,
                 "params": after["params"], "gmacs": after["gmacs"],
                 "size_sparsity": after["size_sparsity"], "macs_sparsity": after["macs_sparsity"],
+                # the gated model under its deterministic masks, before any budget fit
                 "gated_size_sparsity": before["size_sparsity"], "gated_macs_sparsity": before["macs_sparsity"],
                 "layers": after["layers"],
             })
@@ -85,6 +103,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     return run_cli("hjprune-export", go, USER_ERRORS + (ImportError,))
+
+
+def _budget(p: argparse.ArgumentParser, text: str) -> Dict[str, float]:
+    """``macs=0.5`` or ``cnn=0.3,transformer=0.5`` -> {quantity: fraction}; a bad one is a usage error."""
+    out: Dict[str, float] = {}
+    for part in text.split(","):
+        name, eq, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            p.error(f"--budget: expected QUANTITY=FRACTION[,QUANTITY=FRACTION], got {part!r}")
+        if not eq or not name.strip() or not 0.0 <= out[name.strip()] < 1.0:
+            p.error(f"--budget: expected QUANTITY=FRACTION with FRACTION in [0, 1), got {part!r}")
+    return out
 
 
 if __name__ == "__main__":

@@ -1,23 +1,35 @@
-"""The slim checkpoint of a gated one: its deterministic masks applied, the pruned units removed physically
-(``core.slim``), written as the slim architecture the registry names (``hjprune-export``)."""
+"""The slim checkpoint of a gated one: its masks applied, the pruned units removed physically (``core.slim``),
+written as the slim architecture the registry names (``hjprune-export``).
+
+The masks meet the run's budget exactly (``core.budget``: the deterministic masks moved in log_alpha order
+until the sparsity is within 0.5 points of the target; a ladder rung's checkpoint at its rung), or a budget
+given; ``as_trained``: the deterministic masks as they are. A checkpoint that records no budget (no criterion
+config, e.g. written by a script) is exported as trained, with a log line saying so.
+"""
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from hjprune_manifests.output_dir import write_atomically
 from omegaconf import OmegaConf
 
+from ..core.budget import BudgetResult, fit_budget, measure_sparsity
 from ..core.gate_state import GateMasks
+from ..core.measures import MEASURES
 from ..core.slim import slim_encoder, slim_head
 from ..core.spec import EncoderSpec
 from ..plugin.checkpoints import arch_of, checkpoint_dict, model_from_state
 from ..plugin.fairseq_import import load_state
 from ..plugin.models import registry
 from ..plugin.models.base import HJPruneModel
+from ..plugin.run_budget import run_budget
+
+logger = logging.getLogger(__name__)
 
 
 def check_output_path(input_path: str, output_path: str, overwrite: bool) -> None:
@@ -30,9 +42,57 @@ def check_output_path(input_path: str, output_path: str, overwrite: bool) -> Non
         raise FileExistsError(f"{output_path}: already exists (pass --overwrite to replace it)")
 
 
-def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_no_gates: bool = False) -> Dict[str, Any]:
-    """Write the physically pruned model of ``gated_path`` (deterministic masks) to ``slim_path``; a
-    model without gates (e.g. a fine-tuned one) is refused unless ``allow_no_gates`` (a dense copy)."""
+def measure_of(quantities) -> str:
+    """The measure of the registry whose quantities are ``quantities`` (``macs``; ``cnn`` and ``transformer``)."""
+    found = [m.name for m in MEASURES.values() if set(m.quantities) == set(quantities)]
+    if not found:
+        raise ValueError(f"budget {sorted(quantities)}: no sparsity measure constrains exactly these (expected the "
+                         f"quantities of one of {[list(m.quantities) for m in MEASURES.values()]})")
+    return found[0]
+
+
+def export_masks(state: Dict[str, Any], model: HJPruneModel, path: str, budget: Optional[Dict[str, float]] = None,
+                 align: int = 1, as_trained: bool = False) -> Tuple[GateMasks, Optional[BudgetResult], str]:
+    """The masks ``model`` (rebuilt from the checkpoint ``state`` read from ``path``) is exported with, the
+    budget fit that made them (None: as trained) and a line saying which. ``budget``: {quantity: fraction}
+    instead of the run's."""
+    if model.gates is None:
+        return model.gate_masks(), None, "no gates: every unit kept"
+    if as_trained:
+        if align != 1 or budget is not None:
+            raise ValueError(f"{path}: --as-trained keeps the trained masks; it takes no --budget or --align")
+        return model.gates.deterministic(), None, "as trained (deterministic masks), as asked"
+    run = run_budget(state, path)
+    seconds = run.seconds if run is not None else 10.0
+    if budget is not None:
+        mode, targets = measure_of(budget), dict(budget)
+    elif run is not None:
+        mode, targets = run.mode, run.targets
+    else:
+        if align != 1:
+            raise ValueError(f"{path}: records no sparsity target (cfg.criterion.sparsity_mode) to align within; "
+                             "give one with --budget (e.g. --budget macs=0.5)")
+        note = "as trained (deterministic masks): the checkpoint records no sparsity target (cfg.criterion)"
+        logger.info("%s: %s", path, note)
+        return model.gates.deterministic(), None, note
+    measure = MEASURES[mode]
+    measure.check_cnn_gates(model.gates.conv is not None)
+    result = fit_budget(model.gates, measure, targets, measure_sparsity(measure, model.spec, seconds), align=align)
+    if not result.met:  # a small model's units are coarse: the closest structure, and a word
+        logger.warning("%s: the budget %s %s is not met within 0.5 points; the closest the units allow: %s "
+                       "(align %d)", path, mode, targets, result.delivered, align)
+    note = (f"budget {mode} {targets}: as trained {result.before}, delivered {result.delivered}; units added "
+            f"{result.added}, removed {result.removed}")
+    logger.info("%s: %s", path, note)
+    return result.masks, result, note
+
+
+def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_no_gates: bool = False,
+                budget: Optional[Dict[str, float]] = None, align: int = 1, as_trained: bool = False) -> Dict[str, Any]:
+    """Write the physically pruned model of ``gated_path`` to ``slim_path``, at the run's budget, at ``budget``
+    ({quantity: fraction} of a measure), or ``as_trained`` (see the module's docstring); ``align``: kept counts
+    in multiples of it. A model without gates (e.g. a fine-tuned one) is refused unless ``allow_no_gates`` (a
+    dense copy). Returns the slim spec, the masks, the budget fit (None: as trained) and a line saying which."""
     check_output_path(gated_path, slim_path, overwrite)
     state = load_state(gated_path)
     arch = registry.find(arch_of(state))
@@ -44,17 +104,21 @@ def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_
         raise ValueError(f"{gated_path}: has no gates (every model.prune_* is false, e.g. a fine-tuned model), so "
                          "nothing would be removed; export the checkpoint of a prune stage (checkpoint_last.pt), "
                          "or pass --allow-no-gates for a dense copy")
-    out, spec, masks = slim_checkpoint(state, model, gated_path)
+    masks, fitted, note = export_masks(state, model, gated_path, budget, align, as_trained)
+    out, spec, masks = slim_checkpoint(state, model, gated_path, masks)
     write_atomically(slim_path, lambda tmp: torch.save(out, tmp))
-    return {"spec": spec, "masks": masks}
+    return {"spec": spec, "masks": masks, "budget": fitted, "note": note}
 
 
-def slim_checkpoint(state: Dict[str, Any], model: HJPruneModel, path: str) -> Tuple[Dict[str, Any], EncoderSpec, GateMasks]:
+def slim_checkpoint(state: Dict[str, Any], model: HJPruneModel, path: str,
+                    masks: Optional[GateMasks] = None) -> Tuple[Dict[str, Any], EncoderSpec, GateMasks]:
     """The slim checkpoint (the dict ``torch.save`` writes), its spec and the masks applied, of ``model``:
-    a gated model rebuilt from the checkpoint ``state`` read from ``path``, with its deterministic masks
-    (every unit kept where it has no gates: a dense copy in the slim format)."""
+    a gated model rebuilt from the checkpoint ``state`` read from ``path``, with ``masks`` (default: those of
+    :func:`export_masks` at the run's budget; every unit kept where it has no gates: a dense copy in the slim
+    format)."""
     arch = registry.get(arch_of(state))
-    masks = model.gates.deterministic() if model.gates is not None else model.gate_masks()
+    if masks is None:
+        masks = export_masks(state, model, path)[0]
     with torch.no_grad():
         spec, enc = slim_encoder(model.spec, model.encoder.state_dict(), masks, source=path)
         if arch.head == "distill":  # one prediction head per distilled layer
@@ -79,7 +143,7 @@ def slim_checkpoint(state: Dict[str, Any], model: HJPruneModel, path: str) -> Tu
 
 def exportable_model(path: str) -> Tuple[HJPruneModel, registry.Arch]:
     """The model of checkpoint ``path`` as it is exported: a gated model with gates becomes its slim
-    model (deterministic masks folded in by removing the pruned units); any other as it is."""
+    model (its masks at the run's budget folded in by removing the pruned units); any other as it is."""
     state = load_state(path)
     model = model_from_state(state, path)
     arch = registry.get(arch_of(state))

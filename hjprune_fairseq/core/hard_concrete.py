@@ -57,7 +57,8 @@ def sample(log_alpha: torch.Tensor, beta: float = BETA, l: float = LIMIT_L, r: f
 
 def deterministic_mask(log_alpha: torch.Tensor, beta: float = BETA, l: float = LIMIT_L, r: float = LIMIT_R) -> torch.Tensor:
     """0/1 mask keeping, in each row (last dim), the round(expected L0) units with largest log_alpha."""
-    rows = log_alpha.detach().reshape(-1, log_alpha.shape[-1])
+    # Explicit row count: a block with no unit (a slim layer without heads, re-pruned) has empty rows.
+    rows = log_alpha.detach().reshape(math.prod(log_alpha.shape[:-1]), log_alpha.shape[-1])
     kept = keep_prob(rows, beta, l, r).sum(-1).round().long()
     order = rows.argsort(dim=-1, descending=True)
     rank = torch.empty_like(order)

@@ -11,7 +11,7 @@ the check of the model's CNN gates all follow from the entry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
 Fractions = Dict[str, Any]  # {quantity: fraction removed}, tensors when differentiable
@@ -21,13 +21,16 @@ Fractions = Dict[str, Any]  # {quantity: fraction removed}, tensors when differe
 class SparsityMeasure:
     """``quantities``: the names of what it constrains (one target each; a measure of one quantity
     is named after it). ``cnn_gates``: True if the model's CNN must be gated, False if it must not
-    be, None if either; ``why`` completes the error message when it is not."""
+    be, None if either; ``why`` completes the error message when it is not. ``budget_groups``: for a
+    measure of several quantities, the gate groups that fit each quantity's budget at export
+    (``core/budget.py``), fitted in the order of ``quantities``; empty: every group."""
 
     name: str
     fn: Callable[[Any, Any], Fractions]
     quantities: Tuple[str, ...]
     cnn_gates: Optional[bool] = None
     why: str = ""
+    budget_groups: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
     def __call__(self, expected, dense) -> Fractions:
         return self.fn(expected, dense)
@@ -41,12 +44,12 @@ MEASURES: Dict[str, SparsityMeasure] = {}
 
 
 def sparsity_measure(name: str, quantities: Optional[Tuple[str, ...]] = None, cnn_gates: Optional[bool] = None,
-                     why: str = "") -> Callable:
+                     why: str = "", budget_groups: Optional[Dict[str, Tuple[str, ...]]] = None) -> Callable:
     """Register ``fn(expected, dense) -> {quantity: fraction removed}`` as the measure ``name``."""
     def register(fn: Callable[[Any, Any], Fractions]) -> Callable:
         if name in MEASURES:
             raise ValueError(f"sparsity measure {name!r} is registered twice")
-        MEASURES[name] = SparsityMeasure(name, fn, tuple(quantities or (name,)), cnn_gates, why)
+        MEASURES[name] = SparsityMeasure(name, fn, tuple(quantities or (name,)), cnn_gates, why, dict(budget_groups or {}))
         return fn
     return register
 
@@ -68,7 +71,8 @@ def macs(expected, dense) -> Fractions:
 
 
 @sparsity_measure("sep_size", quantities=("cnn", "transformer"), cnn_gates=True,
-                  why="constrains the CNN: set model.prune_conv=true")
+                  why="constrains the CNN: set model.prune_conv=true",
+                  budget_groups={"cnn": ("conv",), "transformer": ("heads", "ffn", "hidden", "qk", "vo")})
 def sep_size(expected, dense) -> Fractions:
     """CNN and Transformer parameters, each with its own target (Eq. 9)."""
     return {"cnn": removed(expected.params["cnn"], dense.params["cnn"]),

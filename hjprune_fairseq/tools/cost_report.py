@@ -1,15 +1,16 @@
 """Cost report of a preset or a checkpoint: parameters and MACs from the project's cost model
 (core/cost_model.py), per component and per layer. Used by hjprune-cost, hjprune-export and the demo.
 
-Gated checkpoints are measured with their deterministic evaluation masks (what hjprune-export keeps),
-with the expected cost under the gates' keep probabilities alongside; slim, PARP and stock fairseq
-checkpoints exactly.
+Gated checkpoints are measured with the masks hjprune-export keeps (at the run's budget, or the
+deterministic masks as trained when it records none or ``as_trained``), with the expected cost under the
+gates' keep probabilities alongside; slim, PARP and stock fairseq checkpoints exactly.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict
 
+from ..convert.slim_export import export_masks
 from ..core import cost_model
 from ..core.parp import zero_count
 from ..core.presets import PRESETS
@@ -20,8 +21,9 @@ from ..plugin.models import registry
 EXPECTED_KEYS = ("encoder_gmacs", "size_sparsity", "macs_sparsity", "cnn_size_sparsity", "transformer_size_sparsity")
 
 
-def describe(source: str, seconds: float) -> Dict[str, Any]:
-    """Cost report of a preset name or a checkpoint path, at ``seconds`` of input (for MACs)."""
+def describe(source: str, seconds: float, as_trained: bool = False) -> Dict[str, Any]:
+    """Cost report of a preset name or a checkpoint path, at ``seconds`` of input (for MACs); a gated one under
+    its exported masks (``as_trained``: its deterministic masks)."""
     if source in PRESETS:
         r = cost_model.report(PRESETS[source], None, seconds)
         r.update(source=source, kind="preset")
@@ -33,8 +35,9 @@ def describe(source: str, seconds: float) -> Dict[str, Any]:
         vocab = 0 if arch.head == "distill" else model.proj.out_features  # distillation heads are training-only
         ref = model.reference_spec
         if model.gates is not None:
-            r = cost_model.report(model.spec, model.gates.deterministic(), seconds, vocab, ref, arch.per_frame)
-            r["kind"] = "gated (deterministic masks)"
+            masks, fitted, _ = (model.gates.deterministic(), None, "") if as_trained else export_masks(state, model, source)
+            r = cost_model.report(model.spec, masks, seconds, vocab, ref, arch.per_frame)
+            r["kind"] = "gated (deterministic masks)" if fitted is None else "gated (masks at the run's budget, as exported)"
             expected = cost_model.report(model.spec, model.gates.keep_probs(), seconds, vocab, ref, arch.per_frame)
             r["expected"] = {k: expected[k] for k in EXPECTED_KEYS}
         else:

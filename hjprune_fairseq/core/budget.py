@@ -1,0 +1,223 @@
+"""Exact budgets: the 0/1 masks of a gated encoder that meet sparsity targets, from the gates' ranking.
+
+The deterministic rule (``hard_concrete.deterministic_mask``) keeps round(sum P(z != 0)) units of every
+row, ranked by log_alpha; the sparsity of those masks is near the run's target but not at it (a demo's
+``macs_40`` exported at 0.428). :func:`fit_budget` starts from those masks and moves units, in log_alpha
+order, closest to the decision first, until every target is met as closely as the units allow:
+
+- too little sparsity: remove kept units, smallest log_alpha first;
+- too much: add back pruned units, largest log_alpha first.
+
+Every row keeps its units of largest log_alpha (a mask is a kept count per row), so a state is one count
+per row. Sparsity never decreases as units are removed, so the number of moves is found by bisection over
+the sorted list (a few cost evaluations). Of the two prefixes around the target the closer one is taken
+(on a tie, the one with fewer moves: never more than needed).
+
+``align=N``: every aligned row (a CNN layer's channels, a layer's FFN units, the hidden dim, a head's
+query/key or value/output dims) keeps a multiple of N units (or all of them); the moves are then blocks of
+N units of a row, scored by their mean log_alpha (a row's blocks stay in rank order). CNN layers and the
+hidden dim keep at least N (at least one unit without alignment): an empty one cannot be exported.
+
+A measure of several quantities is fitted one quantity at a time, each with the gate groups its
+measure's entry gives (``SparsityMeasure.budget_groups``: sep_size fits ``cnn`` with the conv gates
+first, then ``transformer`` with the others).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import cost_model
+from .gate_state import GateMasks
+from .gates import GROUPS, EncoderGates
+from .hard_concrete import keep_prob
+from .measures import SparsityMeasure
+from .spec import EncoderSpec
+
+Sparsity = Callable[[GateMasks], Dict[str, float]]
+TOLERANCE = 0.005  # 0.5 points absolute: what "meets the budget" means
+ALIGNED = ("conv", "ffn", "hidden", "qk", "vo")  # rows whose kept count --align rounds (not the head count)
+AT_LEAST_ONE = ("conv", "hidden")  # an empty CNN layer or hidden size cannot be exported
+
+
+@dataclass
+class _Row:
+    group: str
+    block: int
+    row: int
+    order: torch.Tensor  # unit indices, largest log_alpha first
+    sorted_alpha: torch.Tensor  # log_alpha in that order
+    low: int  # fewest units the row may keep
+    allowed: List[int]  # kept counts the row may have, ascending
+
+
+@dataclass
+class BudgetResult:
+    """The fitted masks, the sparsity before (deterministic masks) and after, and the units moved per group."""
+
+    masks: GateMasks
+    targets: Dict[str, float]
+    before: Dict[str, float]
+    delivered: Dict[str, float]
+    added: Dict[str, int] = field(default_factory=dict)
+    removed: Dict[str, int] = field(default_factory=dict)
+    align: int = 1
+
+    @property
+    def met(self) -> bool:
+        return all(abs(self.delivered[q] - t) <= TOLERANCE + 1e-12 for q, t in self.targets.items())
+
+    def summary(self) -> Dict:
+        return {"targets": self.targets, "as_trained": self.before, "delivered": self.delivered,
+                "added": self.added, "removed": self.removed, "align": self.align}
+
+
+def measure_sparsity(measure: SparsityMeasure, spec: EncoderSpec, seconds: float,
+                     reference: Optional[EncoderSpec] = None) -> Sparsity:
+    """``masks -> {quantity: fraction removed}`` of ``measure`` at ``seconds``, against ``reference`` (default:
+    ``spec``, as the training constraint measures it)."""
+    dense = cost_model.cost(reference or spec, None, seconds)
+
+    def sparsity(masks: GateMasks) -> Dict[str, float]:
+        return {q: cost_model.to_float(v) for q, v in measure(cost_model.cost(spec, masks, seconds), dense).items()}
+
+    return sparsity
+
+
+def _blocks(gates: EncoderGates, group: str) -> List[torch.Tensor]:
+    g = getattr(gates, group)
+    if g is None:
+        return []
+    return [g.log_alpha] if group == "hidden" else [m.log_alpha for m in g]
+
+
+def _rows_of(alpha: torch.Tensor) -> torch.Tensor:
+    """(rows, units) view of a gate block; a block with no unit has one empty row per leading index."""
+    return alpha.detach().reshape(math.prod(alpha.shape[:-1]), alpha.shape[-1])
+
+
+def _allowed(size: int, low: int, align: int) -> List[int]:
+    counts = set(range(0, size + 1, align)) | {size}
+    return sorted(c for c in counts if c >= min(low, size))
+
+
+def _rows(gates: EncoderGates, groups: Sequence[str], align: int) -> List[_Row]:
+    rows = []
+    for group in groups:
+        for b, alpha in enumerate(_blocks(gates, group)):
+            for r, a in enumerate(_rows_of(alpha).float()):
+                order = a.argsort(descending=True, stable=True)
+                n = int(a.numel())
+                step = align if group in ALIGNED else 1
+                low = step if group in AT_LEAST_ONE else 0
+                rows.append(_Row(group, b, r, order, a[order], low, _allowed(n, low, step)))
+    return rows
+
+
+def _nearest(allowed: List[int], k: int) -> int:
+    return min(allowed, key=lambda c: (abs(c - k), c))
+
+
+def _as_trained(rows: List[_Row]) -> List[int]:
+    """Kept count per row of the deterministic rule: round(expected L0), as ``hard_concrete.deterministic_mask``."""
+    return [int(keep_prob(row.sorted_alpha).sum().round()) if row.sorted_alpha.numel() else 0 for row in rows]
+
+
+def _masks(gates: EncoderGates, rows: List[_Row], counts: List[int]) -> GateMasks:
+    built: Dict[str, List[torch.Tensor]] = {}
+    for group in GROUPS:
+        built[group] = [torch.zeros_like(_rows_of(a)) for a in _blocks(gates, group)]
+    for row, k in zip(rows, counts):
+        built[row.group][row.block][row.row, row.order[:k]] = 1.0
+    for group in GROUPS:
+        built[group] = [m.reshape(a.shape).to(a.dtype) for m, a in zip(built[group], _blocks(gates, group))]
+    return GateMasks(**{g: (None if getattr(gates, g) is None else (built[g][0] if g == "hidden" else built[g]))
+                        for g in GROUPS})
+
+
+def _moves(rows: List[_Row], counts: List[int], which: List[int], remove: bool) -> List[Tuple[int, int]]:
+    """(row index, count after the move), in the order they are made: removal from the smallest log_alpha,
+    addition from the largest; a row's moves keep their order (their scores are made monotone)."""
+    scored = []
+    for i in which:
+        row, k = rows[i], counts[i]
+        steps = [c for c in row.allowed if c < k][::-1] if remove else [c for c in row.allowed if c > k]
+        prev, best = k, None
+        for c in steps:
+            lo, hi = (c, prev) if remove else (prev, c)
+            score = float(row.sorted_alpha[lo:hi].mean())
+            best = score if best is None else (max(best, score) if remove else min(best, score))
+            scored.append((best if remove else -best, len(scored), i, c))
+            prev = c
+    scored.sort()
+    return [(i, c) for _, _, i, c in scored]
+
+
+def _apply(counts: List[int], moves: List[Tuple[int, int]], n: int) -> List[int]:
+    out = list(counts)
+    for i, c in moves[:n]:
+        out[i] = c
+    return out
+
+
+def _fit_one(gates, rows, counts, which, quantity: str, target: float, sparsity: Sparsity) -> List[int]:
+    s0 = sparsity(_masks(gates, rows, counts))[quantity]
+    if s0 == target:
+        return counts
+    remove = s0 < target
+    moves = _moves(rows, counts, which, remove)
+
+    def s(n: int) -> float:
+        return sparsity(_masks(gates, rows, _apply(counts, moves, n)))[quantity]
+
+    def past(v: float) -> bool:  # the target is reached (or passed) after these moves
+        return v >= target if remove else v <= target
+
+    lo, hi = 0, len(moves)  # past(s(lo)) is False; find the fewest moves that reach the target
+    s_hi = s(hi)
+    if not past(s_hi):
+        return _apply(counts, moves, hi)  # as close as the units allow
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        v = s(mid)
+        if past(v):
+            hi, s_hi = mid, v
+        else:
+            lo = mid
+    s_lo = s(lo)
+    n = hi if abs(s_hi - target) < abs(s_lo - target) else lo
+    return _apply(counts, moves, n)
+
+
+def fit_budget(gates: EncoderGates, measure: SparsityMeasure, targets: Dict[str, float], sparsity: Sparsity,
+               align: int = 1) -> BudgetResult:
+    """Masks of ``gates`` whose ``sparsity`` meets ``targets`` ({quantity of ``measure``: fraction}) as closely as
+    the units allow (see the module's docstring); ``align``: kept counts in multiples of it."""
+    if align < 1:
+        raise ValueError(f"align must be a positive number of units, got {align}")
+    if set(targets) != set(measure.quantities):
+        raise ValueError(f"sparsity_mode={measure.name} constrains {list(measure.quantities)}, "
+                         f"got targets for {sorted(targets)}")
+    for q, t in targets.items():
+        if not 0.0 <= t < 1.0:
+            raise ValueError(f"budget for {q} must be in [0, 1), got {t}")
+    groups = [g for g in GROUPS if getattr(gates, g) is not None]
+    rows = _rows(gates, groups, align)
+    start = _as_trained(rows)
+    before = sparsity(_masks(gates, rows, start))
+    counts = [_nearest(row.allowed, k) for row, k in zip(rows, start)]  # aligned, CNN layers and hidden not empty
+    for q in measure.quantities:
+        allowed_groups = measure.budget_groups.get(q, GROUPS) if measure.budget_groups else GROUPS
+        which = [i for i, r in enumerate(rows) if r.group in allowed_groups]
+        counts = _fit_one(gates, rows, counts, which, q, targets[q], sparsity)
+    masks = _masks(gates, rows, counts)
+    added = {g: 0 for g in groups}
+    removed = {g: 0 for g in groups}
+    for row, a, b in zip(rows, start, counts):
+        added[row.group] += max(0, b - a)
+        removed[row.group] += max(0, a - b)
+    return BudgetResult(masks, dict(targets), before, sparsity(masks), added, removed, align)
