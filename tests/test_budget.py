@@ -174,3 +174,21 @@ def test_export_cli_meets_the_runs_target_by_default_and_as_trained_on_request(m
     assert "no sparsity measure constrains" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         export_cli.main([run, str(tmp_path / "f.pt"), "--budget", "macs=1.5"])
+
+
+def test_logged_mask_sparsity_is_what_export_gives(model, tmp_path):
+    from omegaconf import OmegaConf
+
+    from hjprune_fairseq.plugin.criterions.sparsity_config import SparsityConfig, constraint_from_config
+
+    hidden_far_from_decision(model)
+    c = constraint_from_config(OmegaConf.structured(SparsityConfig(
+        sparsity_mode="size", target_sparsity=0.35, sparsity_warmup_updates=10, macs_seconds=SECONDS)))
+    _, logs = c(model.eval(), 3)  # in the warm-up: still the final target's masks
+    path = with_criterion(save_like_trainer(model, tmp_path / "run.pt"), sparsity_mode="size", target_sparsity=0.35,
+                          macs_seconds=SECONDS)
+    r = export_slim(path, str(tmp_path / "slim.pt"))["budget"]
+    assert logs["mask_sparsity"] == pytest.approx(r.delivered["size"], abs=1e-12)
+    assert abs(logs["mask_sparsity"] - 0.35) <= TOLERANCE
+    assert logs["trained_mask_sparsity"] == pytest.approx(r.before["size"], abs=1e-12)
+    assert abs(logs["trained_mask_sparsity"] - 0.35) > TOLERANCE

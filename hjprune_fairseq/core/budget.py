@@ -51,8 +51,19 @@ class _Row:
     row: int
     order: torch.Tensor  # unit indices, largest log_alpha first
     sorted_alpha: torch.Tensor  # log_alpha in that order
-    low: int  # fewest units the row may keep
-    allowed: List[int]  # kept counts the row may have, ascending
+    allowed: torch.Tensor  # the kept counts the row may have, ascending
+
+    def nearest(self, k: int) -> int:
+        """The allowed count nearest ``k`` (the smaller one on a tie)."""
+        return int(self.allowed[(self.allowed - k).abs().argmin()])  # argmin: the first, i.e. smaller, of equals
+
+
+def _allowed(n: int, low: int, step: int) -> torch.Tensor:
+    """Multiples of ``step`` and ``n`` itself, from ``low`` (or ``n`` if fewer) to ``n``."""
+    counts = list(range(0, n + 1, step))
+    if counts[-1] != n:
+        counts.append(n)
+    return torch.tensor([c for c in counts if c >= min(low, n)])
 
 
 @dataclass
@@ -100,26 +111,16 @@ def _rows_of(alpha: torch.Tensor) -> torch.Tensor:
     return alpha.detach().reshape(math.prod(alpha.shape[:-1]), alpha.shape[-1])
 
 
-def _allowed(size: int, low: int, align: int) -> List[int]:
-    counts = set(range(0, size + 1, align)) | {size}
-    return sorted(c for c in counts if c >= min(low, size))
-
-
 def _rows(gates: EncoderGates, groups: Sequence[str], align: int) -> List[_Row]:
     rows = []
     for group in groups:
         for b, alpha in enumerate(_blocks(gates, group)):
             for r, a in enumerate(_rows_of(alpha).float()):
                 order = a.argsort(descending=True, stable=True)
-                n = int(a.numel())
                 step = align if group in ALIGNED else 1
                 low = step if group in AT_LEAST_ONE else 0
-                rows.append(_Row(group, b, r, order, a[order], low, _allowed(n, low, step)))
+                rows.append(_Row(group, b, r, order, a[order], _allowed(int(a.numel()), low, step)))
     return rows
-
-
-def _nearest(allowed: List[int], k: int) -> int:
-    return min(allowed, key=lambda c: (abs(c - k), c))
 
 
 def _as_trained(rows: List[_Row]) -> List[int]:
@@ -139,29 +140,45 @@ def _masks(gates: EncoderGates, rows: List[_Row], counts: List[int]) -> GateMask
                         for g in GROUPS})
 
 
-def _moves(rows: List[_Row], counts: List[int], which: List[int], remove: bool) -> List[Tuple[int, int]]:
-    """(row index, count after the move), in the order they are made: removal from the smallest log_alpha,
-    addition from the largest; a row's moves keep their order (their scores are made monotone)."""
-    scored = []
+@dataclass
+class _Moves:
+    """The moves in the order they are made: ``row[j]`` is the row of the j-th; ``steps[i]`` the counts row i
+    goes through, in its order."""
+
+    row: torch.Tensor
+    steps: Dict[int, List[int]]
+
+    def __len__(self) -> int:
+        return int(self.row.numel())
+
+    def apply(self, counts: List[int], n: int) -> List[int]:
+        """The counts after the first ``n`` moves."""
+        made = torch.bincount(self.row[:n], minlength=len(counts)).tolist()
+        return [self.steps[i][m - 1] if m else c for i, (c, m) in enumerate(zip(counts, made))]
+
+
+def _moves(rows: List[_Row], counts: List[int], which: List[int], remove: bool) -> _Moves:
+    """Removal from the smallest log_alpha, addition from the largest; a row's moves keep their order (their
+    scores are made monotone)."""
+    scores, row_ids, steps = [], [], {}
     for i in which:
         row, k = rows[i], counts[i]
-        steps = [c for c in row.allowed if c < k][::-1] if remove else [c for c in row.allowed if c > k]
-        prev, best = k, None
-        for c in steps:
-            lo, hi = (c, prev) if remove else (prev, c)
-            score = float(row.sorted_alpha[lo:hi].mean())
-            best = score if best is None else (max(best, score) if remove else min(best, score))
-            scored.append((best if remove else -best, len(scored), i, c))
-            prev = c
-    scored.sort()
-    return [(i, c) for _, _, i, c in scored]
-
-
-def _apply(counts: List[int], moves: List[Tuple[int, int]], n: int) -> List[int]:
-    out = list(counts)
-    for i, c in moves[:n]:
-        out[i] = c
-    return out
+        allowed = row.allowed
+        step = allowed[allowed < k].flip(0) if remove else allowed[allowed > k]
+        if step.numel() == 0:
+            continue
+        bounds = torch.cat([torch.tensor([k]), step])
+        csum = torch.cat([torch.zeros(1, dtype=torch.float64), row.sorted_alpha.double().cumsum(0)])
+        lo, hi = torch.minimum(bounds[:-1], bounds[1:]), torch.maximum(bounds[:-1], bounds[1:])
+        mean = (csum[hi] - csum[lo]) / (hi - lo)  # mean log_alpha of each move's units
+        # removal: smallest first, so a row's later (higher) blocks may not score below its earlier ones
+        scores.append(mean.cummax(0).values if remove else -mean.cummin(0).values)
+        row_ids.append(torch.full((step.numel(),), i))
+        steps[i] = step.tolist()
+    if not scores:
+        return _Moves(torch.zeros(0, dtype=torch.long), {})
+    order = torch.sort(torch.cat(scores), stable=True).indices  # stable: a row's equal scores keep their order
+    return _Moves(torch.cat(row_ids)[order], steps)
 
 
 def _fit_one(gates, rows, counts, which, quantity: str, target: float, sparsity: Sparsity) -> List[int]:
@@ -172,25 +189,23 @@ def _fit_one(gates, rows, counts, which, quantity: str, target: float, sparsity:
     moves = _moves(rows, counts, which, remove)
 
     def s(n: int) -> float:
-        return sparsity(_masks(gates, rows, _apply(counts, moves, n)))[quantity]
+        return sparsity(_masks(gates, rows, moves.apply(counts, n)))[quantity]
 
     def past(v: float) -> bool:  # the target is reached (or passed) after these moves
         return v >= target if remove else v <= target
 
     lo, hi = 0, len(moves)  # past(s(lo)) is False; find the fewest moves that reach the target
-    s_hi = s(hi)
+    s_lo, s_hi = s0, s(hi)
     if not past(s_hi):
-        return _apply(counts, moves, hi)  # as close as the units allow
+        return moves.apply(counts, hi)  # as close as the units allow
     while hi - lo > 1:
         mid = (lo + hi) // 2
         v = s(mid)
         if past(v):
             hi, s_hi = mid, v
         else:
-            lo = mid
-    s_lo = s(lo)
-    n = hi if abs(s_hi - target) < abs(s_lo - target) else lo
-    return _apply(counts, moves, n)
+            lo, s_lo = mid, v
+    return moves.apply(counts, hi if abs(s_hi - target) < abs(s_lo - target) else lo)
 
 
 def fit_budget(gates: EncoderGates, measure: SparsityMeasure, targets: Dict[str, float], sparsity: Sparsity,
@@ -209,7 +224,7 @@ def fit_budget(gates: EncoderGates, measure: SparsityMeasure, targets: Dict[str,
     rows = _rows(gates, groups, align)
     start = _as_trained(rows)
     before = sparsity(_masks(gates, rows, start))
-    counts = [_nearest(row.allowed, k) for row, k in zip(rows, start)]  # aligned, CNN layers and hidden not empty
+    counts = [row.nearest(k) for row, k in zip(rows, start)]  # aligned, CNN layers and hidden not empty
     for q in measure.quantities:
         allowed_groups = measure.budget_groups.get(q, GROUPS) if measure.budget_groups else GROUPS
         which = [i for i, r in enumerate(rows) if r.group in allowed_groups]
