@@ -10,6 +10,7 @@ from hjprune_fairseq.core import cost_model
 from hjprune_fairseq.core.budget import TOLERANCE, fit_budget, measure_sparsity
 from hjprune_fairseq.core.gates import GROUPS
 from hjprune_fairseq.core.measures import MEASURES
+from hjprune_fairseq.core.sparsity import SparsityConstraint
 from hjprune_fairseq.plugin.checkpoints import load_model
 
 SECONDS = 4.0
@@ -192,3 +193,32 @@ def test_logged_mask_sparsity_is_what_export_gives(model, tmp_path):
     assert abs(logs["mask_sparsity"] - 0.35) <= TOLERANCE
     assert logs["trained_mask_sparsity"] == pytest.approx(r.before["size"], abs=1e-12)
     assert abs(logs["trained_mask_sparsity"] - 0.35) > TOLERANCE
+
+
+@pytest.mark.parametrize("head_dims", [False, True])
+def test_repruning_a_slim_model_with_a_layer_without_heads(w2v_pretrained, tmp_path, head_dims):
+    """Gates on a slim model whose layer 1 has no head: a gate block with no unit (it failed in HardConcrete((0,)))
+    through the encoder, the constraint, the budget fit and the second export."""
+    first = gated_model(w2v_pretrained)
+    randomize_gates(first)
+    with torch.no_grad():
+        first.gates.heads[1].log_alpha.fill_(-20.0)
+    export_slim(save_like_trainer(first, tmp_path / "gated.pt"), str(tmp_path / "slim.pt"))
+    again = gated_model(str(tmp_path / "slim.pt"), prune_head_dims=head_dims)  # gates on the slim model
+    assert again.spec.num_heads[1] == 0 and again.gates.heads[1].log_alpha.shape == (0,)
+    randomize_gates(again, seed=4)
+    source, pad = batch([16000, 12000], seed=5)
+    again.train()
+    again.get_logits(again(source=source, padding_mask=pad)).sum().backward()  # a training step's forward/backward
+    again.eval()
+    _, logs = SparsityConstraint("size", {"size": 0.3}, 0, SECONDS)(again, 0)
+    assert 0.0 < logs["mask_sparsity"] < 1.0
+    path = save_like_trainer(again, tmp_path / "again.pt")
+    r = export_slim(path, str(tmp_path / "slim2.pt"), budget={"size": 0.3})["budget"]
+    twice, _ = load_model(str(tmp_path / "slim2.pt"))
+    assert twice.spec.num_heads[1] == 0
+    again.gate_masks = lambda: r.masks
+    with torch.no_grad():
+        a = again.get_logits(again(source=source, padding_mask=pad))
+        b = twice.get_logits(twice(source=source, padding_mask=pad))
+    assert max_diff(a, b) <= 1e-4
