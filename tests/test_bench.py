@@ -56,3 +56,27 @@ def test_train_step_bench_updates_gates_and_multipliers(tmp_path):
     # Both multipliers move at once; the gates move with the task loss (the penalty is 0 while lambda is).
     assert all(not torch.equal(a, b) for a, b in zip(lambdas_before, criterion.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(gates_before, model.gates.parameters()))
+
+
+def test_latency_bench_reaches_high_budgets_and_times_an_aligned_model(capsys):
+    """--macs-sparsity 0.8 is met (the scaled pattern saturated below it), with an aligned model beside."""
+    assert bench.main(["--preset", "tiny", "--seconds", "1", "--repeats", "1", "--warmup", "0", "--json",
+                       "--macs-sparsity", "0.8", "--align", "8"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert 1 - 1 / r["mac_ratio"] == pytest.approx(0.8, abs=0.005)
+    al = r["aligned"]
+    assert 1 - 1 / al["mac_ratio"] == pytest.approx(0.8, abs=0.005)
+    assert al["speedup_vs_unaligned"] == pytest.approx(r["slim_latency_s"] / al["latency_s"])
+    s = al["structure"]
+    assert all(c % 8 == 0 for c in s["conv_channels"] + s["ffn_units"] + [s["hidden"]])
+    assert any(c % 8 for c in r["slim_structure"]["conv_channels"] + r["slim_structure"]["ffn_units"])
+
+
+def test_latency_bench_refuses_an_unreachable_budget_in_one_line(capsys):
+    # blocks of 100 units: this model's 128 channels and 192 hidden dims can keep only 100 or all
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--preset", "tiny", "--seconds", "1", "--repeats", "1", "--warmup", "0", "--macs-sparsity", "0.9",
+                    "--align", "100"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fewer MACs" in err

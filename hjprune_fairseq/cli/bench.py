@@ -1,4 +1,5 @@
-"""hjprune-bench: CPU latency of a dense encoder vs a slim one with about ``--macs-sparsity`` fewer MACs.
+"""hjprune-bench: CPU latency of a dense encoder vs a slim one with ``--macs-sparsity`` fewer MACs (within 0.5 points;
+``--align N``: also an aligned one at the same MACs).
 
 The comparison is ``hjprune_fairseq.tools.bench.latency`` (the slim structure follows paper Fig. 5; the
 models are timed alternately in one process).
@@ -31,6 +32,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--fine-grained", action="store_true",
                    help="also time a third model at the same MACs sparsity whose attention loses query/key and "
                         "value/output dims inside every head instead of whole heads (task-agnostic pruning)")
+    p.add_argument("--align", type=int, default=1, metavar="N",
+                   help="also time a model of the same pattern at the same MACs sparsity whose kept CNN channels, FFN "
+                        "units and hidden dims per layer are multiples of N (hjprune-export --align N), beside the "
+                        "unaligned one")
     p.add_argument("--onnx", action="store_true",
                    help=f"also time the models in onnxruntime (exported to ONNX; the slim one also int8) in the "
                         f"same run; goal there: speed-up >= {ONNX_GOAL} x MAC ratio (needs the onnx extra)")
@@ -38,12 +43,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     if not 0.0 < a.macs_sparsity < 1.0:
         p.error(f"--macs-sparsity must be in (0, 1), got {a.macs_sparsity}")
+    if a.align < 1:
+        p.error(f"--align must be a positive number of units, got {a.align}")
     apply_threads(a.threads)
     if a.onnx:
         from ..convert.onnx_export import import_onnx
 
         import_onnx()  # a one-line error without the extra, before the models are built
-    r = compare_latency(a.preset, a.macs_sparsity, a.seconds, a.seed, a.fine_grained, a.repeats, a.warmup, a.onnx)
+    try:
+        r = compare_latency(a.preset, a.macs_sparsity, a.seconds, a.seed, a.fine_grained, a.repeats, a.warmup, a.onnx,
+                            a.align)
+    except ValueError as e:  # a budget the pattern cannot reach: refused in one line
+        p.exit(2, f"hjprune-bench: error: {e}\n")
     if a.json:
         print(json.dumps(r, indent=2))
     else:
@@ -60,6 +71,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{f['speedup_over_mac_ratio']:.2f} (goal >= {GOAL}: {'met' if f['goal_met'] else 'NOT met'})")
             print(f"  {f['speedup_vs_whole_heads']:.2f}x the whole-head slim model's speed; attention calls per layer "
                   f"{f['attention_calls']}")
+        if a.align > 1:
+            al = r["aligned"]
+            print(f"aligned to {a.align}: {al['gmacs']:.2f} GMACs, {al['params']:,} params, {al['latency_s']:.3f} s; "
+                  f"speed-up {al['speedup']:.2f}x, MAC ratio {al['mac_ratio']:.2f}x, "
+                  f"{al['speedup_vs_unaligned']:.2f}x the unaligned slim model's speed")
         if a.onnx:
             o = r["onnx"]
             print(f"\n{'runtime':<24} {'dense s':>8} {'slim s':>8} {'speed-up':>9} {'/ MAC ratio':>12}")
@@ -68,6 +84,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                      o["speedup_over_mac_ratio"]),
                     ("onnxruntime, slim int8", o["dense_latency_s"], o["slim_int8_latency_s"], o["int8_speedup"],
                      o["int8_speedup_over_mac_ratio"])]
+            if a.align > 1:
+                al = r["aligned"]
+                rows[1:1] = [(f"PyTorch, aligned to {a.align}", r["dense_latency_s"], al["latency_s"], al["speedup"],
+                              al["speedup_over_mac_ratio"])]
+                rows.append((f"onnxruntime, aligned {a.align}", o["dense_latency_s"], o["aligned_latency_s"],
+                             o["aligned_speedup"], o["aligned_speedup_over_mac_ratio"]))
             if a.fine_grained:
                 f = r["fine_grained"]
                 rows[1:1] = [("PyTorch, thin heads", r["dense_latency_s"], f["latency_s"], f["speedup"],

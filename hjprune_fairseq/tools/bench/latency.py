@@ -2,8 +2,10 @@
 
 The slim structure follows the pattern HJ-Pruning-MAC learns (paper Fig. 5): early CNN layers (long
 sequences) lose the most channels, upper Transformer layers the most heads and FFN units, and the
-hidden size loses a few dims spread unevenly over the positional-conv groups. One knob scales the
-whole pattern; it is bisected until the cost model gives the requested MACs sparsity. The models are
+hidden size loses a few dims spread unevenly over the positional-conv groups. The pattern is a ranking
+of the units (gates' log_alpha, :func:`fig5_gates`) that export's budget rule (``core.budget``) cuts at
+the requested MACs sparsity, exactly (within 0.5 points), also past the point where the first rows are
+empty (the earlier scaled pattern saturated at 0.707 on wav2vec2-base), and with ``align`` in multiples. The models are
 timed in the same process, alternately, with the same threads; the median of ``repeats`` is kept.
 
 ``fine_grained`` adds a third model at the same MACs sparsity, pruned the task-agnostic way (Wang et
@@ -27,8 +29,11 @@ import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
 from ...core import cost_model
+from ...core.budget import TOLERANCE, fit_budget, measure_sparsity
 from ...core.encoder import Wav2Vec2Encoder
 from ...core.gate_state import GateMasks
+from ...core.gates import EncoderGates
+from ...core.measures import MEASURES
 from ...core.presets import PRESETS
 from ...core.spec import EncoderSpec
 from ..timing import median_times
@@ -37,55 +42,65 @@ GOAL = 0.85  # the slim model should reach speed-up >= GOAL x MAC ratio
 ONNX_GOAL = 0.9  # in onnxruntime: speed-up >= ONNX_GOAL x MAC ratio
 
 
-def _keep_top(n: int, frac: float, g: torch.Generator) -> torch.Tensor:
-    """A 0/1 mask keeping round(frac * n) units (at least one), chosen at random."""
-    k = max(1, min(n, int(round(frac * n))))
-    mask = torch.zeros(n)
-    mask[torch.randperm(n, generator=g)[:k]] = 1.0
-    return mask
+OPEN = 20.0  # log_alpha of the bench's gates above which the Fig. 5 rank starts: every unit kept at first
 
 
-def _keep_dims(heads: int, head_dim: int, frac: float, g: torch.Generator) -> torch.Tensor:
-    """A (heads, head_dim) 0/1 mask keeping round(frac * heads * head_dim) dims, at random over the layer."""
-    return _keep_top(heads * head_dim, frac, g).view(heads, head_dim)
+def _ranks(n: int, g: torch.Generator) -> torch.Tensor:
+    """A random order of ``n`` units as fractions in (0, 1): which units of a row go first."""
+    return (torch.randperm(n, generator=g).float() + 0.5) / max(1, n)
+
+
+def fig5_gates(spec: EncoderSpec, seed: int = 0, fine_grained: bool = False) -> EncoderGates:
+    """Gates whose log_alpha rank the units as Fig. 5 prunes them: unit u (a random fraction in its row) of a
+    row of weight w has log_alpha OPEN + u / w, so removing the units below OPEN + s prunes w * s of each row.
+
+    Weights: CNN from 0.9 (first layer) down to 0.3 (last); Transformer layers from 0.2 (bottom) up to 0.9
+    (top); hidden 0.15. ``fine_grained``: the attention's query/key and value/output dims are ranked over the
+    whole layer (so heads end up of uneven widths) and whole heads are not gated."""
+    g = torch.Generator().manual_seed(seed)
+    gates = EncoderGates(spec, heads=not fine_grained, head_dims=fine_grained)
+    n_conv, L = len(spec.conv_layers), spec.num_layers
+    conv_w = [0.9 - 0.6 * i / max(1, n_conv - 1) for i in range(n_conv)]
+    layer_w = [0.2 + 0.7 * i / max(1, L - 1) for i in range(L)]
+    with torch.no_grad():
+        for gate, w in zip(gates.conv, conv_w):
+            gate.log_alpha.copy_(OPEN + _ranks(gate.log_alpha.numel(), g) / w)
+        for group in ("heads", "ffn", "qk", "vo"):  # qk / vo: one (heads, head_dim) block per layer, ranked as one
+            for gate, w in zip(getattr(gates, group) or [], layer_w):
+                gate.log_alpha.copy_((OPEN + _ranks(gate.log_alpha.numel(), g) / w).view(gate.log_alpha.shape))
+        gates.hidden.log_alpha.copy_(OPEN + _ranks(spec.embed_dim, g) / 0.15)
+    return gates
 
 
 def fig5_masks(spec: EncoderSpec, strength: float, seed: int = 0, fine_grained: bool = False) -> GateMasks:
-    """0/1 masks shaped like Fig. 5; ``strength`` in [0, 1] scales how much is pruned.
+    """0/1 masks shaped like Fig. 5: ``strength`` * w of every row of weight w pruned (at least one unit kept)."""
+    gates = fig5_gates(spec, seed, fine_grained)
 
-    ``fine_grained``: the attention loses dims inside its heads (qk / vo masks) instead of whole heads.
-    """
-    g = torch.Generator().manual_seed(seed)
-    n_conv, L = len(spec.conv_layers), spec.num_layers
-    # Fraction pruned per group: CNN from 0.9*s (first layer) down to 0.3*s (last);
-    # Transformer from 0.2*s (bottom) up to 0.9*s (top); hidden 0.15*s.
-    conv = [_keep_top(c, 1 - strength * (0.9 - 0.6 * i / max(1, n_conv - 1)), g) for i, (c, _, _) in enumerate(spec.conv_layers)]
-    keep = [1 - strength * (0.2 + 0.7 * i / max(1, L - 1)) for i in range(L)]  # per Transformer layer
-    heads = [_keep_top(h, f, g) for h, f in zip(spec.num_heads, keep)]
-    ffn = [_keep_top(n, f, g) for n, f in zip(spec.ffn_dims, keep)]
-    hidden = _keep_top(spec.embed_dim, 1 - 0.15 * strength, g)
-    if not fine_grained:
-        return GateMasks(conv=conv, heads=heads, ffn=ffn, hidden=hidden)
-    qk = [_keep_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
-    vo = [_keep_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
-    return GateMasks(conv=conv, ffn=ffn, hidden=hidden, qk=qk, vo=vo)  # heads not gated: every head stays
+    def keep(a: torch.Tensor) -> torch.Tensor:
+        rows = a.detach().reshape(-1, a.shape[-1])
+        m = (rows >= OPEN + strength).float()
+        m[torch.arange(rows.shape[0]), rows.argmax(-1)] = 1.0
+        return m.view(a.shape)
+
+    return GateMasks(**{k: (None if v is None else (keep(v.log_alpha) if k == "hidden" else [keep(b.log_alpha) for b in v]))
+                        for k, v in ((k, getattr(gates, k)) for k in ("conv", "heads", "ffn", "hidden", "qk", "vo"))})
 
 
 def slim_spec_for(spec: EncoderSpec, macs_sparsity: float, seconds: float, seed: int = 0,
-                  fine_grained: bool = False) -> EncoderSpec:
-    """Bisect the Fig. 5 strength until the slim encoder has ``macs_sparsity`` fewer MACs."""
+                  fine_grained: bool = False, align: int = 1) -> EncoderSpec:
+    """The slim encoder with ``macs_sparsity`` fewer MACs (within 0.5 points): :func:`fig5_gates` fitted to it by
+    the export's budget rule (``core.budget``), kept counts in multiples of ``align``; ValueError if it cannot."""
     from ...core.slim import slim_encoder
 
-    dense = cost_model.to_float(cost_model.cost(spec, None, seconds).encoder_macs)
-    lo, hi = 0.0, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        masks = fig5_masks(spec, mid, seed, fine_grained)
-        s = 1 - cost_model.to_float(cost_model.cost(spec, masks, seconds).encoder_macs) / dense
-        lo, hi = (mid, hi) if s < macs_sparsity else (lo, mid)
-    masks = fig5_masks(spec, (lo + hi) / 2, seed, fine_grained)
+    measure = MEASURES["macs"]
+    gates = fig5_gates(spec, seed, fine_grained)
+    r = fit_budget(gates, measure, {"macs": macs_sparsity}, measure_sparsity(measure, spec, seconds), align=align)
+    if not r.met:
+        raise ValueError(f"--macs-sparsity {macs_sparsity:g}: the closest {'aligned ' if align > 1 else ''}structure "
+                         f"this pattern gives has {r.delivered['macs']:.3f} fewer MACs (expected within "
+                         f"{TOLERANCE} of the target)")
     state = Wav2Vec2Encoder(spec).state_dict()
-    return slim_encoder(spec, state, masks, source="bench")[0]
+    return slim_encoder(spec, state, r.masks, source="bench")[0]
 
 
 def onnx_contenders(models: Dict[str, Wav2Vec2Encoder], wav: torch.Tensor,
@@ -126,16 +141,19 @@ def speedups(dense_s: float, model_s: float, mac_ratio: float, goal: float) -> D
 
 
 def compare_latency(preset: str, macs_sparsity: float, seconds: float, seed: int = 0, fine_grained: bool = False,
-                    repeats: int = 7, warmup: int = 2, onnx: bool = False) -> Dict:
+                    repeats: int = 7, warmup: int = 2, onnx: bool = False, align: int = 1) -> Dict:
     """Time the dense ``preset`` encoder against its Fig. 5 slim counterpart (and the fine-grained one)
     on ``seconds`` of random audio with torch's current threads: latencies (s), GMACs, parameters,
     the speed-up, the MAC ratio, whether the goal is met, and the slim structure. ``onnx``: the same in
-    onnxruntime under ``"onnx"`` (and the slim model int8), timed in the same alternation."""
+    onnxruntime under ``"onnx"`` (and the slim model int8), timed in the same alternation. ``align`` > 1:
+    also the same pattern at the same MACs sparsity with kept counts in multiples of ``align``."""
     torch.manual_seed(seed)
     dense_spec = PRESETS[preset]
     specs = {"dense": dense_spec, "slim": slim_spec_for(dense_spec, macs_sparsity, seconds, seed)}
     if fine_grained:
         specs["fine_grained"] = slim_spec_for(dense_spec, macs_sparsity, seconds, seed, fine_grained=True)
+    if align > 1:
+        specs["aligned"] = slim_spec_for(dense_spec, macs_sparsity, seconds, seed, align=align)
     models = {k: Wav2Vec2Encoder(spec).eval() for k, spec in specs.items()}
     wav = torch.randn(1, int(seconds * SAMPLE_RATE))
     calls = {k: (lambda i, m=m: m(wav)) for k, m in models.items()}
@@ -175,6 +193,16 @@ def compare_latency(preset: str, macs_sparsity: float, seconds: float, seed: int
             "qk_dims": [sum(fine.head_qk(i)) for i in range(fine.num_layers)],
             "vo_dims": [sum(fine.head_vo(i)) for i in range(fine.num_layers)],
         }
+    if align > 1:
+        a = specs["aligned"]
+        a_ratio, a_speedup = gmacs["dense"] / gmacs["aligned"], lat["dense"] / lat["aligned"]
+        r["aligned"] = {
+            "align": align, "gmacs": gmacs["aligned"], "params": params["aligned"], "latency_s": lat["aligned"],
+            "speedup": a_speedup, "mac_ratio": a_ratio, "speedup_over_mac_ratio": a_speedup / a_ratio,
+            "goal_met": a_speedup >= GOAL * a_ratio, "speedup_vs_unaligned": lat["slim"] / lat["aligned"],
+            "structure": {"conv_channels": [c for c, _, _ in a.conv_layers], "heads": a.num_heads,
+                          "ffn_units": a.ffn_dims, "hidden": a.embed_dim},
+        }
     if onnx:
         import onnxruntime
 
@@ -187,6 +215,11 @@ def compare_latency(preset: str, macs_sparsity: float, seconds: float, seed: int
             f_ratio = gmacs["dense"] / gmacs["fine_grained"]
             o.update({f"fine_grained_{k}": v for k, v in speedups(lat["onnx_dense"], lat["onnx_fine_grained"], f_ratio,
                                                                   ONNX_GOAL).items()})
+        if align > 1:
+            a_ratio = gmacs["dense"] / gmacs["aligned"]
+            o.update({f"aligned_{k}": v for k, v in speedups(lat["onnx_dense"], lat["onnx_aligned"], a_ratio,
+                                                             ONNX_GOAL).items()})
+            o["aligned_speedup_vs_unaligned"] = lat["onnx_slim"] / lat["onnx_aligned"]
         o["pytorch_over_onnxruntime"] = {k: lat[k] / lat[f"onnx_{k}"] for k in specs}
         o.update(ort_check)
         r["onnx"] = o
