@@ -222,3 +222,12 @@ def test_repruning_a_slim_model_with_a_layer_without_heads(w2v_pretrained, tmp_p
         a = again.get_logits(again(source=source, padding_mask=pad))
         b = twice.get_logits(twice(source=source, padding_mask=pad))
     assert max_diff(a, b) <= 1e-4
+
+
+def test_ladder_schedule_ramps_to_each_rung_and_holds():
+    c = SparsityConstraint("macs", {"macs": 0.6}, 2, 10.0, ladder=[{"macs": 0.2}, {"macs": 0.4}, {"macs": 0.6}],
+                           hold_updates=2)
+    assert [round(float(c.target(n)), 6) for n in range(14)] == [
+        0.0, 0.1, 0.2, 0.2, 0.2, 0.3, 0.4, 0.4, 0.4, 0.5, 0.6, 0.6, 0.6, 0.6]
+    assert [c.rung_end(i) for i in range(3)] == [4, 8, 12]
+    assert c.rung_targets(4) == [0.2] and c.rung_targets(5) == [0.4] and c.rung_targets(100) == [0.6]

@@ -389,3 +389,27 @@ def test_fairseq_ranks_cannot_load_the_checkpoint_rank_0_broadcasts(tmp_path):
     expected = "hjprune_wav2vec_ctc [1.0, 1.0]"
     assert (tmp_path / "rank0.txt").read_text().splitlines() == [expected, expected]
     assert (tmp_path / "rank1.txt").read_text().splitlines() == ["UnpicklingError", expected]
+
+
+def test_budget_checkpoints_follow_fairseqs_save_and_loop():
+    """Quirk 19: the loop calls validate_and_save by its module name after every update, with these arguments;
+    checkpoint_utils.save_checkpoint builds the extra_state fairseq_extra_state copies; trainer.save_checkpoint
+    takes (filename, extra_state)."""
+    from fairseq import checkpoint_utils
+    from fairseq.trainer import Trainer
+    from fairseq_cli import train as fairseq_train
+
+    assert list(inspect.signature(fairseq_train.validate_and_save).parameters) == [
+        "cfg", "trainer", "task", "epoch_itr", "valid_subsets", "end_of_epoch"]
+    assert "valid_losses, should_stop = validate_and_save(" in inspect.getsource(fairseq_train.train)
+    save = inspect.getsource(checkpoint_utils.save_checkpoint)
+    for line in ('"train_iterator": epoch_itr.state_dict(),', '"val_loss": val_loss,',
+                 'extra_state = {**extra_state, **trainer.task.get_checkpoint_dict()}',
+                 'extra_state.update({"best": save_checkpoint.best})', 'trainer.save_checkpoint(checkpoints[0], extra_state)'):
+        assert line in save, line
+    assert save.count("extra_state[") == 0 and save.count("extra_state.update(") == 1  # nothing else goes in
+    assert list(inspect.signature(Trainer.save_checkpoint).parameters) == ["self", "filename", "extra_state"]
+    compat.save_budget_checkpoints()
+    compat.save_budget_checkpoints()  # idempotent
+    assert fairseq_train.validate_and_save.saves_budget_checkpoints
+    assert fairseq_train.validate_and_save.__wrapped__.__module__ == "fairseq_cli.train"

@@ -105,3 +105,54 @@ def test_two_processes_keep_gates_and_multipliers_identical(tmp_path, corpus, w2
         if k != "num_updates":
             assert torch.equal(r0[k], r1[k]), k
     assert r0["criterion.sparsity.lambda1"].abs().sum() > 0
+
+
+LADDER = {"criterion.target_sparsity": "[0.2,0.4,0.6]", "criterion.sparsity_warmup_updates": 2,
+          "+criterion.budget_hold_updates": 2, "lr_scheduler.phase_ratio": "null", "+lr_scheduler.warmup_steps": 3,
+          "+lr_scheduler.hold_steps": 3, "+lr_scheduler.decay_steps": 6}  # a rung: 2 updates of ramp, 2 of hold
+
+
+def test_budget_ladder_saves_each_rung_and_resumes_mid_hold(tmp_path, corpus, w2v_pretrained, capsys):
+    """A ladder 0.2/0.4/0.6 writes checkpoint_budget_0.20/0.40/0.60.pt at the end of each hold (updates 4, 8, 12),
+    each recording its budget, exported at it; stopped at update 7 (inside the 0.40 hold) and resumed, it ends as
+    the uninterrupted run."""
+    import json
+
+    from hjprune_fairseq.cli import export as export_cli
+    from hjprune_fairseq.plugin.run_budget import BUDGET_KEY
+
+    straight = tmp_path / "straight"
+    run(tmp_path, overrides(corpus, w2v_pretrained, straight, 12, **LADDER))
+    for t, n in (("0.20", 4), ("0.40", 8), ("0.60", 12)):
+        s = torch.load(straight / f"checkpoint_budget_{t}.pt", weights_only=False)
+        assert s["optimizer_history"][-1]["num_updates"] == n
+        assert s["extra_state"][BUDGET_KEY] == {"mode": "macs", "targets": {"macs": float(t)}, "seconds": 10.0}
+        assert "train_iterator" in s["extra_state"]  # fairseq's own extra_state: resumable from it
+    assert export_cli.main([str(straight / "checkpoint_budget_0.40.pt"), str(tmp_path / "slim40.pt")]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["budget"]["targets"] == {"macs": 0.4} and r["budget"]["delivered"]["macs"] < 0.6
+
+    resumed = tmp_path / "resumed"
+    run(tmp_path, overrides(corpus, w2v_pretrained, resumed, 7, **LADDER))
+    assert not (resumed / "checkpoint_budget_0.40.pt").exists()
+    run(tmp_path, overrides(corpus, w2v_pretrained, resumed, 12, **LADDER))  # picks up checkpoint_last.pt
+    for name in ("checkpoint_last.pt", "checkpoint_budget_0.40.pt", "checkpoint_budget_0.60.pt"):
+        (a, na), (b, nb) = pruning_state(straight / name), pruning_state(resumed / name)
+        assert na == nb and a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    assert a["criterion.sparsity.lambda1"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("ladder, message", [
+    ("[0.4,0.2]", "list of increasing numbers"), ("[0.2,1.0]", "list of increasing numbers"), ("[]", "list of"),
+])
+def test_bad_ladder_is_one_clear_error(ladder, message):
+    from omegaconf import OmegaConf
+
+    from hjprune_fairseq.plugin.criterions.sparsity_config import SparsityConfig, constraint_from_config
+
+    cfg = OmegaConf.structured(SparsityConfig(sparsity_mode="macs"))
+    cfg.target_sparsity = OmegaConf.create({"t": eval(ladder)}).t
+    with pytest.raises(ValueError, match=message):
+        constraint_from_config(cfg)

@@ -69,6 +69,14 @@ Each workaround has a test in ``tests/test_compat.py`` that fails loudly when th
    ``_broadcast_object_slow``), which refuses the ``DictConfig`` of the saved config: every rank but 0
    crashes. :func:`load_what_rank_0_broadcasts` reads what rank 0 sent (a checkpoint it loaded with the
    safe globals of quirk 1) with ``weights_only=False``.
+19. fairseq saves checkpoints at epoch ends and every ``save_interval_updates``, under names of its own; a
+   budget ladder needs one at the end of each rung's hold (``checkpoint_budget_0.40.pt``), at updates
+   fairseq knows nothing of, with the state fairseq's own checkpoints hold (so a run resumes from it).
+   :func:`save_budget_checkpoints` wraps ``fairseq_cli.train.validate_and_save`` (which the training loop
+   calls after every update): after it, the criterion is asked for a checkpoint at this update
+   (``budget_checkpoint``), written by ``trainer.save_checkpoint`` with the ``extra_state`` that
+   ``checkpoint_utils.save_checkpoint`` builds (:func:`fairseq_extra_state`) plus the rung's budget.
+   Installed by a criterion with a ladder (importing ``fairseq_cli.train`` costs every other use 0.3 s).
 """
 
 from __future__ import annotations
@@ -452,3 +460,45 @@ def load_what_rank_0_broadcasts() -> None:
 
     _broadcast_object_slow.loads_what_rank_0_sent = True
     distributed_utils._broadcast_object_slow = _broadcast_object_slow
+
+
+def fairseq_extra_state(trainer, epoch_itr, val_loss) -> dict:
+    """The ``extra_state`` that ``checkpoint_utils.save_checkpoint`` gives ``trainer.save_checkpoint`` (quirk 19):
+    the data iterator's position, the validation loss, the task's checkpoint dict and the best loss so far."""
+    from fairseq import checkpoint_utils
+
+    extra_state = {"train_iterator": epoch_itr.state_dict(), "val_loss": val_loss}
+    if hasattr(trainer.task, "get_checkpoint_dict"):
+        extra_state = {**extra_state, **trainer.task.get_checkpoint_dict()}
+    if hasattr(checkpoint_utils.save_checkpoint, "best"):
+        extra_state.update({"best": checkpoint_utils.save_checkpoint.best})
+    return extra_state
+
+
+def save_budget_checkpoints() -> None:
+    """Save the checkpoint the criterion asks for after an update (quirk 19; idempotent): its
+    ``budget_checkpoint(num_updates)`` returns None or (file name, entries added to extra_state)."""
+    import os
+
+    from fairseq_cli import train as fairseq_train
+
+    original = fairseq_train.validate_and_save
+    if getattr(original, "saves_budget_checkpoints", False):
+        return
+
+    @functools.wraps(original)
+    def validate_and_save(cfg, trainer, task, epoch_itr, valid_subsets, end_of_epoch):
+        valid_losses, should_stop = original(cfg, trainer, task, epoch_itr, valid_subsets, end_of_epoch)
+        ask = getattr(unwrap(trainer.criterion), "budget_checkpoint", None)
+        wanted = ask(trainer.get_num_updates()) if ask is not None else None
+        if wanted is not None and not cfg.checkpoint.no_save:
+            name, extra = wanted
+            if trainer.data_parallel_rank == 0:
+                os.makedirs(cfg.checkpoint.save_dir, exist_ok=True)
+            trainer.consolidate_optimizer()
+            state = {**fairseq_extra_state(trainer, epoch_itr, valid_losses[0]), **extra}
+            trainer.save_checkpoint(os.path.join(cfg.checkpoint.save_dir, name), state)
+        return valid_losses, should_stop
+
+    validate_and_save.saves_budget_checkpoints = True
+    fairseq_train.validate_and_save = validate_and_save

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from omegaconf import OmegaConf
 
 from ..core.measures import MEASURES
+from ..core.sparsity import SparsityConstraint
 from .criterions.sparsity_config import SparsityConfig, targets_from_config
 
 BUDGET_KEY = "hjprune_budget"  # extra_state entry of a ladder rung's checkpoint: RunBudget.to_dict()
@@ -53,3 +54,19 @@ def run_budget(state: Dict[str, Any], path: str) -> Optional[RunBudget]:
     except ValueError as e:
         raise ValueError(f"{path}: cfg.criterion: {e}") from None
     return RunBudget(str(cfg.sparsity_mode), targets, float(cfg.macs_seconds))
+
+
+def ladder_checkpoint_name(target: float) -> str:
+    return f"checkpoint_budget_{target:.2f}.pt"
+
+
+def ladder_checkpoint(constraint: SparsityConstraint, num_updates: int) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """(file name, extra_state entries recording the rung's budget) when ``num_updates`` ends a rung's hold."""
+    if constraint.ladder is None:
+        return None
+    for i, rung in enumerate(constraint.ladder):
+        if num_updates == constraint.rung_end(i):
+            targets = dict(zip(constraint.names, rung))
+            budget = RunBudget(constraint.mode, targets, constraint.seconds)
+            return ladder_checkpoint_name(rung[0]), {BUDGET_KEY: budget.to_dict()}
+    return None

@@ -5,6 +5,7 @@ from typing import Optional
 from fairseq import metrics
 
 from ...core.sparsity import SparsityConstraint, add_to_logging_output, reduce_logged
+from ..run_budget import ladder_checkpoint
 
 
 class SparsityPenaltyMixin:
@@ -26,6 +27,11 @@ class SparsityPenaltyMixin:
         if model.training:
             loss = loss + penalty.to(loss.dtype) * sample_size
         return loss
+
+    def budget_checkpoint(self, num_updates: int):
+        """(file name, extra_state entries) of the budget ladder's checkpoint due after ``num_updates``, or None
+        (compat quirk 19 saves it)."""
+        return None if self.sparsity is None else ladder_checkpoint(self.sparsity, num_updates)
 
     @staticmethod
     def log_sparsity(logging_outputs) -> None:

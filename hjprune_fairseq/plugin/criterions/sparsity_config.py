@@ -5,12 +5,13 @@ criteria's ``cfg`` is read and checked.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from ...core.measures import MEASURES
 from ...core.sparsity import SparsityConstraint
+from .. import compat
 
 SPARSITY_MODES = ChoiceEnum(["none", *MEASURES])  # the registered measures (core/measures.py)
 
@@ -23,9 +24,12 @@ class SparsityConfig(FairseqDataclass):
         default="none", metadata={"help": f"what s measures: {' | '.join(MEASURES)}; none: no constraint (the "
                                           "plain task loss, for fine-tuning stages)"}
     )
-    target_sparsity: Optional[float] = field(
+    target_sparsity: Optional[Any] = field(  # Any: a float or a list (omegaconf has no Union of the two)
         default=None, metadata={"help": "final target in [0, 1) of a measure of one quantity (size, macs, "
-                                        "transformer_only)"}
+                                        "transformer_only); or a budget ladder, increasing targets such as "
+                                        "[0.2,0.4,0.6]: the target ramps to each in turn over "
+                                        "sparsity_warmup_updates, holds budget_hold_updates, and the run saves "
+                                        "checkpoint_budget_0.20.pt, ... at the end of each hold"}
     )
     target_cnn_sparsity: Optional[float] = field(
         default=None, metadata={"help": "sep_size: final target of the CNN's parameter sparsity"}
@@ -36,13 +40,43 @@ class SparsityConfig(FairseqDataclass):
     sparsity_warmup_updates: int = field(
         default=0, metadata={"help": "updates over which the target rises linearly from 0 (paper: first 5 of 30 epochs)"}
     )
+    budget_hold_updates: int = field(
+        default=0, metadata={"help": "budget ladder: updates each target holds after its ramp; the rung's "
+                                     "checkpoint is saved at the end of its hold"}
+    )
     macs_seconds: float = field(
         default=10.0, metadata={"help": "virtual input length (s) at which MACs are counted (macs mode, logs)"}
     )
 
 
-def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
-    """{constrained quantity: final target}; raises ValueError on a bad combination."""
+def ladder_from_config(cfg: SparsityConfig) -> List[Dict[str, float]]:
+    """The targets of every rung of the budget ladder, {constrained quantity: target} each, in order; one rung
+    without a ladder, none for sparsity_mode=none. Raises ValueError on a bad combination."""
+    mode = str(cfg.sparsity_mode)
+    if mode == "none":
+        return []
+    if not _is_list(cfg.target_sparsity):
+        return [targets_from_config(cfg)]
+    ladder = list(cfg.target_sparsity)
+    if MEASURES[mode].quantities != (mode,):
+        raise ValueError(f"criterion.target_sparsity: a budget ladder needs a measure of one quantity, "
+                         f"got sparsity_mode={mode}")
+    try:
+        values = [float(t) for t in ladder]
+    except (TypeError, ValueError):
+        values = []
+    if not values or any(not 0.0 <= t < 1.0 for t in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"criterion.target_sparsity must be a number or a list of increasing numbers in [0, 1), "
+                         f"got {ladder}")
+    if cfg.budget_hold_updates < 0:
+        raise ValueError(f"criterion.budget_hold_updates must be >= 0, got {cfg.budget_hold_updates}")
+    targets_from_config(cfg, final=values[-1])  # the other fields' checks
+    return [{mode: t} for t in values]
+
+
+def targets_from_config(cfg: SparsityConfig, final: Optional[float] = None) -> Dict[str, float]:
+    """{constrained quantity: final target} (the last rung of a ladder: ``final``); raises ValueError on a bad
+    combination."""
     mode = str(cfg.sparsity_mode)
     if mode == "none":
         return {}
@@ -50,7 +84,9 @@ def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
     if quantities == (mode,):  # one quantity: criterion.target_sparsity
         if cfg.target_sparsity is None:
             raise ValueError(f"criterion.sparsity_mode={mode} needs criterion.target_sparsity")
-        targets = {mode: cfg.target_sparsity}
+        if final is None and _is_list(cfg.target_sparsity):
+            return ladder_from_config(cfg)[-1]
+        targets = {mode: cfg.target_sparsity if final is None else final}
     else:  # several: criterion.target_QUANTITY_sparsity each
         fields = {q: f"target_{q}_sparsity" for q in quantities}
         missing = [f for f in fields.values() if getattr(cfg, f, None) is None]
@@ -69,7 +105,16 @@ def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
 
 def constraint_from_config(cfg: SparsityConfig) -> Optional[SparsityConstraint]:
     """The constraint of ``cfg``; None for sparsity_mode=none."""
-    targets = targets_from_config(cfg)
-    if not targets:
+    ladder = ladder_from_config(cfg)
+    if not ladder:
         return None
-    return SparsityConstraint(str(cfg.sparsity_mode), targets, cfg.sparsity_warmup_updates, cfg.macs_seconds)
+    if _is_list(cfg.target_sparsity):
+        compat.save_budget_checkpoints()  # a rung's checkpoint at the end of its hold (quirk 19)
+    return SparsityConstraint(str(cfg.sparsity_mode), ladder[-1], cfg.sparsity_warmup_updates, cfg.macs_seconds,
+                              ladder=ladder if _is_list(cfg.target_sparsity) else None,
+                              hold_updates=cfg.budget_hold_updates)
+
+
+def _is_list(v: Any) -> bool:
+    """A ladder: a list (a ListConfig from hydra), not one number."""
+    return v is not None and not isinstance(v, (int, float, str))
