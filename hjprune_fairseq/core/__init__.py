@@ -8,7 +8,8 @@
 - ``encoder``: the maskable wav2vec2/HuBERT encoder (gated and slim alike); fairseq's feature masking
   and gradient scaling are passed in (:class:`~.encoder.TrainingFns`), not imported;
 - ``cost_model``: parameters and MACs, the project's one cost model;
-- ``sparsity``: the augmented-Lagrangian sparsity constraint and its logged values;
+- ``sparsity``: the augmented-Lagrangian sparsity constraint (and its budget ladder) and its logged values;
+- ``budget``: the 0/1 masks that meet a sparsity target exactly, moved in log_alpha order (export, logs);
 - ``slim``: physical removal of pruned units from a state dict;
 - ``parp``: PARP's magnitude-pruning maths.
 
