@@ -231,3 +231,13 @@ def test_ladder_schedule_ramps_to_each_rung_and_holds():
         0.0, 0.1, 0.2, 0.2, 0.2, 0.3, 0.4, 0.4, 0.4, 0.5, 0.6, 0.6, 0.6, 0.6]
     assert [c.rung_end(i) for i in range(3)] == [4, 8, 12]
     assert c.rung_targets(4) == [0.2] and c.rung_targets(5) == [0.4] and c.rung_targets(100) == [0.6]
+
+
+def test_a_coarse_move_across_the_target_is_stepped_around(model):
+    """Blocks of 8 of this model's 48 hidden dims are 1/6 of it: the move across the target overshoots by
+    points; the later, finer moves in the same order reach it."""
+    r = fit(model, "size", {"size": 0.5}, align=8)
+    assert r.met
+    k = cost_model.counts(model.spec, r.masks)
+    assert all(int(f) % 8 == 0 for f in k.ffn) and int(k.hidden) % 8 == 0
+    top_k_per_row(model, r.masks)

@@ -11,7 +11,10 @@ order, closest to the decision first, until every target is met as closely as th
 Every row keeps its units of largest log_alpha (a mask is a kept count per row), so a state is one count
 per row. Sparsity never decreases as units are removed, so the number of moves is found by bisection over
 the sorted list (a few cost evaluations). Of the two prefixes around the target the closer one is taken
-(on a tie, the one with fewer moves: never more than needed).
+(on a tie, the one with fewer moves: never more than needed). When even the closer one is more than 0.5
+points off (the move across the target is coarse: a block of 8 hidden dims of a 192-dim model, a head of a
+small one), the moves after it are taken in the same order, leaving out the rows whose next move would
+overshoot (each row still keeps its units of largest log_alpha).
 
 ``align=N``: every aligned row (a CNN layer's channels, a layer's FFN units, the hidden dim, a head's
 query/key or value/output dims) keeps a multiple of N units (or all of them); the moves are then blocks of
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -42,6 +45,7 @@ Sparsity = Callable[[GateMasks], Dict[str, float]]
 TOLERANCE = 0.005  # 0.5 points absolute: what "meets the budget" means
 ALIGNED = ("conv", "ffn", "hidden", "qk", "vo")  # rows whose kept count --align rounds (not the head count)
 AT_LEAST_ONE = ("conv", "hidden")  # an empty CNN layer or hidden size cannot be exported
+FIRST_FIT_EVALUATIONS = 200  # bound of the refinement after a too coarse move (export only: it is rare)
 
 
 @dataclass
@@ -205,7 +209,45 @@ def _fit_one(gates, rows, counts, which, quantity: str, target: float, sparsity:
             hi, s_hi = mid, v
         else:
             lo, s_lo = mid, v
-    return moves.apply(counts, hi if abs(s_hi - target) < abs(s_lo - target) else lo)
+    n = hi if abs(s_hi - target) < abs(s_lo - target) else lo
+    if min(abs(s_hi - target), abs(s_lo - target)) <= TOLERANCE:
+        return moves.apply(counts, n)
+    # The move that passes the target is too coarse (a block of a wide row, a head of a small model):
+    # go on in the same order, leaving out the rows whose next move would pass it too far.
+    state, v = _first_fit(moves, counts, lo, s_lo, lambda c: sparsity(_masks(gates, rows, c))[quantity], past, target)
+    return state if abs(v - target) < abs(min((s_hi, s_lo), key=lambda x: abs(x - target)) - target) \
+        else moves.apply(counts, n)
+
+
+def _first_fit(moves: "_Moves", counts: List[int], lo: int, s_lo: float, s: Callable[[List[int]], float],
+               past: Callable[[float], bool], target: float) -> "tuple[List[int], float]":
+    """From the first ``lo`` moves (short of the target), the later moves in order, each row's in its order,
+    skipping the rows whose next move would pass the target further than it is now; at most
+    :data:`FIRST_FIT_EVALUATIONS` cost evaluations."""
+    state, v = moves.apply(counts, lo), s_lo
+    passed: "tuple[List[int], float] | None" = None  # the closest state found past the target
+    taken = torch.bincount(moves.row[:lo], minlength=len(counts)).tolist()
+    blocked = set()
+    evaluations = 0
+    for i in moves.row[lo:].tolist():
+        if i in blocked:
+            continue
+        trial = list(state)
+        trial[i] = moves.steps[i][taken[i]]
+        w = s(trial)
+        evaluations += 1
+        if not past(w):
+            state, v = trial, w
+            taken[i] += 1
+        else:
+            if passed is None or abs(w - target) < abs(passed[1] - target):
+                passed = (trial, w)
+            blocked.add(i)
+        if abs(v - target) <= TOLERANCE / 2 or evaluations >= FIRST_FIT_EVALUATIONS:
+            break
+    if passed is not None and abs(passed[1] - target) < abs(v - target):
+        return passed
+    return state, v
 
 
 def fit_budget(gates: EncoderGates, measure: SparsityMeasure, targets: Dict[str, float], sparsity: Sparsity,
