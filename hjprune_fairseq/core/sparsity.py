@@ -9,18 +9,19 @@ minimised over weights and log_alpha and MAXIMISED over the multipliers (gradien
 linearly from 0 to its final value over ``warmup_updates`` and then holds.
 
 What ``s`` measures is a mode of the registry in ``measures.py`` (size, sep_size, macs,
-transformer_only). Sparsity is measured against the dense structure of the model being pruned (its
+transformer_only, latency). Sparsity is measured against the dense structure of the model being pruned (its
 ``spec``).
 The criteria's config (``criterions/sparsity_config.py``) builds a :class:`SparsityConstraint`.
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from . import cost_model
 from .hard_concrete import KeepsParameterDtype
+from .latency_table import LatencyTable, check_family
 from .measures import MEASURES
 
 LAMBDA_GROUP = "hjprune_lambda"  # lambda1: rate optimizer.lambda_lr
@@ -32,13 +33,23 @@ class SparsityConstraint(KeepsParameterDtype):
     The multipliers stay float64 under fp16/bf16 training: their gradient, gap * sample_size * loss
     scale, accumulated over update_freq micro-batches, overflows 16 bits."""
 
-    def __init__(self, mode: str, targets: Dict[str, float], warmup_updates: int, seconds: float):
+    def __init__(self, mode: str, targets: Dict[str, float], warmup_updates: int, seconds: float,
+                 latency_table: Optional[LatencyTable] = None, target_latency_ms: Optional[float] = None):
         """mode: a measure of :data:`measures.MEASURES`; targets: {constrained quantity: final target}
         (the measure's quantities); warmup_updates: updates over which the targets rise from 0;
-        seconds: the virtual input length at which MACs are counted."""
+        seconds: the virtual input length at which MACs are counted. latency_table: the measured table of
+        the ``latency`` measure (with any mode, the log shows predicted latency); target_latency_ms: the
+        latency target in ms instead of a fraction (``targets`` then omits it): converted to the fraction
+        of the model's dense predicted latency when the model is first seen."""
         super().__init__()
         if mode not in MEASURES:
             raise ValueError(f"unknown sparsity mode {mode!r} (expected one of {sorted(MEASURES)})")
+        self.latency_table = latency_table
+        self.target_latency_ms = target_latency_ms
+        if target_latency_ms is not None:
+            if mode != "latency":
+                raise ValueError(f"a latency target in ms needs sparsity_mode=latency, got {mode}")
+            targets = {**targets, "latency": 0.0}  # set by check_model, from the model's dense latency
         if set(targets) != set(MEASURES[mode].quantities):
             raise ValueError(f"sparsity_mode={mode} constrains {list(MEASURES[mode].quantities)}, got targets for {sorted(targets)}")
         self.mode = mode
@@ -59,6 +70,15 @@ class SparsityConstraint(KeepsParameterDtype):
         if gates is None:
             raise ValueError("the hjprune criteria need a gated model (model._name=hjprune_wav2vec_ctc with a prune_* group on)")
         self.measure.check_cnn_gates(gates.conv is not None)
+        if self.latency_table is not None:
+            check_family(self.latency_table, model.spec)
+        if self.target_latency_ms is not None:
+            dense_ms = 1000 * float(self.latency_table.predict(cost_model.counts(model.spec)))
+            if not 0 < self.target_latency_ms < dense_ms:
+                raise ValueError(f"criterion.target_latency_ms={self.target_latency_ms:g} must be positive and below "
+                                 f"the dense model's predicted {dense_ms:.1f} ms ({self.latency_table.describe()})")
+            self.final_targets[self.names.index("latency")] = 1 - self.target_latency_ms / dense_ms
+            self.target_latency_ms = None  # converted once
 
     def target(self, num_updates: int) -> torch.Tensor:
         """Linear warm-up from 0 to the final targets over ``warmup_updates``, then constant."""
@@ -71,7 +91,8 @@ class SparsityConstraint(KeepsParameterDtype):
         dense = cost_model.cost(model.spec, None, self.seconds)
         expected = cost_model.cost(model.spec, model.gates.keep_probs(), self.seconds)
         kept = expected.counts
-        s_all = self.measure(expected, dense)
+        resources = {"latency_table": self.latency_table}
+        s_all = self.measure(expected, dense, **resources)
         s = torch.stack([torch.as_tensor(s_all[n], dtype=torch.float64) for n in self.names])
         t = self.target(num_updates).to(s.device)
         gap = s - t
@@ -80,7 +101,7 @@ class SparsityConstraint(KeepsParameterDtype):
         with torch.no_grad():
             masks = model.gates.deterministic()
             fixed = cost_model.cost(model.spec, masks, self.seconds)
-            s_fixed = self.measure(fixed, dense)
+            s_fixed = self.measure(fixed, dense, **resources)
         logs: Dict[str, float] = {"penalty": float(penalty.detach())}
         for i, n in enumerate(self.names):
             suffix = "" if len(self.names) == 1 else f"_{n}"
@@ -91,6 +112,9 @@ class SparsityConstraint(KeepsParameterDtype):
             logs[f"lambda2{suffix}"] = float(self.lambda2[i].detach())
         logs["exp_mparams"] = cost_model.to_float(expected.encoder_params) / 1e6
         logs["exp_gmacs"] = cost_model.to_float(expected.encoder_macs) / 1e9
+        if self.latency_table is not None:  # predicted at the table's input length, beside the MACs
+            logs["exp_latency_ms"] = 1000 * float(self.latency_table.predict(kept).detach())
+            logs["mask_latency_ms"] = 1000 * float(self.latency_table.predict(fixed.counts))
         logs["kept_conv"] = sum(cost_model.to_float(c) for c in kept.conv)
         logs["kept_heads"] = sum(cost_model.to_float(h) for h in kept.heads)
         logs["kept_ffn"] = sum(cost_model.to_float(f) for f in kept.ffn)

@@ -9,6 +9,7 @@ from typing import Dict, Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
+from ...core import latency_table
 from ...core.measures import MEASURES
 from ...core.sparsity import SparsityConstraint
 
@@ -25,7 +26,17 @@ class SparsityConfig(FairseqDataclass):
     )
     target_sparsity: Optional[float] = field(
         default=None, metadata={"help": "final target in [0, 1) of a measure of one quantity (size, macs, "
-                                        "transformer_only)"}
+                                        "transformer_only, latency: the fraction of predicted latency removed)"}
+    )
+    latency_table: Optional[str] = field(
+        default=None, metadata={"help": "a latency table (JSON, made by hjprune-latency-table on the machine and "
+                                        "backend the model will run on): needed by sparsity_mode=latency; with "
+                                        "any mode the log shows predicted latency (exp_latency_ms, mask_latency_ms)"}
+    )
+    target_latency_ms: Optional[float] = field(
+        default=None, metadata={"help": "latency mode: the target in milliseconds at the table's input length "
+                                        "instead of target_sparsity; must be below the dense model's predicted "
+                                        "latency (the fraction removed is 1 - target / dense)"}
     )
     target_cnn_sparsity: Optional[float] = field(
         default=None, metadata={"help": "sep_size: final target of the CNN's parameter sparsity"}
@@ -47,6 +58,12 @@ def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
     if mode == "none":
         return {}
     quantities = MEASURES[mode].quantities
+    if cfg.target_latency_ms is not None:
+        if mode != "latency" or cfg.target_sparsity is not None:
+            raise ValueError("criterion.target_latency_ms needs sparsity_mode=latency and no criterion.target_sparsity")
+        if cfg.target_latency_ms <= 0:
+            raise ValueError(f"criterion.target_latency_ms must be positive, got {cfg.target_latency_ms}")
+        return {}  # converted by the constraint, from the model's dense predicted latency
     if quantities == (mode,):  # one quantity: criterion.target_sparsity
         if cfg.target_sparsity is None:
             raise ValueError(f"criterion.sparsity_mode={mode} needs criterion.target_sparsity")
@@ -69,7 +86,15 @@ def targets_from_config(cfg: SparsityConfig) -> Dict[str, float]:
 
 def constraint_from_config(cfg: SparsityConfig) -> Optional[SparsityConstraint]:
     """The constraint of ``cfg``; None for sparsity_mode=none."""
+    mode = str(cfg.sparsity_mode)
     targets = targets_from_config(cfg)
-    if not targets:
+    if mode == "none":
         return None
-    return SparsityConstraint(str(cfg.sparsity_mode), targets, cfg.sparsity_warmup_updates, cfg.macs_seconds)
+    table = None
+    if cfg.latency_table:
+        table = latency_table.load(cfg.latency_table)
+        latency_table.warn_if_foreign(table)
+    elif "latency_table" in MEASURES[mode].needs:
+        raise ValueError(f"criterion.sparsity_mode={mode} needs criterion.latency_table=PATH (hjprune-latency-table)")
+    return SparsityConstraint(mode, targets, cfg.sparsity_warmup_updates, cfg.macs_seconds, table,
+                              cfg.target_latency_ms)
