@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
 from ...core import cost_model
+from ...core import latency_table as lt
 from ...core.encoder import Wav2Vec2Encoder
 from ...core.gate_state import GateMasks
 from ...core.presets import PRESETS
@@ -37,7 +38,7 @@ GOAL = 0.85  # the slim model should reach speed-up >= GOAL x MAC ratio
 ONNX_GOAL = 0.9  # in onnxruntime: speed-up >= ONNX_GOAL x MAC ratio
 
 
-def _keep_top(n: int, frac: float, g: torch.Generator) -> torch.Tensor:
+def keep_random(n: int, frac: float, g: torch.Generator) -> torch.Tensor:
     """A 0/1 mask keeping round(frac * n) units (at least one), chosen at random."""
     k = max(1, min(n, int(round(frac * n))))
     mask = torch.zeros(n)
@@ -45,9 +46,9 @@ def _keep_top(n: int, frac: float, g: torch.Generator) -> torch.Tensor:
     return mask
 
 
-def _keep_dims(heads: int, head_dim: int, frac: float, g: torch.Generator) -> torch.Tensor:
+def keep_random_dims(heads: int, head_dim: int, frac: float, g: torch.Generator) -> torch.Tensor:
     """A (heads, head_dim) 0/1 mask keeping round(frac * heads * head_dim) dims, at random over the layer."""
-    return _keep_top(heads * head_dim, frac, g).view(heads, head_dim)
+    return keep_random(heads * head_dim, frac, g).view(heads, head_dim)
 
 
 def fig5_masks(spec: EncoderSpec, strength: float, seed: int = 0, fine_grained: bool = False) -> GateMasks:
@@ -59,15 +60,15 @@ def fig5_masks(spec: EncoderSpec, strength: float, seed: int = 0, fine_grained: 
     n_conv, L = len(spec.conv_layers), spec.num_layers
     # Fraction pruned per group: CNN from 0.9*s (first layer) down to 0.3*s (last);
     # Transformer from 0.2*s (bottom) up to 0.9*s (top); hidden 0.15*s.
-    conv = [_keep_top(c, 1 - strength * (0.9 - 0.6 * i / max(1, n_conv - 1)), g) for i, (c, _, _) in enumerate(spec.conv_layers)]
+    conv = [keep_random(c, 1 - strength * (0.9 - 0.6 * i / max(1, n_conv - 1)), g) for i, (c, _, _) in enumerate(spec.conv_layers)]
     keep = [1 - strength * (0.2 + 0.7 * i / max(1, L - 1)) for i in range(L)]  # per Transformer layer
-    heads = [_keep_top(h, f, g) for h, f in zip(spec.num_heads, keep)]
-    ffn = [_keep_top(n, f, g) for n, f in zip(spec.ffn_dims, keep)]
-    hidden = _keep_top(spec.embed_dim, 1 - 0.15 * strength, g)
+    heads = [keep_random(h, f, g) for h, f in zip(spec.num_heads, keep)]
+    ffn = [keep_random(n, f, g) for n, f in zip(spec.ffn_dims, keep)]
+    hidden = keep_random(spec.embed_dim, 1 - 0.15 * strength, g)
     if not fine_grained:
         return GateMasks(conv=conv, heads=heads, ffn=ffn, hidden=hidden)
-    qk = [_keep_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
-    vo = [_keep_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
+    qk = [keep_random_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
+    vo = [keep_random_dims(h, spec.head_dim, f, g) for h, f in zip(spec.num_heads, keep)]
     return GateMasks(conv=conv, ffn=ffn, hidden=hidden, qk=qk, vo=vo)  # heads not gated: every head stays
 
 
@@ -125,12 +126,37 @@ def speedups(dense_s: float, model_s: float, mac_ratio: float, goal: float) -> D
     return {"speedup": s, "speedup_over_mac_ratio": s / mac_ratio, "goal_met": s >= goal * mac_ratio}
 
 
+def predictions(tables: Sequence[lt.LatencyTable], specs: Dict[str, EncoderSpec], lat: Dict[str, float], seconds: float,
+                threads: int) -> Dict[str, Dict]:
+    """Predicted beside measured latency of every timed model (``lat``: ``NAME`` in PyTorch, ``onnx_NAME`` in
+    onnxruntime, ``onnx_slim_int8``), each from the table of its backend, else the first table (``foreign`` says
+    why it may not hold, as it does for a table of another machine, input length or thread count)."""
+    out = {}
+    for key, measured in lat.items():
+        backend, name = "pytorch", key
+        if key == "onnx_slim_int8":
+            backend, name = "onnxruntime_int8", "slim"
+        elif key.startswith("onnx_"):
+            backend, name = "onnxruntime", key[len("onnx_"):]
+        table = next((t for t in tables if t.backend == backend), tables[0])
+        why = [w for w in [lt.foreign(table, backend)] if w]
+        if table.seconds != seconds or table.threads != threads:
+            why.append(f"it was measured at {table.seconds:g} s and {table.threads} threads, this run is {seconds:g} s "
+                       f"and {threads} threads")
+        lt.check_family(table, specs[name], name)
+        out[key] = {"measured_s": measured, "predicted_s": float(table.predict(cost_model.counts(specs[name]))),
+                    "table": table.source, "foreign": "; ".join(why) or None}
+    return out
+
+
 def compare_latency(preset: str, macs_sparsity: float, seconds: float, seed: int = 0, fine_grained: bool = False,
-                    repeats: int = 7, warmup: int = 2, onnx: bool = False) -> Dict:
+                    repeats: int = 7, warmup: int = 2, onnx: bool = False,
+                    latency_tables: Sequence[lt.LatencyTable] = ()) -> Dict:
     """Time the dense ``preset`` encoder against its Fig. 5 slim counterpart (and the fine-grained one)
     on ``seconds`` of random audio with torch's current threads: latencies (s), GMACs, parameters,
     the speed-up, the MAC ratio, whether the goal is met, and the slim structure. ``onnx``: the same in
-    onnxruntime under ``"onnx"`` (and the slim model int8), timed in the same alternation."""
+    onnxruntime under ``"onnx"`` (and the slim model int8), timed in the same alternation. ``latency_tables``:
+    the predicted latency of every timed model beside its measured one, under ``"predicted"``."""
     torch.manual_seed(seed)
     dense_spec = PRESETS[preset]
     specs = {"dense": dense_spec, "slim": slim_spec_for(dense_spec, macs_sparsity, seconds, seed)}
@@ -190,4 +216,6 @@ def compare_latency(preset: str, macs_sparsity: float, seconds: float, seed: int
         o["pytorch_over_onnxruntime"] = {k: lat[k] / lat[f"onnx_{k}"] for k in specs}
         o.update(ort_check)
         r["onnx"] = o
+    if latency_tables:
+        r["predicted"] = predictions(latency_tables, specs, lat, seconds, torch.get_num_threads())
     return r
