@@ -26,6 +26,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="the table to write (JSON)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=defaults.preset, help=f"{helps['preset']} (default: %(default)s)")
+    p.add_argument("--checkpoint", help="measure the family of this checkpoint's (dense) encoder instead of --preset")
     p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                    help="pytorch: eager CPU fp32; onnxruntime: the fp32 graph of hjprune-export --onnx; onnxruntime_int8: "
                         "the graph of hjprune-export --onnx --int8; cuda: a GPU in --dtype (default: %(default)s)")
@@ -49,10 +50,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                           **{n: parse_fractions(getattr(a, n), "--" + n.replace("_", "-")) for n in GRIDS})
         cfg.check()
         check_new(a.out, a.overwrite)  # before minutes of measuring
-        table = measure_table(cfg)
+        spec = None
+        if a.checkpoint:
+            from ..plugin.fairseq_import import read_checkpoint
+
+            spec = read_checkpoint(a.checkpoint).spec
+        table = measure_table(cfg, spec, a.checkpoint)
         write_table(table, a.out, overwrite=True)
         cal = table["calibration"]["models"]["dense"]
-        print(f"{a.out}: {a.preset} on {a.backend} ({dtype}, {a.threads} threads, {a.seconds:g} s): dense measured "
+        print(f"{a.out}: {table['family']} on {a.backend} ({dtype}, {a.threads} threads, {a.seconds:g} s): dense measured "
               f"{1000 * cal['measured_s']:.1f} ms, predicted {1000 * cal['predicted_s']:.1f} ms; measured in "
               f"{table['measure_seconds']:.0f} s")
         return 0

@@ -21,14 +21,16 @@ components inside one model adds or saves (caches, the constant part).
 
 Interpolation is multilinear between grid points (bilinear for two axes), which is exact for the terms of
 the cost model (T * C_in * C_out * K, T * d * h * head_dim, T^2 * h * head_dim, T * d * f are products of
-axes) and clamps outside the grid. It is differentiable in fractional kept sizes: under the gates' keep
+axes). It is differentiable in fractional kept sizes: under the gates' keep
 probabilities the measure uses the latency AT the expected kept counts (``cost_model.counts``), which
 approximates the expected latency of a piecewise-linear function by its value at the expectation (exact
-where it is linear, i.e. inside one grid cell; Jensen's gap otherwise, small on a table's coarse grid).
+where it is linear, i.e. inside one grid cell; Jensen's gap otherwise, small on a table's coarse grid). Below a
+grid's lowest point the first cell is extrapolated (pruning further still pays); the top is the dense size.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -85,18 +87,21 @@ class Grid:
     seconds: torch.Tensor
 
     def __call__(self, *values) -> torch.Tensor:
-        """Multilinear interpolation at ``values`` (one per axis; floats or tensors), clamped to the grid."""
+        """Multilinear interpolation at ``values`` (one per axis; floats or tensors), clamped at the grid's top (a
+        spec larger than the table's is refused by :func:`check_family`) and extrapolated linearly below its lowest
+        point (down to 0; so that pruning below the grid still pays), never below 0 s."""
         out = self.seconds
         # Contract one axis at a time: out[..., i] * (1 - w) + out[..., i + 1] * w along the first axis left.
         for pts, v in zip(self.points, values):
-            v = torch.as_tensor(v, dtype=torch.float64).clamp(float(pts[0]), float(pts[-1]))
             if len(pts) == 1:
                 out = out[0]
                 continue
-            i = int(torch.searchsorted(pts, v.detach().reshape(1), right=True).clamp(1, len(pts) - 1)) - 1
+            x = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+            i = min(max(bisect.bisect_right(pts.tolist(), x), 1), len(pts) - 1) - 1  # the cell of x (first/last beyond)
+            v = torch.as_tensor(v, dtype=torch.float64).clamp(0.0, float(pts[-1]))
             w = (v - pts[i]) / (pts[i + 1] - pts[i])
             out = out[i] * (1 - w) + out[i + 1] * w
-        return out
+        return out.clamp(min=0.0)
 
 
 @dataclass
@@ -109,7 +114,7 @@ class LatencyTable:
     grids: Dict[str, Grid]
     scale: float = 1.0
     offset: float = 0.0
-    meta: Dict[str, Any] = field(default_factory=dict)
+    _exact: Dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def backend(self) -> str:
@@ -124,8 +129,15 @@ class LatencyTable:
         return int(self.data["threads"])
 
     def predict(self, counts: cost_model.Counts) -> torch.Tensor:
-        """Predicted seconds of the whole encoder with kept units ``counts`` (see :func:`predict`)."""
-        return predict(self, counts)
+        """Predicted seconds of the whole encoder with kept units ``counts`` (see :func:`predict`); remembered for
+        counts of plain ints (a spec's own sizes: the dense model the constraint compares with at every update)."""
+        values = [*counts.conv, *counts.attn_heads, *counts.qk, *counts.vo, *counts.ffn, *counts.pos_groups]
+        if not all(isinstance(v, int) for v in values):
+            return predict(self, counts)
+        key = tuple(values) + (len(counts.conv), len(counts.ffn))
+        if key not in self._exact:
+            self._exact[key] = predict(self, counts)
+        return self._exact[key]
 
     def describe(self) -> str:
         m = self.data["machine"]

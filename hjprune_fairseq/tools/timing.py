@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterator, List
 
 import torch
 
@@ -13,6 +14,18 @@ def apply_threads(threads: int) -> None:
     """Use ``threads`` torch threads; 0 or less keeps torch's choice."""
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int) -> Iterator[None]:
+    """:func:`apply_threads` for the block, then torch's thread count as it was (a library call leaves the
+    process as it found it)."""
+    before = torch.get_num_threads()
+    apply_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def median_times(calls: Dict[str, Callable[[int], None]], repeats: int, warmup: int) -> Dict[str, float]:

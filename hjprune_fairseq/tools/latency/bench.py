@@ -31,7 +31,7 @@ from ...core.sparsity import SparsityConstraint
 from ...core.spec import EncoderSpec
 from ...plugin.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
 from ..bench.latency import keep_random, keep_random_dims
-from ..timing import apply_threads, median_times
+from ..timing import fixed_threads, median_times
 from .probes import Backend
 
 HIDDEN_LOW = 0.5  # random shapes keep at least this much of the hidden size (the default table grid's lowest)
@@ -70,10 +70,9 @@ def errors(predicted: List[float], measured: List[float]) -> Dict[str, float]:
 def time_specs(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], repeats: int, warmup: int,
                seed: int = 0) -> Dict[str, float]:
     """Median seconds of each encoder, timed in turns on the table's backend, threads and input length."""
-    apply_threads(table.threads)
     torch.manual_seed(seed)
     wav = torch.randn(1, int(round(table.seconds * SAMPLE_RATE)))
-    with tempfile.TemporaryDirectory() as folder:
+    with fixed_threads(table.threads), tempfile.TemporaryDirectory() as folder:
         backend = Backend(table.backend, table.threads, folder, table.data["dtype"])
         calls = {k: backend.encoder_call(Wav2Vec2Encoder(s), wav, k) for k, s in specs.items()}
         with torch.inference_mode():
@@ -165,19 +164,17 @@ def target(table: lt.LatencyTable, goal: float = 0.4, steps: int = 500, repeats:
     want = _ms(table, spec, masks["latency"])
     # macs mode: secant steps on its target until its model's predicted latency is the latency model's
     t0 = 1 - _macs(spec, table.seconds, masks["latency"]) / dense_macs
-    tried = [(t0, _ms(table, spec, drive(table, "macs", t0, steps, seed=seed)))]
+    runs = {t0: drive(table, "macs", t0, steps, seed=seed)}  # macs target -> its masks
+    tried = [(t0, _ms(table, spec, runs[t0]))]
     t1 = min(0.95, t0 + 0.05 if tried[0][1] > want else t0 - 0.05)
     for _ in range(secant_steps):
-        mk = drive(table, "macs", t1, steps, seed=seed)
-        tried.append((t1, _ms(table, spec, mk)))
-        masks["macs"] = mk
+        runs[t1] = drive(table, "macs", t1, steps, seed=seed)
+        tried.append((t1, _ms(table, spec, runs[t1])))
         (ta, la), (tb, lb) = tried[-2], tried[-1]
         if abs(lb - want) < 0.005 * dense_ms or la == lb:
             break
         t1 = min(0.95, max(0.0, tb + (want - lb) * (tb - ta) / (lb - la)))
-    best = min(tried, key=lambda t: abs(t[1] - want))
-    if best[0] != tried[-1][0]:
-        masks["macs"] = drive(table, "macs", best[0], steps, seed=seed)
+    masks["macs"] = runs[min(tried, key=lambda t: abs(t[1] - want))[0]]
     state = Wav2Vec2Encoder(spec).state_dict()
     specs = {"dense": spec, **{k: slim_encoder(spec, state, m, source=k)[0] for k, m in masks.items()}}
     del state

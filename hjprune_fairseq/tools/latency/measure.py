@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
@@ -29,7 +29,7 @@ from ...core.encoder import Wav2Vec2Encoder
 from ...core.presets import PRESETS
 from ...core.spec import EncoderSpec
 from ..bench.latency import slim_spec_for
-from ..timing import apply_threads, median_times
+from ..timing import fixed_threads, median_times
 from .probes import Backend, probe
 
 logger = logging.getLogger(__name__)
@@ -131,18 +131,20 @@ def calibrate(backend: Backend, table: Dict, spec: EncoderSpec, cfg: TableConfig
                            "predicted_s": scale * summed[k] + offset} for k in specs}}
 
 
-def measure_table(cfg: TableConfig) -> Dict:
-    """The table (a JSON-ready dict) of ``cfg.preset`` on this machine and ``cfg.backend``."""
+def measure_table(cfg: TableConfig, spec: Optional[EncoderSpec] = None, family: Optional[str] = None) -> Dict:
+    """The table (a JSON-ready dict) of ``cfg.preset`` (or of the dense ``spec``, named ``family``: e.g. a
+    checkpoint's encoder) on this machine and ``cfg.backend``."""
     cfg.check()
     start = time.perf_counter()
-    spec = PRESETS[cfg.preset]
-    apply_threads(cfg.threads)
-    with tempfile.TemporaryDirectory() as folder:
+    if spec is not None and spec.has_rel_pos:
+        raise ValueError(f"{family}: latency tables do not model WavLM's relative position bias yet")
+    spec = spec or PRESETS[cfg.preset]
+    with fixed_threads(cfg.threads), tempfile.TemporaryDirectory() as folder:
         backend = Backend(cfg.backend, cfg.threads, folder, cfg.dtype)
         table = {
             "format": lt.FORMAT, "version": lt.VERSION, "machine": lt.machine_info(), "backend": cfg.backend,
             "threads": cfg.threads, "dtype": cfg.dtype, "versions": backend.versions(), "seconds": cfg.seconds,
-            "frames": cost_model.frames_for(spec, cfg.seconds)[-1], "family": cfg.preset, "spec": spec.to_dict(),
+            "frames": cost_model.frames_for(spec, cfg.seconds)[-1], "family": family or cfg.preset, "spec": spec.to_dict(),
             "config": asdict(cfg), "components": {},
         }
         for name, axes in axis_points(spec, cfg).items():
