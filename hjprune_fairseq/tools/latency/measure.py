@@ -107,28 +107,44 @@ def time_component(backend: Backend, spec: EncoderSpec, cfg: TableConfig, name: 
     return {"axes": list(axes), "grid": [list(v) for v in axes.values()], "seconds": flat.tolist()}
 
 
+def _line(x: torch.Tensor, y: torch.Tensor) -> Tuple[float, float]:
+    """Least-squares (slope, intercept) of y on x; (1, mean gap) where a slope cannot be fitted (one point, or a
+    slope <= 0 from timings too noisy for one)."""
+    if len(x) >= 2 and float(x.std()) > 0:
+        a = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+        if a > 0:
+            return a, float(y.mean() - a * x.mean())
+    return 1.0, float((y - x).mean())
+
+
 def calibrate(backend: Backend, table: Dict, spec: EncoderSpec, cfg: TableConfig) -> Dict:
-    """Time whole encoders in turns and fit ``measured = scale * sum of components + offset``."""
+    """Time whole encoders and their CNNs alone, in turns, and fit ``cnn = cnn_scale * sum of CNN layers`` and
+    ``whole - cnn = scale * sum of the other components + offset``."""
     specs = {"dense": spec}
     for name, sparsity, fine in CALIBRATION[:cfg.calibration]:
         specs[name] = slim_spec_for(spec, sparsity, cfg.seconds, cfg.seed, fine_grained=fine)
     torch.manual_seed(cfg.seed)
     wav = torch.randn(1, int(round(cfg.seconds * SAMPLE_RATE)))
-    calls = {k: backend.encoder_call(Wav2Vec2Encoder(s), wav, k) for k, s in specs.items()}
+    calls = {}
+    for k, s in specs.items():
+        encoder = Wav2Vec2Encoder(s).eval()
+        calls[k] = backend.encoder_call(encoder, wav, k)
+        calls["cnn:" + k] = backend.call(encoder.feature_extractor, (wav,))
     with torch.inference_mode():
         measured = median_times(calls, cfg.repeats, cfg.warmup)
-    raw = lt.from_dict({**table, "calibration": {"scale": 1.0, "offset_s": 0.0}}, "<being measured>")
-    summed = {k: float(raw.predict(cost_model.counts(s))) for k, s in specs.items()}
-    x = torch.tensor([summed[k] for k in specs], dtype=torch.float64)
-    y = torch.tensor([measured[k] for k in specs], dtype=torch.float64)
-    scale, offset = 1.0, float((y - x).mean())
-    if len(specs) >= 2 and float(x.std()) > 0:
-        a = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
-        if a > 0:  # else the whole-model timings are too noisy to fit a slope: keep 1 and the mean offset
-            scale, offset = a, float(y.mean() - a * x.mean())
-    return {"scale": scale, "offset_s": offset,
-            "models": {k: {"measured_s": measured[k], "sum_of_components_s": summed[k],
-                           "predicted_s": scale * summed[k] + offset} for k in specs}}
+    raw = lt.from_dict({**table, "calibration": {"scale": 1.0, "offset_s": 0.0, "cnn_scale": 1.0}}, "<being measured>")
+    parts = {k: {n: float(v) for n, v in lt.components(raw, cost_model.counts(s)).items()} for k, s in specs.items()}
+    cnn_sum = torch.tensor([parts[k]["cnn"] for k in specs], dtype=torch.float64)
+    cnn_meas = torch.tensor([measured["cnn:" + k] for k in specs], dtype=torch.float64)
+    cnn_scale = float((cnn_sum * cnn_meas).sum() / (cnn_sum * cnn_sum).sum())
+    rest_sum = torch.tensor([sum(parts[k].values()) - parts[k]["cnn"] for k in specs], dtype=torch.float64)
+    rest_meas = torch.tensor([measured[k] - measured["cnn:" + k] for k in specs], dtype=torch.float64)
+    scale, offset = _line(rest_sum, rest_meas)
+    return {"scale": scale, "offset_s": offset, "cnn_scale": cnn_scale,
+            "models": {k: {"measured_s": measured[k], "cnn_measured_s": measured["cnn:" + k],
+                           "sum_of_components_s": sum(parts[k].values()),
+                           "predicted_s": cnn_scale * parts[k]["cnn"] + scale * float(rest_sum[i]) + offset}
+                       for i, k in enumerate(specs)}}
 
 
 def measure_table(cfg: TableConfig, spec: Optional[EncoderSpec] = None, family: Optional[str] = None) -> Dict:
