@@ -284,3 +284,20 @@ def test_prune_stage_with_mode_latency_logs_latency(tmp_path, w2v_pretrained, fi
     for key in ("exp_latency_ms=", "mask_latency_ms=", "exp_gmacs=", "mask_sparsity="):
         assert key in log, key
     assert os.path.exists(tmp_path / "ck" / "checkpoint_last.pt")
+
+
+def test_hjprune_bench_prints_predicted_beside_measured(table_path, capsys):
+    from hjprune_fairseq.cli.bench import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--preset", "tiny", "--seconds", "0.5", "--macs-sparsity", "0.4", "--repeats", "1", "--warmup", "0",
+                     "--threads", "1", "--fine-grained", "--latency-table", table_path]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "predicted s" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[-3:]}
+    assert set(rows) == {"dense", "slim", "fine_grained"}
+    assert all(float(r[2]) > 0 and r[4] == table_path for r in rows.values())
+    assert "WARNING" not in out  # the table's machine, backend, seconds and threads
