@@ -182,6 +182,10 @@ def from_dict(data: Any, path: str = "<table>") -> LatencyTable:
         raise _fail(path, f"missing {', '.join(missing)}")
     if data["format"] != FORMAT or data["version"] != VERSION:
         raise _fail(path, f"format {data['format']!r} version {data['version']!r}, expected {FORMAT!r} {VERSION}")
+    if not isinstance(data["machine"], dict) or not {"cpu", "cores"} <= set(data["machine"]):
+        raise _fail(path, "machine needs 'cpu' and 'cores'")
+    if not isinstance(data["threads"], int) or not isinstance(data["seconds"], (int, float)) or data["seconds"] <= 0:
+        raise _fail(path, f"threads {data['threads']!r} and seconds {data['seconds']!r}: an integer and a positive number")
     if data["backend"] not in BACKENDS:
         raise _fail(path, f"backend {data['backend']!r}, expected one of {BACKENDS}")
     try:
