@@ -301,3 +301,23 @@ def test_hjprune_bench_prints_predicted_beside_measured(table_path, capsys):
     assert set(rows) == {"dense", "slim", "fine_grained"}
     assert all(float(r[2]) > 0 and r[4] == table_path for r in rows.values())
     assert "WARNING" not in out  # the table's machine, backend, seconds and threads
+
+
+def test_latency_bench_compare_times_checkpoints_with_their_spread(tmp_path, w2v_pretrained, fixture_latency_table):
+    from test_slim import pruned_model
+
+    from fairseq_fixtures import save_like_trainer
+    from hjprune_fairseq.cli.latency_bench import format_compare
+    from hjprune_fairseq.convert.slim_export import export_slim
+    from hjprune_fairseq.tools.latency import bench
+
+    gated = save_like_trainer(pruned_model(w2v_pretrained), tmp_path / "gated.pt")
+    slim = str(tmp_path / "slim.pt")
+    export_slim(gated, slim)
+    r = bench.compare(lt.load(fixture_latency_table), [str(gated), slim], repeats=3, warmup=1)
+    parent, child = r["models"]
+    assert parent["measured_speedup"] == 1.0 and parent["predicted_speedup"] == 1.0
+    assert child["predicted_speedup"] > 1 and child["gmacs"] < parent["gmacs"]
+    for m in r["models"]:
+        assert m["min_ms"] <= m["q1_ms"] <= m["median_ms"] <= m["q3_ms"] <= m["max_ms"]
+    assert "slim.pt" in format_compare(r)

@@ -1,4 +1,5 @@
-"""hjprune-latency-bench: what a latency table predicts (``predict``) and what pruning to it gives (``target``);
+"""hjprune-latency-bench: what a latency table predicts (``predict``), what pruning to it gives (``target``), and
+checkpoints timed against its prediction (``compare``);
 ``hjprune_fairseq.tools.latency.bench``. Every encoder is timed on the table's backend, threads and input length."""
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def format_target(r: Dict) -> str:
     return "\n".join(lines)
 
 
+def format_compare(r: Dict) -> str:
+    lines = [f"{r['table']}: {r['repeats']} timed runs each, in turns",
+             f"{'checkpoint':<40} {'GMACs':>6} {'median ms':>10} {'q1-q3 ms':>16} {'min-max ms':>16} {'pred ms':>8} "
+             f"{'speed-up':>9} {'predicted':>9}"]
+    for m in r["models"]:
+        lines.append(f"{m['checkpoint'][-40:]:<40} {m['gmacs']:>6.2f} {m['median_ms']:>10.2f} "
+                     f"{m['q1_ms']:>7.2f}-{m['q3_ms']:<8.2f} {m['min_ms']:>7.2f}-{m['max_ms']:<8.2f} "
+                     f"{m['predicted_ms']:>8.2f} {m['measured_speedup']:>8.2f}x {m['predicted_speedup']:>8.2f}x")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,7 +66,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                        "mode=macs at the same predicted latency; time both against the dense encoder")
     tg.add_argument("--target", type=float, default=0.4, help="fraction of predicted latency removed (default: 0.4)")
     tg.add_argument("--steps", type=int, default=500, help="updates of the gates (default: 500)")
-    for q in (pr, tg):
+    cp = sub.add_parser("compare", help="checkpoints (the first is the reference) timed in turns on the table's "
+                                         "backend, with the spread of the timings, beside their predicted latency")
+    cp.add_argument("checkpoints", nargs="+", help="hjprune checkpoints (gated ones with their masks: export them first)")
+    for q in (pr, tg, cp):
         q.add_argument("table", help="a latency table (hjprune-latency-table)")
         q.add_argument("--repeats", type=int, default=5, help="timed runs per encoder; the median is kept (default: 5)")
         q.add_argument("--warmup", type=int, default=1, help="untimed runs per encoder first (default: 1)")
@@ -69,6 +84,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise ValueError(f"--shapes must be at least 2 (a line is fitted), got {a.shapes}")
             r = bench.predict(table, a.shapes, a.repeats, a.warmup, a.seed)
             text = format_predict(r)
+        elif a.command == "compare":
+            r = bench.compare(table, a.checkpoints, a.repeats, a.warmup, a.seed)
+            text = format_compare(r)
         else:
             if not 0 < a.target < 1:
                 raise ValueError(f"--target must be in (0, 1), got {a.target}")

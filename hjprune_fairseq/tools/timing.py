@@ -28,8 +28,8 @@ def fixed_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def median_times(calls: Dict[str, Callable[[int], None]], repeats: int, warmup: int) -> Dict[str, float]:
-    """Median wall time of each call; they alternate so drifts in machine load hit all alike.
+def all_times(calls: Dict[str, Callable[[int], None]], repeats: int, warmup: int) -> Dict[str, List[float]]:
+    """Wall time of every timed run of each call; they alternate so drifts in machine load hit all alike.
 
     Each call receives the iteration number (to seed per-iteration randomness identically).
     """
@@ -40,4 +40,9 @@ def median_times(calls: Dict[str, Callable[[int], None]], repeats: int, warmup: 
             call(i)
             if i >= warmup:
                 times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def median_times(calls: Dict[str, Callable[[int], None]], repeats: int, warmup: int) -> Dict[str, float]:
+    """Median wall time of each call, timed in turns (:func:`all_times`)."""
+    return {k: statistics.median(v) for k, v in all_times(calls, repeats, warmup).items()}

@@ -5,6 +5,9 @@ and fine-grained heads, half each), timed in turns on the table's backend at its
 the table's prediction and against the best MACs-only predictor (latency = a * MACs + b, least squares on the same
 shapes): median and worst absolute error in %.
 
+``compare``: checkpoints (a parent and models pruned from it) timed in turns on the table's backend, with the
+spread of the repeated timings (tiny models are noisy), beside their predicted latency and speed-up.
+
 ``target``: the family's gates driven by the constraint alone (no data, as ``tests/test_sparsity.py`` does) to
 ``target`` less predicted latency, exported (``core.slim``) and timed in turns with the dense encoder on the
 table's backend; beside it the same with ``mode=macs`` at the MACs budget whose model has the same predicted
@@ -31,7 +34,7 @@ from ...core.sparsity import SparsityConstraint
 from ...core.spec import EncoderSpec
 from ...plugin.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
 from ..bench.latency import keep_random, keep_random_dims
-from ..timing import fixed_threads, median_times
+from ..timing import all_times, fixed_threads, median_times
 from .probes import Backend
 
 HIDDEN_LOW = 0.5  # random shapes keep at least this much of the hidden size (the default table grid's lowest)
@@ -189,4 +192,38 @@ def target(table: lt.LatencyTable, goal: float = 0.4, steps: int = 500, repeats:
                   "conv_channels": [c for c, _, _ in s.conv_layers], "heads": s.num_heads, "ffn_units": s.ffn_dims,
                   "hidden": s.embed_dim}
     out["latency_within_3_points"] = abs(out["latency"]["measured_reduction"] - goal) <= 0.03
+    return out
+
+
+def compare(table: lt.LatencyTable, checkpoints: List[str], repeats: int = 25, warmup: int = 3, seed: int = 0) -> Dict:
+    """The encoders of ``checkpoints`` (the first is the reference of the speed-ups) timed in turns on the table's
+    backend, threads and input length: median, quartiles, min and max of the repeated timings, the predicted
+    latency, and measured against predicted speed-up over the first."""
+    from ...plugin.checkpoints import load_model
+
+    lt.warn_if_foreign(table, table.backend)
+    encoders = {}
+    for path in checkpoints:
+        encoders[path] = load_model(path)[0].encoder.eval()
+        lt.check_family(table, encoders[path].spec, path)
+    torch.manual_seed(seed)
+    wav = torch.randn(1, int(round(table.seconds * SAMPLE_RATE)))
+    with fixed_threads(table.threads), tempfile.TemporaryDirectory() as folder:
+        backend = Backend(table.backend, table.threads, folder, table.data["dtype"])
+        calls = {k: backend.encoder_call(e, wav, k) for k, e in encoders.items()}
+        with torch.inference_mode():
+            times = all_times(calls, repeats, warmup)
+    out = {"table": table.describe(), "backend": table.backend, "threads": table.threads, "seconds": table.seconds,
+           "repeats": repeats, "models": []}
+    ref = checkpoints[0]
+    ref_ms = 1000 * statistics.median(times[ref])
+    ref_pred = _ms(table, encoders[ref].spec)
+    for k in checkpoints:
+        t = sorted(1000 * v for v in times[k])
+        q = statistics.quantiles(t, n=4) if len(t) >= 2 else [t[0]] * 3
+        pred = _ms(table, encoders[k].spec)
+        out["models"].append({"checkpoint": k, "median_ms": q[1] if len(t) >= 2 else t[0], "q1_ms": q[0], "q3_ms": q[2],
+                              "min_ms": t[0], "max_ms": t[-1], "predicted_ms": pred,
+                              "measured_speedup": ref_ms / statistics.median(t), "predicted_speedup": ref_pred / pred,
+                              "gmacs": _macs(encoders[k].spec, table.seconds) / 1e9})
     return out
