@@ -65,7 +65,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     tg = sub.add_parser("target", help="prune to --target less predicted latency with the constraint alone, and with "
                                        "mode=macs at the same predicted latency; time both against the dense encoder")
     tg.add_argument("--target", type=float, default=0.4, help="fraction of predicted latency removed (default: 0.4)")
-    tg.add_argument("--steps", type=int, default=500, help="updates of the gates (default: 500)")
+    tg.add_argument("--steps", type=int, default=300,
+                    help="updates of the gates per run (default: 300; the macs model takes up to 3 runs)")
     cp = sub.add_parser("compare", help="checkpoints (the first is the reference) timed in turns on the table's "
                                          "backend, with the spread of the timings, beside their predicted latency")
     cp.add_argument("checkpoints", nargs="+", help="hjprune checkpoints (gated ones with their masks: export them first)")

@@ -156,8 +156,8 @@ def _macs(spec: EncoderSpec, seconds: float, masks: Optional[GateMasks] = None) 
     return cost_model.to_float(cost_model.cost(spec, masks, seconds).encoder_macs)
 
 
-def target(table: lt.LatencyTable, goal: float = 0.4, steps: int = 500, repeats: int = 5, warmup: int = 1,
-           secant_steps: int = 3, seed: int = 0) -> Dict:
+def target(table: lt.LatencyTable, goal: float = 0.4, steps: int = 300, repeats: int = 5, warmup: int = 1,
+           secant_steps: int = 2, seed: int = 0) -> Dict:
     """Prune the family to ``goal`` less predicted latency with the constraint alone (mode latency), and with
     mode macs at the MACs budget of the same predicted latency; time both slim encoders against the dense one."""
     lt.warn_if_foreign(table, table.backend)
