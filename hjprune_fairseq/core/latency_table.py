@@ -15,11 +15,12 @@ family (its dense :class:`EncoderSpec`), one machine, backend, thread count and 
 - ``layer_base``: one Transformer layer without heads or FFN units (its LayerNorms and residuals), by hidden.
 
 A layer costs attention + ffn - layer_base (the base is in both). The prediction is
-``cnn_scale * (CNN layers) + scale * (the rest) + offset``, fitted (``calibration``) on whole encoders timed when
-the table was made (the dense one and a few slim ones): the CNN timed alone against its layers' sum (through 0),
-the rest of the encoder against the rest's sum (least squares, with the constant part as offset). A chain of CNN
-layers runs slower than its layers one by one (1.3x on the tiny preset on a 2-core AMD EPYC, PyTorch), more than
-the Transformer's layers do: one scale for both made the CNN-heavy shapes' errors the largest.
+``cnn_scale * (CNN layers) + scale * (the rest) + offset``, fitted (``calibration``) on whole encoders timed
+when the table was made (the dense one and a few slim ones): the CNN timed alone against its layers' sum
+(through 0), the rest of the encoder against the rest's sum (least squares; the constant part, the offset, is
+not negative). The CNN has a scale of its own: a chain of CNN layers ran 1.3x slower than its layers one by one
+(tiny preset, 2-core AMD EPYC, PyTorch, one measurement on a busy machine), a different factor than the
+Transformer's.
 
 Interpolation is multilinear between grid points (bilinear for two axes), which is exact for the terms of
 the cost model (T * C_in * C_out * K, T * d * h * head_dim, T^2 * h * head_dim, T * d * f are products of

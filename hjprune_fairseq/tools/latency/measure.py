@@ -108,13 +108,16 @@ def time_component(backend: Backend, spec: EncoderSpec, cfg: TableConfig, name: 
 
 
 def _line(x: torch.Tensor, y: torch.Tensor) -> Tuple[float, float]:
-    """Least-squares (slope, intercept) of y on x; (1, mean gap) where a slope cannot be fitted (one point, or a
-    slope <= 0 from timings too noisy for one)."""
+    """Least-squares (slope, intercept) of y on x. A negative intercept or slope (timings too noisy for a line,
+    e.g. on a busy machine: a model slower than a larger one) is not a constant part of anything: then the slope
+    through 0, or (1, 0) where even that is not positive."""
     if len(x) >= 2 and float(x.std()) > 0:
         a = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
-        if a > 0:
-            return a, float(y.mean() - a * x.mean())
-    return 1.0, float((y - x).mean())
+        b = float(y.mean() - a * x.mean())
+        if a > 0 and b >= 0:
+            return a, b
+    a = float((x * y).sum() / (x * x).sum())
+    return (a, 0.0) if a > 0 else (1.0, 0.0)
 
 
 def calibrate(backend: Backend, table: Dict, spec: EncoderSpec, cfg: TableConfig) -> Dict:
@@ -140,11 +143,15 @@ def calibrate(backend: Backend, table: Dict, spec: EncoderSpec, cfg: TableConfig
     rest_sum = torch.tensor([sum(parts[k].values()) - parts[k]["cnn"] for k in specs], dtype=torch.float64)
     rest_meas = torch.tensor([measured[k] - measured["cnn:" + k] for k in specs], dtype=torch.float64)
     scale, offset = _line(rest_sum, rest_meas)
+    predicted = {k: cnn_scale * parts[k]["cnn"] + scale * float(rest_sum[i]) + offset for i, k in enumerate(specs)}
+    for k in specs:
+        if abs(predicted[k] / measured[k] - 1) > 0.1:
+            logger.warning("calibration: %s measured %.1f ms, the fitted table predicts %.1f ms; was the machine busy? "
+                           "(measure again on an idle machine)", k, 1000 * measured[k], 1000 * predicted[k])
     return {"scale": scale, "offset_s": offset, "cnn_scale": cnn_scale,
             "models": {k: {"measured_s": measured[k], "cnn_measured_s": measured["cnn:" + k],
                            "sum_of_components_s": sum(parts[k].values()),
-                           "predicted_s": cnn_scale * parts[k]["cnn"] + scale * float(rest_sum[i]) + offset}
-                       for i, k in enumerate(specs)}}
+                           "predicted_s": predicted[k]} for k in specs}}
 
 
 def measure_table(cfg: TableConfig, spec: Optional[EncoderSpec] = None, family: Optional[str] = None) -> Dict:
