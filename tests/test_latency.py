@@ -94,7 +94,6 @@ def test_measure_at_masks_is_the_tables_interpolation_and_differentiable_under_p
         m.fill_(1.0)[heads:] = 0
     for m in masks.ffn:
         m.fill_(1.0)[ffn:] = 0
-    d = TINY.embed_dim
     L = TINY.num_layers
     cnn = sum(float(g[f"conv{i}"].seconds[-1] if i == 0 else g[f"conv{i}"].seconds[-1, -1]) for i in range(len(conv_full)))
     rest = float(g["front"].seconds[-1, -1]) + L * (
