@@ -39,6 +39,8 @@ setup(
             "hjprune-import-hf=hjprune_fairseq.cli.import_hf:main",
             "hjprune-score-export=hjprune_fairseq.cli.score_export:main",
             "hjprune-bench=hjprune_fairseq.cli.bench:main",
+            "hjprune-latency-table=hjprune_fairseq.cli.latency_table:main",
+            "hjprune-latency-bench=hjprune_fairseq.cli.latency_bench:main",
             "hjprune-bench-train=hjprune_fairseq.cli.bench_train:main",
             "hjprune-smoke-base=hjprune_fairseq.cli.smoke_base:main",
             "hjprune-demo=hjprune_fairseq.cli.demo:main",

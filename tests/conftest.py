@@ -53,3 +53,14 @@ LONGEST_FIRST = ("test_demo.py", "test_hf_import.py", "test_prune_train.py", "te
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="session")
+def fixture_latency_table(ckpt_dir, w2v_pretrained):
+    """A latency table (PyTorch, coarse grids, 0.5 s) of ``w2v_pretrained``'s encoder family: for
+    ``criterion.latency_table`` in tests that build or train with sparsity_mode=latency. Its times are real but
+    rough; the tests check that it is used, not what it predicts."""
+    from fairseq_fixtures import make_latency_table
+    from hjprune_fairseq.plugin.fairseq_import import read_checkpoint
+
+    return make_latency_table(str(ckpt_dir / "latency_w2v.json"), read_checkpoint(w2v_pretrained).spec)

@@ -210,3 +210,19 @@ def save_like_trainer(model, path, data: str = "unused", labels: str = "ltr") ->
     torch.save(_state(OmegaConf.to_container(model.cfg, resolve=True, enum_to_str=True),
                       OmegaConf.to_container(task, resolve=True, enum_to_str=True), model.state_dict()), path)
     return str(path)
+
+
+# Grids of a test's latency table: two or three points per axis (fractions of the dense size)
+QUICK_GRIDS = dict(conv_grid=(0.5, 1.0), hidden_grid=(0.5, 1.0), heads_grid=(0.0, 0.5, 1.0), dims_grid=(0.5, 1.0),
+                   ffn_grid=(0.0, 0.5, 1.0))
+
+
+def make_latency_table(path: str, spec=None, preset: str = "tiny", seconds: float = 0.5, calibration: int = 1) -> str:
+    """Measure a quick PyTorch latency table (1 thread, three timed runs per point) of ``spec`` (or ``preset``) at
+    ``path``: seconds of CPU, not a usable prediction."""
+    from hjprune_fairseq.tools.latency.measure import TableConfig, measure_table, write_table
+
+    cfg = TableConfig(preset=preset, seconds=seconds, threads=1, repeats=3, warmup=1, calibration=calibration,
+                      **QUICK_GRIDS)
+    write_table(measure_table(cfg, spec, "fixture" if spec is not None else None), path, overwrite=True)
+    return path

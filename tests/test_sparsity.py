@@ -222,5 +222,7 @@ def test_a_new_measure_is_one_registered_function(monkeypatch):
             g.log_alpha[: g.log_alpha.numel() // 4] = -20.0  # a quarter of every layer's FFN units off
     penalty, logs = SparsityConstraint("ffn_size", {"ffn_size": 0.25}, 0, 10.0)(stub, 0)
     assert logs["sparsity"] == pytest.approx(0.25, abs=0.02) and logs["target"] == 0.25
-    with pytest.raises(ValueError, match=r"unknown sparsity mode 'latency'"):
-        SparsityConstraint("latency", {"latency": 0.3}, 0, 10.0)
+    with pytest.raises(ValueError, match=r"unknown sparsity mode 'energy'"):
+        SparsityConstraint("energy", {"energy": 0.3}, 0, 10.0)
+    with pytest.raises(ValueError, match="sparsity_mode=latency needs criterion.latency_table"):  # a resource it needs
+        SparsityConstraint("latency", {"latency": 0.3}, 0, 10.0)(stub, 0)

@@ -12,6 +12,7 @@ import json
 import sys
 from typing import List, Optional
 
+from ..core import latency_table
 from ..core.presets import PRESETS
 from ..tools.bench.latency import GOAL, ONNX_GOAL, compare_latency
 from ..tools.timing import apply_threads
@@ -39,6 +40,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--onnx", action="store_true",
                    help=f"also time the models in onnxruntime (exported to ONNX; the slim one also int8) in the "
                         f"same run; goal there: speed-up >= {ONNX_GOAL} x MAC ratio (needs the onnx extra)")
+    p.add_argument("--latency-table", action="append", default=[], metavar="TABLE",
+                   help="a latency table (hjprune-latency-table): print its predicted latency beside the measured one of "
+                        "every model timed; repeat it for one table per backend (pytorch, onnxruntime, onnxruntime_int8)")
     add_timing_args(p, "runs")
     a = p.parse_args(argv)
     if not 0.0 < a.macs_sparsity < 1.0:
@@ -51,8 +55,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         import_onnx()  # a one-line error without the extra, before the models are built
     try:
+        tables = [latency_table.load(t) for t in a.latency_table]
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    try:
         r = compare_latency(a.preset, a.macs_sparsity, a.seconds, a.seed, a.fine_grained, a.repeats, a.warmup, a.onnx,
-                            a.align)
+                            a.align, tables)
     except ValueError as e:  # a budget the pattern cannot reach: refused in one line
         p.exit(2, f"hjprune-bench: error: {e}\n")
     if a.json:
@@ -101,6 +109,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"onnxruntime goal speed-up / MAC ratio >= {ONNX_GOAL}: {'met' if o['goal_met'] else 'NOT met'}; "
                   f"int8 slim {o['int8_vs_fp32_slim']:.2f}x the fp32 slim graph's speed, relative error "
                   f"{o['int8_rel_error']:.3f}; fp32 slim graph within {o['slim_max_abs_diff']:.1e} of PyTorch")
+        if tables:
+            print(f"\n{'timed model':<22} {'measured s':>10} {'predicted s':>11} {'error':>7}  table")
+            for k, v in r["predicted"].items():
+                err = 100 * (v["predicted_s"] - v["measured_s"]) / v["measured_s"]
+                print(f"{k:<22} {v['measured_s']:>10.3f} {v['predicted_s']:>11.3f} {err:>6.1f}%  {v['table']}"
+                      + (f" (WARNING: {v['foreign']})" if v["foreign"] else ""))
     return 0
 
 

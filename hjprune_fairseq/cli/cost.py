@@ -36,7 +36,23 @@ def format_table(r: Dict) -> str:
         for i, (h, q, v, f, a, b) in enumerate(zip(L["heads"], L["qk_dims"], L["vo_dims"], L["ffn_units"],
                                                    L["attention_gmacs"], L["ffn_gmacs"]))
     ]
+    if "latency" in r:
+        lines += [""] + format_latency(r["latency"])
     return "\n".join(lines)
+
+
+def format_latency(t: Dict) -> List[str]:
+    """The predicted latency per component (``cost_report.latency_report``)."""
+    lines = [f"predicted latency, {t['seconds']:g} s input, {t['backend']} {t['dtype']}, {t['threads']} threads "
+             f"(table {t['table']}, {t['machine'].get('cpu')}, {t['machine'].get('cores')} cores)"]
+    if t["foreign"]:
+        lines.append(f"WARNING: {t['foreign']}")
+    lines.append(f"{'component':<12} {'ms':>9}")
+    lines += [f"{k:<12} {v:>9.2f}" for k, v in t["ms"].items()]
+    lines.append(f"{'dense':<12} {t['dense_ms']:>9.2f}   (speed-up {t['dense_ms'] / t['ms']['total']:.2f}x)")
+    if "expected_ms" in t:
+        lines.append(f"{'expected':<12} {t['expected_ms']:>9.2f}   (under the gates' keep probabilities)")
+    return lines
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -49,13 +65,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("checkpoint", nargs="?", help="a checkpoint (hjprune gated/slim, fairseq wav2vec2/hubert/wav2vec_ctc)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a built-in architecture instead of a checkpoint")
     p.add_argument("--seconds", type=float, default=10.0, help="virtual input length for MACs (default: 10)")
+    p.add_argument("--latency-table", metavar="TABLE",
+                   help="a latency table (hjprune-latency-table): also print the predicted latency per component")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a = p.parse_args(argv)
     if (a.checkpoint is None) == (a.preset is None):
         p.error("give either a CHECKPOINT or --preset NAME")
 
     def go() -> int:
-        r = describe(a.preset or a.checkpoint, a.seconds)
+        r = describe(a.preset or a.checkpoint, a.seconds, latency_table=a.latency_table)
         print(json.dumps(r, indent=2) if a.json else format_table(r))
         return 0
 

@@ -50,6 +50,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "and (fine-grained heads) every head's query/key and value/output dims, within the budget")
     p.add_argument("--as-trained", action="store_true",
                    help="export the deterministic masks as they are (round of each row's expected L0), not the budget")
+    p.add_argument("--latency-table", metavar="TABLE.json",
+                   help="the latency table of a latency budget (default: the run's criterion.latency_table)")
     p.add_argument("--seconds", type=float, default=10.0, help="virtual input length of the printed cost")
     a = p.parse_args(argv)
     if a.int8 and not a.onnx:
@@ -79,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         r = {"gated": a.gated}
         if a.slim is not None:
             info = export_slim(a.gated, a.slim, overwrite=a.overwrite, allow_no_gates=a.allow_no_gates, budget=budget,
-                               align=a.align, as_trained=a.as_trained)
+                               align=a.align, as_trained=a.as_trained, latency_table=a.latency_table)
             fitted = info["budget"]
             r["budget"] = fitted.summary() if fitted is not None else info["note"]
             before, after = describe(a.gated, a.seconds, as_trained=True), describe(a.slim, a.seconds)

@@ -279,6 +279,18 @@ def export_graph(graph: nn.Module, path: str, source: str, metadata: Optional[Di
     onnx.save(proto, path)
 
 
+def export_fixed(module: nn.Module, inputs: Sequence[torch.Tensor], names: Sequence[str], path: str,
+                 opset: int = OPSET) -> None:
+    """Export ``module`` (eval mode) with the fixed input shapes of ``inputs`` (named ``names``) as the ONNX
+    model ``path``, by the same exporter as :func:`export_graph`: a timing probe of one component
+    (``tools/latency``), whose sizes are what is measured, so nothing is dynamic and nothing is checked."""
+    onnx, _ = import_onnx()
+    with torch.no_grad(), _quiet_exporter():
+        exported = torch.onnx.export(module.eval(), tuple(inputs), dynamo=True, input_names=list(names),
+                                     opset_version=opset, external_data=False, verbose=False)
+    onnx.save(exported.model_proto, path)
+
+
 def quantize_int8(fp32_path: str, int8_path: str, op_types: Sequence[str] = INT8_OPS) -> None:
     """onnxruntime's dynamic quantisation of ``fp32_path`` into ``int8_path``: the weights of ``op_types``
     int8 (per tensor, in 7 bits), their inputs quantised to uint8 at run time; everything else stays fp32.

@@ -18,6 +18,8 @@ import torch
 from hjprune_manifests.output_dir import write_atomically
 from omegaconf import OmegaConf
 
+from ..core import cost_model
+from ..core import latency_table as lt
 from ..core.budget import BudgetResult, fit_budget, measure_sparsity
 from ..core.gate_state import GateMasks
 from ..core.measures import MEASURES
@@ -52,10 +54,11 @@ def measure_of(quantities) -> str:
 
 
 def export_masks(state: Dict[str, Any], model: HJPruneModel, path: str, budget: Optional[Dict[str, float]] = None,
-                 align: int = 1, as_trained: bool = False) -> Tuple[GateMasks, Optional[BudgetResult], str]:
+                 align: int = 1, as_trained: bool = False, latency_table: Optional[str] = None
+                 ) -> Tuple[GateMasks, Optional[BudgetResult], str]:
     """The masks ``model`` (rebuilt from the checkpoint ``state`` read from ``path``) is exported with, the
     budget fit that made them (None: as trained) and a line saying which. ``budget``: {quantity: fraction}
-    instead of the run's."""
+    instead of the run's; ``latency_table``: the table of a latency budget instead of the run's."""
     if model.gates is None:
         return model.gate_masks(), None, "no gates: every unit kept"
     if as_trained:
@@ -77,7 +80,20 @@ def export_masks(state: Dict[str, Any], model: HJPruneModel, path: str, budget: 
         return model.gates.deterministic(), None, note
     measure = MEASURES[mode]
     measure.check_cnn_gates(model.gates.conv is not None)
-    result = fit_budget(model.gates, measure, targets, measure_sparsity(measure, model.spec, seconds), align=align)
+    resources: Dict[str, Any] = {}
+    if "latency_table" in measure.needs:
+        table_path = latency_table or (run.latency_table if run is not None else None)
+        if not table_path:
+            raise ValueError(f"{path}: a {mode} budget needs the latency table it is measured with "
+                             "(give --latency-table PATH)")
+        table = lt.load(table_path)
+        lt.check_family(table, model.spec)
+        resources["latency_table"] = table
+        if not targets and run is not None and run.target_latency_ms is not None:  # the run's target in ms
+            dense_ms = 1000 * float(table.predict(cost_model.counts(model.spec)))
+            targets = {"latency": 1 - run.target_latency_ms / dense_ms}
+    result = fit_budget(model.gates, measure, targets, measure_sparsity(measure, model.spec, seconds, **resources),
+                        align=align)
     if not result.met:  # a small model's units are coarse: the closest structure, and a word
         logger.warning("%s: the budget %s %s is not met within 0.5 points; the closest the units allow: %s "
                        "(align %d)", path, mode, targets, result.delivered, align)
@@ -88,7 +104,8 @@ def export_masks(state: Dict[str, Any], model: HJPruneModel, path: str, budget: 
 
 
 def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_no_gates: bool = False,
-                budget: Optional[Dict[str, float]] = None, align: int = 1, as_trained: bool = False) -> Dict[str, Any]:
+                budget: Optional[Dict[str, float]] = None, align: int = 1, as_trained: bool = False,
+                latency_table: Optional[str] = None) -> Dict[str, Any]:
     """Write the physically pruned model of ``gated_path`` to ``slim_path``, at the run's budget, at ``budget``
     ({quantity: fraction} of a measure), or ``as_trained`` (see the module's docstring); ``align``: kept counts
     in multiples of it. A model without gates (e.g. a fine-tuned one) is refused unless ``allow_no_gates`` (a
@@ -104,7 +121,7 @@ def export_slim(gated_path: str, slim_path: str, overwrite: bool = False, allow_
         raise ValueError(f"{gated_path}: has no gates (every model.prune_* is false, e.g. a fine-tuned model), so "
                          "nothing would be removed; export the checkpoint of a prune stage (checkpoint_last.pt), "
                          "or pass --allow-no-gates for a dense copy")
-    masks, fitted, note = export_masks(state, model, gated_path, budget, align, as_trained)
+    masks, fitted, note = export_masks(state, model, gated_path, budget, align, as_trained, latency_table)
     out, spec, masks = slim_checkpoint(state, model, gated_path, masks)
     write_atomically(slim_path, lambda tmp: torch.save(out, tmp))
     return {"spec": spec, "masks": masks, "budget": fitted, "note": note}

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -92,13 +92,15 @@ class BudgetResult:
 
 
 def measure_sparsity(measure: SparsityMeasure, spec: EncoderSpec, seconds: float,
-                     reference: Optional[EncoderSpec] = None) -> Sparsity:
+                     reference: Optional[EncoderSpec] = None, **resources: Any) -> Sparsity:
     """``masks -> {quantity: fraction removed}`` of ``measure`` at ``seconds``, against ``reference`` (default:
-    ``spec``, as the training constraint measures it)."""
+    ``spec``, as the training constraint measures it); ``resources``: what the measure needs (``needs``, e.g. the
+    ``latency_table`` of the latency measure)."""
     dense = cost_model.cost(reference or spec, None, seconds)
 
     def sparsity(masks: GateMasks) -> Dict[str, float]:
-        return {q: cost_model.to_float(v) for q, v in measure(cost_model.cost(spec, masks, seconds), dense).items()}
+        fractions = measure(cost_model.cost(spec, masks, seconds), dense, **resources)
+        return {q: cost_model.to_float(v) for q, v in fractions.items()}
 
     return sparsity
 

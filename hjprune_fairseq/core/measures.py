@@ -4,7 +4,8 @@ A measure is a function of the expected cost and the dense cost (``cost_model.Co
 {constrained quantity: fraction removed}; each quantity gets its own target and its own multiplier
 pair. Adding a measure is one decorated function here plus one ``mode/NAME.yaml`` per config set
 (docs/ARCHITECTURE.md); the criteria's ``sparsity_mode`` choices, the target fields they read and
-the check of the model's CNN gates all follow from the entry.
+the check of the model's CNN gates all follow from the entry. A measure that needs more than the two
+costs names it (``needs``, e.g. the ``latency_table``): the constraint passes it as a keyword argument.
 
 "Transformer" is everything but the CNN (see cost_model).
 """
@@ -31,9 +32,13 @@ class SparsityMeasure:
     cnn_gates: Optional[bool] = None
     why: str = ""
     budget_groups: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    needs: Tuple[str, ...] = ()
 
-    def __call__(self, expected, dense) -> Fractions:
-        return self.fn(expected, dense)
+    def __call__(self, expected, dense, **resources) -> Fractions:
+        missing = [n for n in self.needs if resources.get(n) is None]
+        if missing:
+            raise ValueError(f"sparsity_mode={self.name} needs criterion.{' and criterion.'.join(missing)}")
+        return self.fn(expected, dense, **{n: resources[n] for n in self.needs})
 
     def check_cnn_gates(self, cnn_gated: bool) -> None:
         if self.cnn_gates is not None and cnn_gated != self.cnn_gates:
@@ -44,12 +49,14 @@ MEASURES: Dict[str, SparsityMeasure] = {}
 
 
 def sparsity_measure(name: str, quantities: Optional[Tuple[str, ...]] = None, cnn_gates: Optional[bool] = None,
-                     why: str = "", budget_groups: Optional[Dict[str, Tuple[str, ...]]] = None) -> Callable:
-    """Register ``fn(expected, dense) -> {quantity: fraction removed}`` as the measure ``name``."""
-    def register(fn: Callable[[Any, Any], Fractions]) -> Callable:
+                     why: str = "", budget_groups: Optional[Dict[str, Tuple[str, ...]]] = None,
+                     needs: Tuple[str, ...] = ()) -> Callable:
+    """Register ``fn(expected, dense, **needs) -> {quantity: fraction removed}`` as the measure ``name``."""
+    def register(fn: Callable[..., Fractions]) -> Callable:
         if name in MEASURES:
             raise ValueError(f"sparsity measure {name!r} is registered twice")
-        MEASURES[name] = SparsityMeasure(name, fn, tuple(quantities or (name,)), cnn_gates, why, dict(budget_groups or {}))
+        MEASURES[name] = SparsityMeasure(name, fn, tuple(quantities or (name,)), cnn_gates, why,
+                                         dict(budget_groups or {}), tuple(needs))
         return fn
     return register
 
@@ -84,3 +91,9 @@ def sep_size(expected, dense) -> Fractions:
 def transformer_only(expected, dense) -> Fractions:
     """The paper's baseline: the CNN is not gated, ``s`` is the Transformer's parameter sparsity."""
     return {"transformer_only": removed(expected.transformer_params, dense.transformer_params)}
+
+
+@sparsity_measure("latency", needs=("latency_table",))
+def latency(expected, dense, latency_table) -> Fractions:
+    """Predicted latency from a measured table (``core/latency_table.LatencyTable``) at the expected kept counts."""
+    return {"latency": removed(latency_table.predict(expected.counts), latency_table.predict(dense.counts))}

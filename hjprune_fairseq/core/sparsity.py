@@ -15,7 +15,7 @@ masks fitted to the final target, or the current rung's; in training refitted ev
 updates), ``trained_mask_sparsity`` that of the deterministic masks as they are.
 
 What ``s`` measures is a mode of the registry in ``measures.py`` (size, sep_size, macs,
-transformer_only). Sparsity is measured against the dense structure of the model being pruned (its
+transformer_only, latency). Sparsity is measured against the dense structure of the model being pruned (its
 ``spec``).
 The criteria's config (``criterions/sparsity_config.py``) builds a :class:`SparsityConstraint`.
 """
@@ -28,6 +28,7 @@ from torch import nn
 from . import cost_model
 from .budget import BudgetResult, fit_budget, measure_sparsity
 from .hard_concrete import KeepsParameterDtype
+from .latency_table import LatencyTable, check_family
 from .measures import MEASURES
 
 LAMBDA_GROUP = "hjprune_lambda"  # lambda1: rate optimizer.lambda_lr
@@ -41,15 +42,28 @@ class SparsityConstraint(KeepsParameterDtype):
     scale, accumulated over update_freq micro-batches, overflows 16 bits."""
 
     def __init__(self, mode: str, targets: Dict[str, float], warmup_updates: int, seconds: float,
-                 ladder: Optional[List[Dict[str, float]]] = None, hold_updates: int = 0):
+                 ladder: Optional[List[Dict[str, float]]] = None, hold_updates: int = 0,
+                 latency_table: Optional[LatencyTable] = None, target_latency_ms: Optional[float] = None):
         """mode: a measure of :data:`measures.MEASURES`; targets: {constrained quantity: final target}
         (the measure's quantities); warmup_updates: updates over which the targets rise from 0 (from the
         previous rung's on a ladder); seconds: the virtual input length at which MACs are counted;
         ladder: the targets of every rung, increasing, the last one ``targets``; hold_updates: how long
-        each rung holds."""
+        each rung holds. latency_table: the measured table of the ``latency`` measure (with any mode, the log
+        shows predicted latency); target_latency_ms: the latency target in ms instead of a fraction (``targets``
+        then omits it): converted to the fraction of the model's dense predicted latency when the model is
+        first seen (not with a ladder: its rungs are fractions)."""
         super().__init__()
         if mode not in MEASURES:
             raise ValueError(f"unknown sparsity mode {mode!r} (expected one of {sorted(MEASURES)})")
+        self.latency_table = latency_table
+        self.target_latency_ms = target_latency_ms
+        if target_latency_ms is not None:
+            if mode != "latency":
+                raise ValueError(f"a latency target in ms needs sparsity_mode=latency, got {mode}")
+            if ladder is not None:
+                raise ValueError("a budget ladder takes its latency targets as fractions (criterion.target_sparsity), "
+                                 "not criterion.target_latency_ms")
+            targets = {**targets, "latency": 0.0}  # set by check_model, from the model's dense latency
         if set(targets) != set(MEASURES[mode].quantities):
             raise ValueError(f"sparsity_mode={mode} constrains {list(MEASURES[mode].quantities)}, got targets for {sorted(targets)}")
         self.mode = mode
@@ -78,6 +92,15 @@ class SparsityConstraint(KeepsParameterDtype):
         if gates is None:
             raise ValueError("the hjprune criteria need a gated model (model._name=hjprune_wav2vec_ctc with a prune_* group on)")
         self.measure.check_cnn_gates(gates.conv is not None)
+        if self.latency_table is not None:
+            check_family(self.latency_table, model.spec)
+        if self.target_latency_ms is not None:
+            dense_ms = 1000 * float(self.latency_table.predict(cost_model.counts(model.spec)))
+            if not 0 < self.target_latency_ms < dense_ms:
+                raise ValueError(f"criterion.target_latency_ms={self.target_latency_ms:g} must be positive and below "
+                                 f"the dense model's predicted {dense_ms:.1f} ms ({self.latency_table.describe()})")
+            self.final_targets[self.names.index("latency")] = 1 - self.target_latency_ms / dense_ms
+            self.target_latency_ms = None  # converted once
 
     @property
     def rung_updates(self) -> int:
@@ -121,7 +144,8 @@ class SparsityConstraint(KeepsParameterDtype):
         if key != self._fit_key:
             targets = dict(zip(self.names, self.rung_targets(num_updates)))
             self._fit = fit_budget(model.gates, self.measure, targets,
-                                   measure_sparsity(self.measure, model.spec, self.seconds))
+                                   measure_sparsity(self.measure, model.spec, self.seconds,
+                                                    latency_table=self.latency_table))
             self._fit_key = key
         return self._fit
 
@@ -131,7 +155,8 @@ class SparsityConstraint(KeepsParameterDtype):
         dense = cost_model.cost(model.spec, None, self.seconds)
         expected = cost_model.cost(model.spec, model.gates.keep_probs(), self.seconds)
         kept = expected.counts
-        s_all = self.measure(expected, dense)
+        resources = {"latency_table": self.latency_table}
+        s_all = self.measure(expected, dense, **resources)
         s = torch.stack([torch.as_tensor(s_all[n], dtype=torch.float64) for n in self.names])
         t = self.target(num_updates).to(s.device)
         gap = s - t
@@ -139,7 +164,8 @@ class SparsityConstraint(KeepsParameterDtype):
 
         with torch.no_grad():
             fitted = self.budget_masks(model, num_updates)
-            trained = self.measure(cost_model.cost(model.spec, model.gates.deterministic(), self.seconds), dense)
+            trained_cost = cost_model.cost(model.spec, model.gates.deterministic(), self.seconds)
+            trained = self.measure(trained_cost, dense, **resources)
         logs: Dict[str, float] = {"penalty": float(penalty.detach())}
         for i, n in enumerate(self.names):
             suffix = "" if len(self.names) == 1 else f"_{n}"
@@ -151,6 +177,10 @@ class SparsityConstraint(KeepsParameterDtype):
             logs[f"lambda2{suffix}"] = float(self.lambda2[i].detach())
         logs["exp_mparams"] = cost_model.to_float(expected.encoder_params) / 1e6
         logs["exp_gmacs"] = cost_model.to_float(expected.encoder_macs) / 1e9
+        if self.latency_table is not None:  # predicted at the table's input length, beside the MACs
+            logs["exp_latency_ms"] = 1000 * float(self.latency_table.predict(kept).detach())
+            logs["mask_latency_ms"] = 1000 * float(self.latency_table.predict(
+                cost_model.counts(model.spec, fitted.masks)))  # the masks export gives
         logs["kept_conv"] = sum(cost_model.to_float(c) for c in kept.conv)
         logs["kept_heads"] = sum(cost_model.to_float(h) for h in kept.heads)
         logs["kept_ffn"] = sum(cost_model.to_float(f) for f in kept.ffn)

@@ -22,11 +22,15 @@ BUDGET_KEY = "hjprune_budget"  # extra_state entry of a ladder rung's checkpoint
 
 @dataclass
 class RunBudget:
-    """mode: a measure of the registry; targets: {its quantity: fraction}; seconds: the MACs' virtual length."""
+    """mode: a measure of the registry; targets: {its quantity: fraction}; seconds: the MACs' virtual length;
+    latency_table: the table of the latency measure (its path); target_latency_ms: a latency target given in ms
+    (``targets`` then lacks it: it is a fraction of the dense model's predicted latency, see ``slim_export``)."""
 
     mode: str
     targets: Dict[str, float]
     seconds: float = 10.0
+    latency_table: Optional[str] = None
+    target_latency_ms: Optional[float] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -38,7 +42,7 @@ def run_budget(state: Dict[str, Any], path: str) -> Optional[RunBudget]:
     recorded = (state.get("extra_state") or {}).get(BUDGET_KEY)
     if recorded is not None:
         return RunBudget(str(recorded["mode"]), {k: float(v) for k, v in recorded["targets"].items()},
-                         float(recorded["seconds"]))
+                         float(recorded["seconds"]), recorded.get("latency_table"))
     criterion = (state.get("cfg") or {}).get("criterion")
     if criterion is None:
         return None
@@ -53,7 +57,7 @@ def run_budget(state: Dict[str, Any], path: str) -> Optional[RunBudget]:
         targets = targets_from_config(cfg)
     except ValueError as e:
         raise ValueError(f"{path}: cfg.criterion: {e}") from None
-    return RunBudget(str(cfg.sparsity_mode), targets, float(cfg.macs_seconds))
+    return RunBudget(str(cfg.sparsity_mode), targets, float(cfg.macs_seconds), cfg.latency_table, cfg.target_latency_ms)
 
 
 def ladder_checkpoint_name(target: float) -> str:
@@ -67,6 +71,7 @@ def ladder_checkpoint(constraint: SparsityConstraint, num_updates: int) -> Optio
     for i, rung in enumerate(constraint.ladder):
         if num_updates == constraint.rung_end(i):
             targets = dict(zip(constraint.names, rung))
-            budget = RunBudget(constraint.mode, targets, constraint.seconds)
+            table = constraint.latency_table.source if constraint.latency_table is not None else None
+            budget = RunBudget(constraint.mode, targets, constraint.seconds, table)
             return ladder_checkpoint_name(rung[0]), {BUDGET_KEY: budget.to_dict()}
     return None

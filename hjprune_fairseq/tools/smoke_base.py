@@ -73,6 +73,19 @@ class Smoke:
             logger.info(f"    failed (exit {row['rc']}); see {log}")
         return os.path.join(save, "checkpoint_last.pt")
 
+    def latency_table(self) -> str:
+        """A coarse PyTorch latency table of wav2vec2-base's family (1 s input, one run per point; HuBERT-base has
+        the same shape) for the modes that need one: the smoke run checks that mode=latency trains, not what
+        the table predicts."""
+        path = os.path.join(self.work, "latency_wav2vec2_base.json")
+        if not os.path.exists(path):
+            from .latency.measure import TableConfig, measure_table, write_table
+
+            cfg = TableConfig(seconds=1.0, repeats=1, warmup=0, calibration=0, conv_grid=(0.5, 1.0),
+                              hidden_grid=(0.5, 1.0), heads_grid=(0.0, 1.0), dims_grid=(1.0,), ffn_grid=(0.0, 1.0))
+            write_table(measure_table(cfg), path)
+        return path
+
     def export(self, gated: str, name: str) -> str:
         slim = os.path.join(self.work, f"{name}.pt")
         r = run_stage([console_script("hjprune-export"), gated, slim],
@@ -87,7 +100,8 @@ class Smoke:
         extra = [f"{k}={v}" for k, v in pruning.items()]
         ft = self.train(config_set, "finetune", f"{short}/finetune", data, pretrained)
         for mode in MODES:
-            gated = self.train(config_set, "prune", f"{short}/prune_{mode}", data, ft, [f"mode={mode}", *extra])
+            needs = [f"criterion.latency_table={self.latency_table()}"] if MEASURES[mode].needs else []
+            gated = self.train(config_set, "prune", f"{short}/prune_{mode}", data, ft, [f"mode={mode}", *extra, *needs])
         self.train(config_set, "final", f"{short}/final", data, self.export(gated, f"{short}_slim"))
         if distill:
             self.train(config_set, "distill", f"{short}/distill", data, pretrained, ["mode=macs", *extra])

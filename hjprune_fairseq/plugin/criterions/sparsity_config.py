@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
+from ...core import latency_table
 from ...core.measures import MEASURES
 from ...core.sparsity import SparsityConstraint
 from .. import compat
@@ -26,10 +27,21 @@ class SparsityConfig(FairseqDataclass):
     )
     target_sparsity: Optional[Any] = field(  # Any: a float or a list (omegaconf has no Union of the two)
         default=None, metadata={"help": "final target in [0, 1) of a measure of one quantity (size, macs, "
-                                        "transformer_only); or a budget ladder, increasing targets such as "
-                                        "[0.2,0.4,0.6]: the target ramps to each in turn over "
-                                        "sparsity_warmup_updates, holds budget_hold_updates, and the run saves "
-                                        "checkpoint_budget_0.20.pt, ... at the end of each hold"}
+                                        "transformer_only, latency: the fraction of predicted latency removed); or "
+                                        "a budget ladder, increasing targets such as [0.2,0.4,0.6]: the target "
+                                        "ramps to each in turn over sparsity_warmup_updates, holds "
+                                        "budget_hold_updates, and the run saves checkpoint_budget_0.20.pt, ... at "
+                                        "the end of each hold"}
+    )
+    latency_table: Optional[str] = field(
+        default=None, metadata={"help": "a latency table (JSON, made by hjprune-latency-table on the machine and "
+                                        "backend the model will run on): needed by sparsity_mode=latency; with "
+                                        "any mode the log shows predicted latency (exp_latency_ms, mask_latency_ms)"}
+    )
+    target_latency_ms: Optional[float] = field(
+        default=None, metadata={"help": "latency mode: the target in milliseconds at the table's input length "
+                                        "instead of target_sparsity; must be below the dense model's predicted "
+                                        "latency (the fraction removed is 1 - target / dense)"}
     )
     target_cnn_sparsity: Optional[float] = field(
         default=None, metadata={"help": "sep_size: final target of the CNN's parameter sparsity"}
@@ -81,6 +93,12 @@ def targets_from_config(cfg: SparsityConfig, final: Optional[float] = None) -> D
     if mode == "none":
         return {}
     quantities = MEASURES[mode].quantities
+    if cfg.target_latency_ms is not None:
+        if mode != "latency" or cfg.target_sparsity is not None:
+            raise ValueError("criterion.target_latency_ms needs sparsity_mode=latency and no criterion.target_sparsity")
+        if cfg.target_latency_ms <= 0:
+            raise ValueError(f"criterion.target_latency_ms must be positive, got {cfg.target_latency_ms}")
+        return {}  # converted by the constraint, from the model's dense predicted latency
     if quantities == (mode,):  # one quantity: criterion.target_sparsity
         if cfg.target_sparsity is None:
             raise ValueError(f"criterion.sparsity_mode={mode} needs criterion.target_sparsity")
@@ -108,11 +126,19 @@ def constraint_from_config(cfg: SparsityConfig) -> Optional[SparsityConstraint]:
     ladder = ladder_from_config(cfg)
     if not ladder:
         return None
+    mode = str(cfg.sparsity_mode)
+    table = None
+    if cfg.latency_table:
+        table = latency_table.load(cfg.latency_table)
+        latency_table.warn_if_foreign(table)
+    elif "latency_table" in MEASURES[mode].needs:
+        raise ValueError(f"criterion.sparsity_mode={mode} needs criterion.latency_table=PATH (hjprune-latency-table)")
     if _is_list(cfg.target_sparsity):
         compat.save_budget_checkpoints()  # a rung's checkpoint at the end of its hold (quirk 19)
-    return SparsityConstraint(str(cfg.sparsity_mode), ladder[-1], cfg.sparsity_warmup_updates, cfg.macs_seconds,
+    return SparsityConstraint(mode, ladder[-1], cfg.sparsity_warmup_updates, cfg.macs_seconds,
                               ladder=ladder if _is_list(cfg.target_sparsity) else None,
-                              hold_updates=cfg.budget_hold_updates)
+                              hold_updates=cfg.budget_hold_updates, latency_table=table,
+                              target_latency_ms=cfg.target_latency_ms)
 
 
 def _is_list(v: Any) -> bool:

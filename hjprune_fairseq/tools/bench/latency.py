@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import torch
 from hjprune_manifests.audio import SAMPLE_RATE
 
 from ...core import cost_model
+from ...core import latency_table as lt
 from ...core.budget import TOLERANCE, fit_budget, measure_sparsity
 from ...core.encoder import Wav2Vec2Encoder
 from ...core.gate_state import GateMasks
@@ -40,6 +41,19 @@ from ..timing import median_times
 
 GOAL = 0.85  # the slim model should reach speed-up >= GOAL x MAC ratio
 ONNX_GOAL = 0.9  # in onnxruntime: speed-up >= ONNX_GOAL x MAC ratio
+
+
+def keep_random(n: int, frac: float, g: torch.Generator) -> torch.Tensor:
+    """A 0/1 mask keeping round(frac * n) units (at least one), chosen at random."""
+    k = max(1, min(n, int(round(frac * n))))
+    mask = torch.zeros(n)
+    mask[torch.randperm(n, generator=g)[:k]] = 1.0
+    return mask
+
+
+def keep_random_dims(heads: int, head_dim: int, frac: float, g: torch.Generator) -> torch.Tensor:
+    """A (heads, head_dim) 0/1 mask keeping round(frac * heads * head_dim) dims, at random over the layer."""
+    return keep_random(heads * head_dim, frac, g).view(heads, head_dim)
 
 
 OPEN = 20.0  # log_alpha of the bench's gates above which the Fig. 5 rank starts: every unit kept at first
@@ -140,13 +154,38 @@ def speedups(dense_s: float, model_s: float, mac_ratio: float, goal: float) -> D
     return {"speedup": s, "speedup_over_mac_ratio": s / mac_ratio, "goal_met": s >= goal * mac_ratio}
 
 
+def predictions(tables: Sequence[lt.LatencyTable], specs: Dict[str, EncoderSpec], lat: Dict[str, float], seconds: float,
+                threads: int) -> Dict[str, Dict]:
+    """Predicted beside measured latency of every timed model (``lat``: ``NAME`` in PyTorch, ``onnx_NAME`` in
+    onnxruntime, ``onnx_slim_int8``), each from the table of its backend, else the first table (``foreign`` says
+    why it may not hold, as it does for a table of another machine, input length or thread count)."""
+    out = {}
+    for key, measured in lat.items():
+        backend, name = "pytorch", key
+        if key == "onnx_slim_int8":
+            backend, name = "onnxruntime_int8", "slim"
+        elif key.startswith("onnx_"):
+            backend, name = "onnxruntime", key[len("onnx_"):]
+        table = next((t for t in tables if t.backend == backend), tables[0])
+        why = [w for w in [lt.foreign(table, backend)] if w]
+        if table.seconds != seconds or table.threads != threads:
+            why.append(f"it was measured at {table.seconds:g} s and {table.threads} threads, this run is {seconds:g} s "
+                       f"and {threads} threads")
+        lt.check_family(table, specs[name], name)
+        out[key] = {"measured_s": measured, "predicted_s": float(table.predict(cost_model.counts(specs[name]))),
+                    "table": table.source, "foreign": "; ".join(why) or None}
+    return out
+
+
 def compare_latency(preset: str, macs_sparsity: float, seconds: float, seed: int = 0, fine_grained: bool = False,
-                    repeats: int = 7, warmup: int = 2, onnx: bool = False, align: int = 1) -> Dict:
+                    repeats: int = 7, warmup: int = 2, onnx: bool = False, align: int = 1,
+                    latency_tables: Sequence[lt.LatencyTable] = ()) -> Dict:
     """Time the dense ``preset`` encoder against its Fig. 5 slim counterpart (and the fine-grained one)
     on ``seconds`` of random audio with torch's current threads: latencies (s), GMACs, parameters,
     the speed-up, the MAC ratio, whether the goal is met, and the slim structure. ``onnx``: the same in
     onnxruntime under ``"onnx"`` (and the slim model int8), timed in the same alternation. ``align`` > 1:
-    also the same pattern at the same MACs sparsity with kept counts in multiples of ``align``."""
+    also the same pattern at the same MACs sparsity with kept counts in multiples of ``align``.
+    ``latency_tables``: the predicted latency of every timed model beside its measured one, under ``"predicted"``."""
     torch.manual_seed(seed)
     dense_spec = PRESETS[preset]
     specs = {"dense": dense_spec, "slim": slim_spec_for(dense_spec, macs_sparsity, seconds, seed)}
@@ -223,4 +262,6 @@ def compare_latency(preset: str, macs_sparsity: float, seconds: float, seed: int
         o["pytorch_over_onnxruntime"] = {k: lat[k] / lat[f"onnx_{k}"] for k in specs}
         o.update(ort_check)
         r["onnx"] = o
+    if latency_tables:
+        r["predicted"] = predictions(latency_tables, specs, lat, seconds, torch.get_num_threads())
     return r

@@ -3,9 +3,11 @@
 Stages (each one the real tool, its output in OUT/logs/STAGE.log): synthesise the corpus
 (hjprune-synth) -> pre-train a tiny wav2vec2 with stock fairseq (examples/tiny/pretrain.yaml) ->
 fine-tune (finetune.yaml) -> prune with ``macs`` (prune.yaml) -> hjprune-export -> fine-tune the slim
-model (final.yaml) -> decode the test split with fairseq-generate -> time both models on CPU.
-``Demo.sweep`` then prunes the fine-tuned model with every sparsity mode at three budgets (the paper's
-Fig. 1); ``Demo.baselines`` adds PARP (unstructured, at the parameter count of macs_40) and
+model (final.yaml) -> decode the test split with fairseq-generate -> time both models on CPU. Before
+training, a latency table of the tiny encoder is measured on this machine (PyTorch, the threads and input
+length the models are timed with, a coarse grid: ``LATENCY_GRIDS``): the report gives every model's predicted
+latency beside its measured one. ``Demo.sweep`` then prunes the fine-tuned model with every sparsity mode at
+three budgets (the paper's Fig. 1; ``latency`` with that table, its targets fractions of predicted latency); ``Demo.baselines`` adds PARP (unstructured, at the parameter count of macs_40) and
 task-agnostic pruning (distillation from the pre-trained model with fine-grained heads and
 straight-through gates, 40 % fewer MACs, then fine-tuning).
 
@@ -28,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from hjprune_manifests import output_dir
 from hjprune_manifests.audio import SAMPLE_RATE
 
+from ...core.measures import MEASURES
 from ...plugin.config_sets import USER_DIR, config_set_dir
 from ...plugin.scoring import parse_generate, subset_scores
 from ..stages import console_script, run_stage
@@ -69,7 +72,13 @@ SWEEP = {  # (mode, overrides) per point: about 20, 40 and 60 % fewer MACs for e
                  for c, t in ((0.3, 0.1), (0.6, 0.2), (0.85, 0.35))],
     "size": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
     "transformer_only": [["criterion.target_sparsity=0.3"], ["criterion.target_sparsity=0.5"], ["criterion.target_sparsity=0.7"]],
+    # 20, 40, 60 % less predicted latency (the demo's table): target speed-ups 1.25x, 1.67x, 2.5x
+    "latency": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
 }
+LATENCY_SECONDS = 10.0  # the input length of the demo's timings (latencies) and of its latency table
+# The demo's table: two or three points per axis (the tiny encoder's components take milliseconds), 3 runs each.
+LATENCY_GRIDS = dict(conv_grid=(0.25, 1.0), hidden_grid=(0.5, 1.0), heads_grid=(0.0, 0.5, 1.0), dims_grid=(0.5, 1.0),
+                     ffn_grid=(0.0, 0.5, 1.0), repeats=3, warmup=1, calibration=2)
 
 
 def _now() -> str:
@@ -157,6 +166,7 @@ class Demo:
         self.time_left = TimeLeft()
         self.logs = self.own("logs")
         os.makedirs(self.logs, exist_ok=True)
+        self.latency_table: Optional[str] = None  # OUT/latency_table.json once measured
 
     def own(self, name: str) -> str:
         """OUT/NAME, recorded as the demo's before it is written (refused if a user put it there)."""
@@ -203,6 +213,24 @@ class Demo:
         return slim
 
     # ---- stages ---------------------------------------------------------------------------------
+    def measure_latency_table(self) -> None:
+        """OUT/latency_table.json: the tiny encoder's table on this machine, in this process (nothing else runs),
+        PyTorch, with the threads and input length of :func:`latencies`."""
+        import torch
+
+        from ...core.presets import PRESETS
+        from ..latency.measure import TableConfig, measure_table, write_table
+
+        t0 = time.time()
+        logger.info(f"[{_now()}] latency_table ...")
+        spec = PRESETS["tiny"]  # what examples/tiny/pretrain.yaml pre-trains (tests/test_examples.py)
+        cfg = TableConfig(preset="tiny", seconds=LATENCY_SECONDS, threads=torch.get_num_threads(), **LATENCY_GRIDS)
+        path = self.own("latency_table.json")
+        write_table(measure_table(cfg, spec), path, overwrite=True)
+        self.latency_table = path
+        self.timings["latency_table"] = round(time.time() - t0, 1)
+        self.finished("latency_table")
+
     def synthesise(self) -> None:
         t0 = time.time()
         logger.info(f"[{_now()}] synthesise {self.task} corpus ...")
@@ -217,10 +245,11 @@ class Demo:
 
     def pipeline(self) -> Dict:
         b = self.budget
-        self.time_left.expect({"synthesise": 0, "pretrain": b.pretrain, "finetune": b.finetune, "decode_unpruned": 0,
-                               "latency": 0})
+        self.time_left.expect({"synthesise": 0, "latency_table": 0, "pretrain": b.pretrain, "finetune": b.finetune,
+                               "decode_unpruned": 0, "latency": 0})
         self.expect_point("macs_40")
         self.synthesise()
+        self.measure_latency_table()
         pre = self.train("pretrain", config_set_dir("tiny"), "pretrain", [f"optimization.max_update={b.pretrain}"])
         ft = self.train("finetune", self.config_dir, "finetune", [
             f"model.w2v_path={pre}/checkpoint_last.pt", f"optimization.max_update={b.finetune}", *self.precision_overrides])
@@ -236,13 +265,18 @@ class Demo:
 
     def prune_point(self, mode: str, overrides: List[str], finetuned: str, name: str) -> Dict:
         b = self.budget
+        table = [f"criterion.latency_table={self.latency_table}"] if "latency_table" in MEASURES[mode].needs else []
         pr = self.train(f"prune_{name}", self.config_dir, "prune", [
-            f"mode={mode}", *overrides, f"model.w2v_path={finetuned}", f"optimization.max_update={b.prune}",
+            f"mode={mode}", *overrides, *table, f"model.w2v_path={finetuned}", f"optimization.max_update={b.prune}",
             f"criterion.sparsity_warmup_updates={b.warmup}", *self.precision_overrides])
         slim = self.export(name, f"{pr}/checkpoint_last.pt")
         fin = self.train(f"final_{name}", self.config_dir, "final", [
             f"model.w2v_path={slim}", f"optimization.max_update={b.final}", *self.precision_overrides])
-        return self.evaluate(name, f"{fin}/checkpoint_best.pt", mode)
+        r = self.evaluate(name, f"{fin}/checkpoint_best.pt", mode)
+        if mode == "latency":  # the target speed-up over the unpruned model, predicted by the table
+            target = float(next(o.split("=", 1)[1] for o in overrides if o.startswith("criterion.target_sparsity=")))
+            r["target_speedup"] = 1 / (1 - target)
+        return r
 
     def parp_point(self, finetuned: str, params: int) -> Dict:
         """PARP from the fine-tuned model, its sparsity set for ``params`` nonzero encoder weights."""
@@ -286,12 +320,14 @@ class Demo:
         hyps, refs = parse_generate(os.path.join(results, "generate-test.txt"))
         meta = [l.split("\t") for l in open(os.path.join(self.data, "test.meta.tsv")).read().splitlines()[1:]]
         seen = [row[4] == "1" for row in meta]
-        cost = describe(ckpt, 10.0)
+        cost = describe(ckpt, LATENCY_SECONDS, latency_table=self.latency_table)
         r = {"name": name, "mode": mode, "checkpoint": ckpt, "gmacs": cost["encoder_gmacs"],
              # PARP: its nonzero weights (its MACs and latency stay dense)
              "params": cost.get("nonzero_encoder_params", cost["encoder_params"]),
              "macs_sparsity": cost["macs_sparsity"], "size_sparsity": cost.get("nonzero_size_sparsity", cost["size_sparsity"]),
              "layers": cost["layers"]}
+        if "latency" in cost:  # the table predicts the encoder; latencies() times the model, its head too
+            r["predicted_latency_s"] = cost["latency"]["ms"]["total"] / 1000
         ids = sorted(refs)
         r.update(subset_scores(scoring, refs, hyps, {metric: ids, f"{metric}_seen": [i for i in ids if seen[i]],
                                                      f"{metric}_unseen": [i for i in ids if not seen[i]]}))
@@ -352,7 +388,7 @@ class Demo:
         self.finished("latency")
 
 
-def latencies(checkpoints: Dict[str, str], seconds: float = 10.0, repeats: int = 25, warmup: int = 3) -> Dict[str, float]:
+def latencies(checkpoints: Dict[str, str], seconds: float = LATENCY_SECONDS, repeats: int = 25, warmup: int = 3) -> Dict[str, float]:
     """Median CPU time of one forward pass on ``seconds`` of audio, per model. The models take turns
     (hjprune-bench's timer), so a drift in machine speed hits them all alike. Timed one after the
     other (median of 5 each), a sweep reported macs_40 2.03x faster where taking turns gives 1.30x."""

@@ -67,6 +67,14 @@ def plot(out: str, metric: str, models: List[Dict]) -> None:
     plt.close("all")
 
 
+def _s(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _x(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
 def markdown(task: str, metric: str, models: List[Dict], timings: Dict[str, float], budget: Budget,
              precision: Optional[Dict] = None) -> str:
     """report.md: the table of models (the first is the unpruned baseline of the speed-ups), notes on
@@ -74,7 +82,8 @@ def markdown(task: str, metric: str, models: List[Dict], timings: Dict[str, floa
     base = models[0]
     rows = [f"| {m['name']} | {m['mode']} | {m['gmacs']:.3f} | {m['params']:,} | {m['macs_sparsity']:.3f} | "
             f"{m[metric]:.2f} | {m[metric + '_seen']:.2f} | {m[metric + '_unseen']:.2f} | {m['latency_s']:.3f} | "
-            f"{base['latency_s'] / m['latency_s']:.2f}x |" for m in models]
+            f"{_s(m.get('predicted_latency_s'))} | {base['latency_s'] / m['latency_s']:.2f}x | "
+            f"{_x(m.get('target_speedup'))} |" for m in models]
     name = "WER %" if metric == "wer" else "accuracy %"
     notes = []
     if any(m["mode"] == "parp" for m in models):
@@ -92,8 +101,12 @@ def markdown(task: str, metric: str, models: List[Dict], timings: Dict[str, floa
           f"voices ({', '.join(voices)}) and rates are other eSpeak NG voices, unseen in training; 'seen' / 'unseen' "
           "split the test sentences by whether they occur in training. Every model is decoded the same way: "
           f"fairseq-generate, {DECODER[task]}, `{' '.join(DECODING)}` (no padding, so no hypothesis depends on its batch).", "",
-          f"| model | mode | GMACs | params | MACs sparsity | {name} | seen | unseen | latency s | speed-up |",
-          "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+          f"| model | mode | GMACs | params | MACs sparsity | {name} | seen | unseen | latency s | predicted s | speed-up "
+          "| target speed-up |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+          "Latency: measured in turns on this CPU (10 s input, median); predicted: the demo's latency table "
+          "(latency_table.json, measured here before training; the encoder only). Target speed-up: what a latency "
+          "model's target asks of the table's prediction (1 / (1 - target)).", "",
           f"{name} per test voice:", "", "| model | " + " | ".join(voices) + " |",
           "|---|" + "---|" * len(voices), *per_voice, "", *notes,
           f"![{metric} vs GMACs]({metric}_vs_gmacs.png)", "", "![kept units per layer](kept_per_layer.png)", "",

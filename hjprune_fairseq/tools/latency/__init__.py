@@ -1,0 +1,8 @@
+"""Latency tables (``core/latency_table.py``): measuring them and checking what they predict.
+
+- ``probes``: each component of a table as a module of its own, and how a backend runs one (PyTorch, onnxruntime
+  fp32 and int8, CUDA);
+- ``measure``: the table of an encoder family on this machine (``hjprune-latency-table``);
+- ``bench``: predicted against measured latency on random slim shapes, and pruning to a latency target with the
+  constraint alone (``hjprune-latency-bench``).
+"""

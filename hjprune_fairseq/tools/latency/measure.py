@@ -1,0 +1,211 @@
+"""Measure a latency table (``core/latency_table.py``) of an encoder family on this machine.
+
+Every component is timed on its grid (``probes``), the grid points of one component in turns
+(``tools.timing.median_times``: warm-up, then the median of repeats, each point in every round, so that a drift
+in the machine's load hits them alike), with the thread count fixed. Then whole encoders are timed in turns (the
+dense one and ``calibration`` slim ones of the Fig. 5 pattern, ``tools.bench.latency``), and scale and offset of
+the prediction are fitted on them by least squares (the constant part, and what running the components inside
+one model adds or saves). Sizes of a grid are fractions of the dense size (``TableConfig``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from hjprune_manifests.audio import SAMPLE_RATE
+from hjprune_manifests.output_dir import write_atomically
+
+from ...core import cost_model
+from ...core import latency_table as lt
+from ...core.encoder import Wav2Vec2Encoder
+from ...core.presets import PRESETS
+from ...core.spec import EncoderSpec
+from ..bench.latency import slim_spec_for
+from ..timing import fixed_threads, median_times
+from .probes import Backend, probe
+
+logger = logging.getLogger(__name__)
+
+# Calibration shapes, in this order: (name, MACs sparsity of the Fig. 5 pattern, fine-grained heads)
+CALIBRATION = (("fig5_macs0.3", 0.3, False), ("fig5_macs0.6", 0.6, False), ("fine_macs0.45", 0.45, True))
+
+
+@dataclass
+class TableConfig:
+    """What ``hjprune-latency-table`` measures; grids are fractions of the dense size of each axis."""
+
+    preset: str = field(default="wav2vec2_base", metadata={"help": "encoder family (core.presets)"})
+    seconds: float = field(default=10.0, metadata={"help": "input length (s) at which every component is timed"})
+    backend: str = field(default="pytorch", metadata={"help": f"one of {', '.join(lt.BACKENDS)}"})
+    threads: int = field(default=1, metadata={"help": "torch / onnxruntime intra-op threads (fixed)"})
+    dtype: str = field(default="float32", metadata={"help": "float32 on CPU; float16 or bfloat16 on cuda"})
+    repeats: int = field(default=5, metadata={"help": "timed runs per grid point; the median is kept"})
+    warmup: int = field(default=1, metadata={"help": "untimed runs per grid point first"})
+    conv_grid: Tuple[float, ...] = field(default=(0.125, 0.5, 1.0), metadata={"help": "CNN channels, in and out"})
+    hidden_grid: Tuple[float, ...] = field(default=(0.5, 0.75, 1.0), metadata={"help": "hidden dims (below: clamped)"})
+    heads_grid: Tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={"help": "heads per layer"})
+    dims_grid: Tuple[float, ...] = field(default=(0.25, 0.5, 1.0), metadata={"help": "kept fraction of a head's dims"})
+    ffn_grid: Tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={"help": "FFN units per layer"})
+    calibration: int = field(default=3, metadata={"help": f"slim encoders timed whole to fit scale and offset, 0.."
+                                                          f"{len(CALIBRATION)}"})
+    seed: int = field(default=0, metadata={"help": "seed of weights, inputs and which dims a probe keeps"})
+
+    def check(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}, expected one of {sorted(PRESETS)}")
+        if PRESETS[self.preset].has_rel_pos:
+            raise ValueError(f"preset {self.preset}: latency tables do not model WavLM's relative position bias yet")
+        if self.seconds <= 0 or self.repeats < 1 or self.warmup < 0:
+            raise ValueError(f"seconds > 0, repeats >= 1 and warmup >= 0 expected, got {self.seconds}, "
+                             f"{self.repeats}, {self.warmup}")
+        if not 0 <= self.calibration <= len(CALIBRATION):
+            raise ValueError(f"calibration must be 0..{len(CALIBRATION)}, got {self.calibration}")
+        for name in ("conv_grid", "hidden_grid", "heads_grid", "dims_grid", "ffn_grid"):
+            values = getattr(self, name)
+            if not values or any(not 0 <= v <= 1 for v in values) or max(values) != 1:
+                raise ValueError(f"{name} must be fractions in [0, 1] ending at 1, got {list(values)}")
+
+
+def axis_points(spec: EncoderSpec, cfg: TableConfig) -> Dict[str, Dict[str, List[float]]]:
+    """{component: {axis: kept sizes}} of ``spec``'s table."""
+    pts = lt.grid_points
+    hidden = pts(spec.embed_dim, cfg.hidden_grid, 1)
+    layer = {
+        "attention": {"hidden": hidden, "heads": pts(max(spec.num_heads), cfg.heads_grid),
+                      "dims": sorted({max(1 / spec.head_dim, f) for f in cfg.dims_grid})},
+        "ffn": {"hidden": hidden, "units": pts(max(spec.ffn_dims), cfg.ffn_grid)},
+        "layer_base": {"hidden": hidden},
+        "front": {"conv_dim": pts(spec.conv_dim, cfg.conv_grid, 1), "hidden": hidden},
+    }
+    conv = {}
+    for i, (c, _, _) in enumerate(spec.conv_layers):
+        out = pts(c, cfg.conv_grid, 1)
+        conv[f"conv{i}"] = {"out": out} if i == 0 else {"in": pts(spec.conv_layers[i - 1][0], cfg.conv_grid, 1), "out": out}
+    return {**conv, **layer}
+
+
+def time_component(backend: Backend, spec: EncoderSpec, cfg: TableConfig, name: str,
+                   axes: Dict[str, List[float]]) -> Dict:
+    """The component's grid entry: its points timed in turns."""
+    points = list(itertools.product(*axes.values()))
+    calls = {}
+    for p in points:
+        module, inputs = probe(spec, cfg.seconds, name, p, cfg.seed)
+        calls[p] = backend.call(module, inputs)
+    with torch.inference_mode():
+        med = median_times(calls, cfg.repeats, cfg.warmup)
+    shape = [len(v) for v in axes.values()]
+    flat = torch.tensor([med[p] for p in points], dtype=torch.float64).view(*shape)
+    return {"axes": list(axes), "grid": [list(v) for v in axes.values()], "seconds": flat.tolist()}
+
+
+def _line(x: torch.Tensor, y: torch.Tensor) -> Tuple[float, float]:
+    """Least-squares (slope, intercept) of y on x. A negative intercept or slope (timings too noisy for a line,
+    e.g. on a busy machine: a model slower than a larger one) is not a constant part of anything: then the slope
+    through 0, or (1, 0) where even that is not positive."""
+    if len(x) >= 2 and float(x.std()) > 0:
+        a = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+        b = float(y.mean() - a * x.mean())
+        if a > 0 and b >= 0:
+            return a, b
+    a = float((x * y).sum() / (x * x).sum())
+    return (a, 0.0) if a > 0 else (1.0, 0.0)
+
+
+def calibrate(backend: Backend, table: Dict, spec: EncoderSpec, cfg: TableConfig) -> Dict:
+    """Time whole encoders and their CNNs alone, in turns, and fit ``cnn = cnn_scale * sum of CNN layers`` and
+    ``whole - cnn = scale * sum of the other components + offset``."""
+    specs = {"dense": spec}
+    for name, sparsity, fine in CALIBRATION[:cfg.calibration]:
+        specs[name] = slim_spec_for(spec, sparsity, cfg.seconds, cfg.seed, fine_grained=fine)
+    torch.manual_seed(cfg.seed)
+    wav = torch.randn(1, int(round(cfg.seconds * SAMPLE_RATE)))
+    calls = {}
+    for k, s in specs.items():
+        encoder = Wav2Vec2Encoder(s).eval()
+        calls[k] = backend.encoder_call(encoder, wav, k)
+        calls["cnn:" + k] = backend.call(encoder.feature_extractor, (wav,))
+    with torch.inference_mode():
+        measured = median_times(calls, cfg.repeats, cfg.warmup)
+    raw = lt.from_dict({**table, "calibration": {"scale": 1.0, "offset_s": 0.0, "cnn_scale": 1.0}}, "<being measured>")
+    parts = {k: {n: float(v) for n, v in lt.components(raw, cost_model.counts(s)).items()} for k, s in specs.items()}
+    cnn_sum = torch.tensor([parts[k]["cnn"] for k in specs], dtype=torch.float64)
+    cnn_meas = torch.tensor([measured["cnn:" + k] for k in specs], dtype=torch.float64)
+    cnn_scale = float((cnn_sum * cnn_meas).sum() / (cnn_sum * cnn_sum).sum())
+    rest_sum = torch.tensor([sum(parts[k].values()) - parts[k]["cnn"] for k in specs], dtype=torch.float64)
+    rest_meas = torch.tensor([measured[k] - measured["cnn:" + k] for k in specs], dtype=torch.float64)
+    scale, offset = _line(rest_sum, rest_meas)
+    predicted = {k: cnn_scale * parts[k]["cnn"] + scale * float(rest_sum[i]) + offset for i, k in enumerate(specs)}
+    for k in specs:
+        if abs(predicted[k] / measured[k] - 1) > 0.1:
+            logger.warning("calibration: %s measured %.1f ms, the fitted table predicts %.1f ms; was the machine busy? "
+                           "(measure again on an idle machine)", k, 1000 * measured[k], 1000 * predicted[k])
+    return {"scale": scale, "offset_s": offset, "cnn_scale": cnn_scale,
+            "models": {k: {"measured_s": measured[k], "cnn_measured_s": measured["cnn:" + k],
+                           "sum_of_components_s": sum(parts[k].values()),
+                           "predicted_s": predicted[k]} for k in specs}}
+
+
+def measure_table(cfg: TableConfig, spec: Optional[EncoderSpec] = None, family: Optional[str] = None) -> Dict:
+    """The table (a JSON-ready dict) of ``cfg.preset`` (or of the dense ``spec``, named ``family``: e.g. a
+    checkpoint's encoder) on this machine and ``cfg.backend``."""
+    cfg.check()
+    start = time.perf_counter()
+    if spec is not None and spec.has_rel_pos:
+        raise ValueError(f"{family}: latency tables do not model WavLM's relative position bias yet")
+    spec = spec or PRESETS[cfg.preset]
+    with fixed_threads(cfg.threads), tempfile.TemporaryDirectory() as folder:
+        backend = Backend(cfg.backend, cfg.threads, folder, cfg.dtype)
+        table = {
+            "format": lt.FORMAT, "version": lt.VERSION, "machine": lt.machine_info(), "backend": cfg.backend,
+            "threads": cfg.threads, "dtype": cfg.dtype, "versions": backend.versions(), "seconds": cfg.seconds,
+            "frames": cost_model.frames_for(spec, cfg.seconds)[-1], "family": family or cfg.preset, "spec": spec.to_dict(),
+            "config": asdict(cfg), "components": {},
+        }
+        for name, axes in axis_points(spec, cfg).items():
+            t0 = time.perf_counter()
+            table["components"][name] = time_component(backend, spec, cfg, name, axes)
+            logger.info("%s: %d points in %.1f s", name, len(list(itertools.product(*axes.values()))),
+                        time.perf_counter() - t0)
+        table["calibration"] = calibrate(backend, table, spec, cfg)
+    table["measure_seconds"] = time.perf_counter() - start
+    lt.from_dict(table, "<measured>")  # what is written loads
+    return table
+
+
+def check_new(path: str, overwrite: bool) -> None:
+    """Refuse an existing ``path`` without ``overwrite`` (one line)."""
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists (expected a new file; pass --overwrite to replace it)")
+
+
+def write_table(table: Dict, path: str, overwrite: bool = False) -> None:
+    """Write ``table`` to ``path`` atomically; refuse an existing file without ``overwrite``."""
+    check_new(path, overwrite)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(table, f, indent=1)
+            f.write("\n")
+
+    write_atomically(path, write)
+
+
+def parse_fractions(text: str, name: str) -> Tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as e:
+        raise ValueError(f"{name}: comma-separated fractions expected, got {text!r}") from e
+
+
+def default_grids() -> Dict[str, Sequence[float]]:
+    cfg = TableConfig()
+    return {k: getattr(cfg, k) for k in ("conv_grid", "hidden_grid", "heads_grid", "dims_grid", "ffn_grid")}

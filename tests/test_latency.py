@@ -1,0 +1,322 @@
+"""Latency tables (issue 22): the format and its one-line errors, the interpolation, the ``latency`` sparsity
+measure, the warning for a table of another machine or backend, hjprune-latency-table, hjprune-cost
+--latency-table, hjprune-latency-bench at toy scale, and a fairseq prune stage with mode=latency."""
+
+import json
+import os
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from hjprune_fairseq.core import cost_model
+from hjprune_fairseq.core import latency_table as lt
+from hjprune_fairseq.core.gates import EncoderGates
+from hjprune_fairseq.core.measures import MEASURES
+from hjprune_fairseq.core.presets import PRESETS
+from hjprune_fairseq.core.sparsity import SparsityConstraint
+from hjprune_fairseq.plugin.criterions.sparsity_config import SparsityConfig, constraint_from_config
+from hjprune_fairseq.plugin.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
+
+from fairseq_fixtures import EXAMPLES, USER_DIR, hydra_train, make_latency_table, make_letter_corpus
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory):
+    return make_latency_table(str(tmp_path_factory.mktemp("lat") / "tiny.json"))
+
+
+@pytest.fixture(scope="module")
+def table(table_path):
+    return lt.load(table_path)
+
+
+@pytest.fixture(scope="module")
+def smooth_path(table_path, tmp_path_factory):
+    """The measured table with its seconds replaced by a smooth increasing function of the kept sizes (1 ms times
+    0.1 + the product of the axes' fractions): constraint tests that do not depend on the machine's noise."""
+    data = _data(table_path)
+    for c in data["components"].values():
+        fracs = [torch.tensor(p, dtype=torch.float64) / max(p) for p in c["grid"]]
+        prod = torch.ones([len(p) for p in fracs], dtype=torch.float64)
+        for k, f in enumerate(fracs):
+            prod = prod * f.view([-1 if j == k else 1 for j in range(len(fracs))])
+        c["seconds"] = (1e-3 * (0.1 + prod)).tolist()
+    data["calibration"].update(scale=1.0, offset_s=0.0, cnn_scale=1.0)
+    path = tmp_path_factory.mktemp("smooth") / "smooth.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _data(table_path):
+    with open(table_path) as f:
+        return json.load(f)
+
+
+class Gated(torch.nn.Module):
+    def __init__(self, head_dims=False):
+        super().__init__()
+        self.spec = TINY
+        self.gates = EncoderGates(TINY, head_dims=head_dims)
+
+
+# ---- interpolation ----------------------------------------------------------------------------------------------
+def test_grid_is_exact_on_bilinear_terms_and_differentiable():
+    """A grid of f(x, y) = 2 + 3x + 5y + 7xy (the shape of T * C_in * C_out cost terms) interpolates exactly
+    between its points, with the exact gradient; below the lowest point it extrapolates, at the top it clamps."""
+    xs, ys = torch.tensor([1.0, 4.0, 8.0], dtype=torch.float64), torch.tensor([0.0, 2.0], dtype=torch.float64)
+    f = lambda x, y: 2 + 3 * x + 5 * y + 7 * x * y  # noqa: E731
+    grid = lt.Grid(("in", "out"), [xs, ys], f(xs.view(-1, 1), ys.view(1, -1)))
+    x = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    v = grid(x, y)
+    v.backward()
+    assert float(v.detach()) == pytest.approx(f(2.5, 1.5))
+    assert float(x.grad) == pytest.approx(3 + 7 * 1.5) and float(y.grad) == pytest.approx(5 + 7 * 2.5)
+    assert float(grid(0.5, 1.0)) == pytest.approx(f(0.5, 1.0))  # below 1: the first cell, extended
+    assert float(grid(9.0, 2.0)) == pytest.approx(f(8.0, 2.0))  # above the top: clamped
+
+
+# ---- the measure ------------------------------------------------------------------------------------------------
+def test_measure_at_masks_is_the_tables_interpolation_and_differentiable_under_probs(table):
+    """At 0/1 masks the measure is 1 - predict(kept) / predict(dense), where predict is the grid entries summed
+    (a mask that keeps grid sizes reads the grids' own numbers); under keep probabilities it has a gradient on
+    every gate group."""
+    g = table.grids
+    conv_full = [c for c, _, _ in TINY.conv_layers]
+    heads, ffn = 2, TINY.ffn_dims[0] // 2  # grid points of the tiny table: 0.5 of 4 heads, 0.5 of 768 units
+    masks = EncoderGates(TINY).deterministic()
+    for m in masks.conv + [masks.hidden]:
+        m.fill_(1.0)
+    for m in masks.heads:
+        m.fill_(1.0)[heads:] = 0
+    for m in masks.ffn:
+        m.fill_(1.0)[ffn:] = 0
+    L = TINY.num_layers
+    cnn = sum(float(g[f"conv{i}"].seconds[-1] if i == 0 else g[f"conv{i}"].seconds[-1, -1]) for i in range(len(conv_full)))
+    rest = float(g["front"].seconds[-1, -1]) + L * (
+        float(g["attention"].seconds[-1, 1, -1]) + float(g["ffn"].seconds[-1, 1]) - float(g["layer_base"].seconds[-1]))
+    kept = cost_model.counts(TINY, masks)
+    assert float(table.predict(kept)) == pytest.approx(table.cnn_scale * cnn + table.scale * rest + table.offset, rel=1e-9)
+    assert [int(v) for v in g["attention"].points[1]] == [0, 2, 4] and int(g["ffn"].points[1][1]) == ffn
+    dense = cost_model.cost(TINY, None, 1.0)
+    s = MEASURES["latency"](cost_model.cost(TINY, masks, 1.0), dense, latency_table=table)["latency"]
+    assert float(s) == pytest.approx(1 - float(table.predict(kept)) / float(table.predict(dense.counts)))
+    assert 0 < float(s) < 1
+
+    for head_dims in (False, True):
+        m = Gated(head_dims)
+        for p in m.gates.parameters():
+            p.data.normal_(0.0, 1.0)
+        s = MEASURES["latency"](cost_model.cost(TINY, m.gates.keep_probs(), 1.0), dense, latency_table=table)["latency"]
+        s.backward()
+        for name in m.gates.enabled():
+            grads = [p.grad for n, p in m.gates.named_parameters() if n.startswith(name + ".")]
+            assert all(gr is not None and torch.isfinite(gr).all() for gr in grads), name
+            assert any(gr.abs().sum() > 0 for gr in grads), name
+
+
+def test_latency_measure_needs_its_table():
+    with pytest.raises(ValueError, match="needs criterion.latency_table"):
+        constraint_from_config(OmegaConf.structured(SparsityConfig(sparsity_mode="latency", target_sparsity=0.3)))
+    dense = cost_model.cost(TINY, None, 1.0)
+    with pytest.raises(ValueError, match="needs criterion.latency_table"):
+        MEASURES["latency"](dense, dense)
+
+
+def _drive(c, steps=200):
+    torch.manual_seed(0)
+    m = Gated()
+    opt = HJPruneAdamW(OmegaConf.structured(HJPruneAdamWConfig(lr=[1e-4], gate_lr=0.05, lambda_lr=0.05)),
+                       list(m.parameters()) + list(c.parameters()))
+    for step in range(steps):
+        penalty, logs = c(m, step)
+        opt.zero_grad()
+        penalty.backward()
+        opt.step()
+    return logs
+
+
+def test_constraint_alone_reaches_a_latency_target_in_ms(smooth_path):
+    """criterion.target_latency_ms: converted to 1 - ms / dense predicted ms, then reached; the log shows the
+    expected and the deterministic masks' latency in ms beside the MACs."""
+    table = lt.load(smooth_path)
+    dense_ms = 1000 * float(table.predict(cost_model.counts(TINY)))
+    cfg = SparsityConfig(sparsity_mode="latency", latency_table=smooth_path, target_latency_ms=0.7 * dense_ms,
+                         sparsity_warmup_updates=40)
+    c = constraint_from_config(OmegaConf.structured(cfg))
+    logs = _drive(c)
+    assert logs["target"] == pytest.approx(0.3)
+    assert logs["sparsity"] == pytest.approx(0.3, abs=0.01)
+    assert logs["mask_sparsity"] == pytest.approx(0.3, abs=0.03)
+    assert logs["exp_latency_ms"] == pytest.approx(0.7 * dense_ms, rel=0.03)
+    assert logs["mask_latency_ms"] == pytest.approx(0.7 * dense_ms, rel=0.05)
+    assert "exp_gmacs" in logs
+
+    too_slow = SparsityConstraint("latency", {}, 0, 1.0, table, target_latency_ms=2 * dense_ms)
+    with pytest.raises(ValueError, match="below the dense model's predicted"):
+        too_slow(Gated(), 0)
+
+
+def test_a_table_of_another_family_is_refused(table):
+    other = PRESETS["wav2vec2_base"]
+    with pytest.raises(ValueError, match="measured for head_dim=48"):
+        lt.expected_latency(other, None, table)
+    with pytest.raises(ValueError, match="CNN kernels/strides"):
+        lt.expected_latency(PRESETS["tiny"].__class__.uniform([(128, 10, 5)], 192, 2, 4, 768, 32, 4), None, table)
+
+
+# ---- the file: errors and warnings ------------------------------------------------------------------------------
+def _one_line(e):
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_missing_or_malformed_table_is_one_line_naming_the_file(tmp_path, table_path):
+    missing = str(tmp_path / "none.json")
+    with pytest.raises(FileNotFoundError) as e:
+        lt.load(missing)
+    assert missing in _one_line(e)
+    cases = {"garbage.json": "{not json", "list.json": "[1, 2]"}
+    data = _data(table_path)
+    del data["components"]["ffn"]
+    cases["no_ffn.json"] = json.dumps(data)
+    data = _data(table_path)
+    data["components"]["attention"]["seconds"] = data["components"]["attention"]["seconds"][:1]
+    cases["shape.json"] = json.dumps(data)
+    data = _data(table_path)
+    data["backend"] = "tpu"
+    cases["backend.json"] = json.dumps(data)
+    expect = {"garbage.json": "invalid JSON", "list.json": "not a JSON object", "no_ffn.json": "missing components ffn",
+              "shape.json": "seconds of shape", "backend.json": "backend 'tpu'"}
+    for name, text in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ValueError) as e:
+            lt.load(str(path))
+        msg = _one_line(e)
+        assert str(path) in msg and expect[name] in msg and "expected" in msg, msg
+
+
+def test_a_table_of_another_machine_or_backend_is_named_in_a_warning(tmp_path, table_path, table, caplog):
+    assert lt.foreign(table) is None and lt.foreign(table, "pytorch") is None  # measured here
+    assert "not onnxruntime_int8" in lt.foreign(table, "onnxruntime_int8")
+    data = _data(table_path)
+    data["machine"] = {"hostname": "elsewhere", "cpu": "Imaginary CPU 9000", "cores": 256}
+    path = tmp_path / "foreign.json"
+    path.write_text(json.dumps(data))
+    with caplog.at_level("WARNING"):
+        msg = lt.warn_if_foreign(lt.load(str(path)), "onnxruntime")
+    assert "Imaginary CPU 9000" in msg and "256 cores" in msg and "pytorch" in msg and str(path) in msg
+    assert msg in caplog.text
+    with caplog.at_level("WARNING"):
+        constraint_from_config(OmegaConf.structured(SparsityConfig(sparsity_mode="latency", target_sparsity=0.3,
+                                                                   latency_table=str(path))))
+    assert caplog.text.count("Imaginary CPU 9000") == 2
+
+
+# ---- the commands -----------------------------------------------------------------------------------------------
+def test_hjprune_latency_table_writes_a_valid_table_and_keeps_an_existing_one(tmp_path, capsys):
+    from hjprune_fairseq.cli.latency_table import main
+
+    out = str(tmp_path / "t.json")
+    args = [out, "--preset", "tiny", "--seconds", "0.5", "--threads", "1", "--repeats", "1", "--warmup", "0",
+            "--calibration", "2", "--conv-grid", "0.5,1", "--hidden-grid", "1", "--heads-grid", "0,1", "--dims-grid",
+            "1", "--ffn-grid", "0,1"]
+    threads = torch.get_num_threads()
+    assert main(args) == 0
+    assert torch.get_num_threads() == threads  # the process's thread count is left as it was
+    t = lt.load(out)
+    assert t.backend == "pytorch" and t.threads == 1 and t.data["family"] == "tiny"
+    assert set(t.data["versions"]) >= {"torch"} and t.data["machine"] == lt.machine_info()
+    assert set(t.data["calibration"]["models"]) == {"dense", "fig5_macs0.3", "fig5_macs0.6"}
+    assert all(v > 0 for v in t.data["calibration"]["models"]["dense"].values())
+    assert "dense measured" in capsys.readouterr().out
+    before = open(out).read()
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err and open(out).read() == before
+    assert main(args[:1] + ["--backend", "cuda", "--dtype", "float32"] + args[1:] + ["--overwrite"]) == 2
+    assert "cuda" in capsys.readouterr().err
+
+
+def test_hjprune_cost_prints_predicted_latency_per_component(table_path, capsys):
+    from hjprune_fairseq.cli.cost import main
+
+    assert main(["--preset", "tiny", "--latency-table", table_path]) == 0
+    out = capsys.readouterr().out
+    assert "predicted latency" in out
+    for name in ("cnn", "front", "attention", "ffn", "layer_norms", "constant", "total"):
+        assert f"\n{name} " in out, name
+    assert main(["--preset", "tiny", "--latency-table", table_path, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)["latency"]
+    assert r["ms"]["total"] == pytest.approx(sum(v for k, v in r["ms"].items() if k != "total"))
+    assert r["ms"]["total"] == pytest.approx(r["dense_ms"])
+    assert main(["--preset", "wav2vec2_base", "--latency-table", table_path]) == 2  # another family: one line
+    assert "measured for head_dim" in capsys.readouterr().err
+
+
+def test_latency_bench_runs_at_toy_scale(table, smooth_path):
+    from hjprune_fairseq.tools.latency import bench
+
+    r = bench.predict(table, shapes=2, repeats=1, warmup=0)
+    assert {s["kind"] for s in r["shapes"]} == {"whole_heads", "fine_grained"}
+    assert all(s["measured_ms"] > 0 and s["table_ms"] > 0 for s in r["shapes"])
+    assert r["all"]["macs_fit"]["worst_abs_pct"] >= 0
+    t = bench.target(lt.load(smooth_path), goal=0.3, steps=150, repeats=1, warmup=0, secant_steps=1)
+    assert t["latency"]["predicted_reduction"] == pytest.approx(0.3, abs=0.04)
+    assert t["macs"]["predicted_ms"] == pytest.approx(t["latency"]["predicted_ms"], rel=0.15)
+    assert t["dense"]["measured_ms"] > 0
+
+
+# ---- fairseq: a prune stage with mode=latency -------------------------------------------------------------------
+def test_prune_stage_with_mode_latency_logs_latency(tmp_path, w2v_pretrained, fixture_latency_table):
+    corpus = make_letter_corpus(str(tmp_path / "data"), {"train": 4, "valid": 2})
+    args = {"common.user_dir": USER_DIR, "task.data": corpus, "model.w2v_path": w2v_pretrained,
+            "checkpoint.save_dir": str(tmp_path / "ck"), "optimization.max_update": 4, "dataset.max_tokens": 64000,
+            "common.log_interval": 1, "criterion.sparsity_warmup_updates": 2, "dataset.validate_interval_updates": 0,
+            "mode": "latency", "criterion.latency_table": fixture_latency_table}
+    r = hydra_train(os.path.join(EXAMPLES, "tiny"), "prune", [f"{k}={v}" for k, v in args.items()], cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-4000:]
+    log = r.stdout + r.stderr
+    for key in ("exp_latency_ms=", "mask_latency_ms=", "exp_gmacs=", "mask_sparsity="):
+        assert key in log, key
+    assert os.path.exists(tmp_path / "ck" / "checkpoint_last.pt")
+
+
+def test_hjprune_bench_prints_predicted_beside_measured(table_path, capsys):
+    from hjprune_fairseq.cli.bench import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--preset", "tiny", "--seconds", "0.5", "--macs-sparsity", "0.4", "--repeats", "1", "--warmup", "0",
+                     "--threads", "1", "--fine-grained", "--latency-table", table_path]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "predicted s" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[-3:]}
+    assert set(rows) == {"dense", "slim", "fine_grained"}
+    assert all(float(r[2]) > 0 and r[4] == table_path for r in rows.values())
+    assert "WARNING" not in out  # the table's machine, backend, seconds and threads
+
+
+def test_latency_bench_compare_times_checkpoints_with_their_spread(tmp_path, w2v_pretrained, fixture_latency_table):
+    from test_slim import pruned_model
+
+    from fairseq_fixtures import save_like_trainer
+    from hjprune_fairseq.cli.latency_bench import format_compare
+    from hjprune_fairseq.convert.slim_export import export_slim
+    from hjprune_fairseq.tools.latency import bench
+
+    gated = save_like_trainer(pruned_model(w2v_pretrained), tmp_path / "gated.pt")
+    slim = str(tmp_path / "slim.pt")
+    export_slim(gated, slim)
+    r = bench.compare(lt.load(fixture_latency_table), [str(gated), slim], repeats=3, warmup=1)
+    parent, child = r["models"]
+    assert parent["measured_speedup"] == 1.0 and parent["predicted_speedup"] == 1.0
+    assert child["predicted_speedup"] > 1 and child["gmacs"] < parent["gmacs"]
+    for m in r["models"]:
+        assert m["min_ms"] <= m["q1_ms"] <= m["median_ms"] <= m["q3_ms"] <= m["max_ms"]
+    assert "slim.pt" in format_compare(r)
