@@ -63,7 +63,7 @@ def test_the_wheel_ships_both_packages_and_every_config(wheel_env):
     assert sorted(n for n in os.listdir(site) if not n.endswith((".dist-info", ".pth"))) == ["hjprune_fairseq", "hjprune_manifests"]
     installed, source = os.path.join(site, "hjprune_fairseq", "examples"), os.path.join(REPO, "examples")
     assert yaml_files(installed) == yaml_files(source) and "tiny/prune.yaml" in yaml_files(installed)
-    remote = os.path.join(site, "hjprune_fairseq", "hf_remote")  # the modelling code of hjprune-export --hf
+    remote = os.path.join(site, "hjprune_fairseq", "convert", "hf_remote")  # the modelling code of hjprune-export --hf
     shipped = sorted(n for n in os.listdir(remote) if n.endswith(".py"))
     assert shipped == ["configuration_hjprune.py", "modeling_hjprune.py"]
     for rel in yaml_files(source):
