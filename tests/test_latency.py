@@ -283,6 +283,13 @@ def test_prune_stage_with_mode_latency_logs_latency(tmp_path, w2v_pretrained, fi
     for key in ("exp_latency_ms=", "mask_latency_ms=", "exp_gmacs=", "mask_sparsity="):
         assert key in log, key
     assert os.path.exists(tmp_path / "ck" / "checkpoint_last.pt")
+    # export meets the run's latency budget, measured with the run's table (criterion.latency_table)
+    from hjprune_fairseq.convert.slim_export import export_slim
+
+    info = export_slim(str(tmp_path / "ck" / "checkpoint_last.pt"), str(tmp_path / "slim.pt"))
+    fit = info["budget"]
+    assert fit is not None and set(fit.targets) == {"latency"} and fit.targets["latency"] > 0
+    assert abs(fit.delivered["latency"] - fit.targets["latency"]) < abs(fit.before["latency"] - fit.targets["latency"]) + 1e-9
 
 
 def test_hjprune_bench_prints_predicted_beside_measured(table_path, capsys):

@@ -42,8 +42,8 @@ class SparsityConstraint(KeepsParameterDtype):
     scale, accumulated over update_freq micro-batches, overflows 16 bits."""
 
     def __init__(self, mode: str, targets: Dict[str, float], warmup_updates: int, seconds: float,
-                 ladder: Optional[List[Dict[str, float]]] = None, hold_updates: int = 0,
-                 latency_table: Optional[LatencyTable] = None, target_latency_ms: Optional[float] = None):
+                 latency_table: Optional[LatencyTable] = None, target_latency_ms: Optional[float] = None,
+                 ladder: Optional[List[Dict[str, float]]] = None, hold_updates: int = 0):
         """mode: a measure of :data:`measures.MEASURES`; targets: {constrained quantity: final target}
         (the measure's quantities); warmup_updates: updates over which the targets rise from 0 (from the
         previous rung's on a ladder); seconds: the virtual input length at which MACs are counted;
