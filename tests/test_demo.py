@@ -1,6 +1,6 @@
 """hjprune-demo --quick --sweep --baselines: every stage runs and the report is written (budgets too
-small for accuracy). The sweep is cut to two points (run at once), besides the pipeline's macs_40
-that it reuses."""
+small for accuracy). The sweep is cut to two points (run at once: macs at 0.2 and latency at 0.3),
+besides the pipeline's macs_40 that it reuses."""
 
 import contextlib
 import io
@@ -16,7 +16,7 @@ from hjprune_fairseq.tools.demo import pipeline, report
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "asr")
-    sweep = {"macs": [["criterion.target_sparsity=0.2"], pipeline.MAIN_POINT[1]], "size": [["criterion.target_sparsity=0.2"]],
+    sweep = {"macs": [["criterion.target_sparsity=0.2"], pipeline.MAIN_POINT[1]],
              "latency": [["criterion.target_sparsity=0.3"]]}
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
@@ -29,31 +29,31 @@ def quick(tmp_path_factory):
 def test_quick_demo_writes_the_report(quick):
     r = json.load(open(os.path.join(quick, "report.json")))
     names = [m["name"] for m in r["models"]]
-    assert names == ["unpruned", "macs_40", "macs_1", "size_1", "latency_1", "parp", "distill_40"]  # macs 0.4 once
+    assert names == ["unpruned", "macs_40", "macs_1", "latency_1", "parp", "distill_40"]  # macs 0.4 once
     for m in r["models"]:
         assert 0 <= m["wer"] and m["latency_s"] > 0 and m["gmacs"] > 0 and m["predicted_latency_s"] > 0
         assert set(m["layers"]) >= {"conv_channels", "heads", "ffn_units"}
-    latency_1 = r["models"][4]
+    latency_1 = r["models"][3]
     assert latency_1["mode"] == "latency" and latency_1["target_speedup"] == pytest.approx(1 / 0.7)
     assert latency_1["predicted_latency_s"] < r["models"][0]["predicted_latency_s"]
     log = open(os.path.join(quick, "logs", "prune_latency_1.log")).read()
     assert "'sparsity_mode': latency," in log and "exp_latency_ms" in log and "latency_table.json'" in log
     assert json.load(open(os.path.join(quick, "latency_table.json")))["backend"] == "pytorch"
-    unpruned, macs_40, parp = r["models"][0], r["models"][1], r["models"][5]
+    unpruned, macs_40, parp = r["models"][0], r["models"][1], r["models"][4]
     assert macs_40["gmacs"] < unpruned["gmacs"]  # the slim model is smaller, even in a quick run
     assert parp["gmacs"] == unpruned["gmacs"] and parp["mode"] == "parp"  # unstructured: dense MACs
     assert abs(parp["params"] - macs_40["params"]) < 0.01 * unpruned["params"]  # at macs_40's parameter count
-    assert r["models"][6]["mode"] == "task_agnostic"
+    assert r["models"][5]["mode"] == "task_agnostic"
     for png in ("wer_vs_gmacs.png", "kept_per_layer.png", "latency.png"):
         assert open(os.path.join(quick, png), "rb").read(4) == b"\x89PNG"
     md = open(os.path.join(quick, "report.md")).read()
-    assert "| unpruned | none |" in md and "| macs_40 | macs |" in md and "| size_1 | size |" in md
+    assert "| unpruned | none |" in md and "| macs_40 | macs |" in md and "| macs_1 | macs |" in md
     assert "| parp | parp |" in md and "PARP (unstructured)" in md and "| distill_40 | task_agnostic |" in md
     assert "| latency_1 | latency |" in md and "| 1.43x |" in md and "predicted s" in md
     assert set(r["timings_s"]) >= {"synthesise", "latency_table", "pretrain", "finetune", "prune_macs_40", "final_macs_40",
-                                   "prune_macs_1", "prune_size_1", "sweep", "latency", "parp", "distill",
+                                   "prune_macs_1", "prune_latency_1", "sweep", "latency", "parp", "distill",
                                    "finetune_distill_40", "baselines"}
-    assert "'target_sparsity': 0.2," in open(os.path.join(quick, "logs", "prune_size_1.log")).read()
+    assert "'target_sparsity': 0.2," in open(os.path.join(quick, "logs", "prune_macs_1.log")).read()
 
 
 def test_report_says_what_it_shows(quick):

@@ -11,7 +11,7 @@ import torch
 from fairseq_fixtures import EXAMPLES, INTENTS, USER_DIR, hydra_train, make_intent_corpus
 
 from hjprune_fairseq.cli import cost as cost_cli
-from hjprune_fairseq.convert.slim_export import export_slim
+from hjprune_fairseq.convert.slim_export import export_masks, export_slim
 from hjprune_fairseq.plugin.checkpoints import load_model
 
 
@@ -36,8 +36,10 @@ def test_training_logs_accuracy_and_sparsity(slu):
 
 
 def test_classifier_checkpoints_export_and_cost(slu, capsys):
-    gated, _ = load_model(slu["gated"])
+    gated, state = load_model(slu["gated"])
     slim, _ = load_model(slu["slim"])
+    masks = export_masks(state, gated, slu["gated"])[0]  # the run's budget, as hjprune-export meets it
+    gated.gate_masks = lambda: masks
     assert type(slim).__name__ == "HJPruneSlimCls" and slim.proj.out_features == len(INTENTS) + 4
     source = torch.randn(2, 12000)
     with torch.no_grad():

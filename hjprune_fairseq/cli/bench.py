@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
+
+from hjprune_manifests.cli import run_cli
 
 from ..core import latency_table
 from ..core.presets import PRESETS
@@ -58,11 +60,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         tables = [latency_table.load(t) for t in a.latency_table]
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
-    try:
-        r = compare_latency(a.preset, a.macs_sparsity, a.seconds, a.seed, a.fine_grained, a.repeats, a.warmup, a.onnx,
-                            a.align, tables)
-    except ValueError as e:  # a budget the pattern cannot reach: refused in one line
-        p.exit(2, f"hjprune-bench: error: {e}\n")
+    found: Dict[str, Any] = {}
+
+    def measure() -> int:
+        found["r"] = compare_latency(a.preset, a.macs_sparsity, a.seconds, a.seed, a.fine_grained, a.repeats,
+                                     a.warmup, a.onnx, a.align, tables)
+        return 0
+
+    if run_cli("hjprune-bench", measure, (ValueError,)):  # a budget the pattern cannot reach: refused in one line
+        return 2
+    r = found["r"]
     if a.json:
         print(json.dumps(r, indent=2))
     else:
