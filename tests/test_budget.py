@@ -21,9 +21,8 @@ def fit(model, mode, targets, align=1):
     return fit_budget(model.gates, measure, targets, measure_sparsity(measure, model.spec, SECONDS), align=align)
 
 
-def units(model, masks):
-    """(group, log_alpha, kept) of every unit of every gated group."""
-    out = []
+def gate_blocks(model, masks):
+    """(group, log_alpha block, its mask) of every gated group's blocks."""
     for g in GROUPS:
         gate = getattr(model.gates, g)
         if gate is None:
@@ -31,23 +30,21 @@ def units(model, masks):
         alphas = [gate.log_alpha] if g == "hidden" else [m.log_alpha for m in gate]
         ms = [masks.hidden] if g == "hidden" else getattr(masks, g)
         for a, m in zip(alphas, ms):
-            out += [(g, float(x), bool(k)) for x, k in zip(a.detach().flatten(), m.flatten())]
-    return out
+            yield g, a.detach(), m
+
+
+def units(model, masks):
+    """(group, log_alpha, kept) of every unit of every gated group."""
+    return [(g, float(x), bool(k)) for g, a, m in gate_blocks(model, masks) for x, k in zip(a.flatten(), m.flatten())]
 
 
 def top_k_per_row(model, masks):
     """Every row keeps its units of largest log_alpha."""
-    for g in GROUPS:
-        gate = getattr(model.gates, g)
-        if gate is None:
-            continue
-        alphas = [gate.log_alpha] if g == "hidden" else [m.log_alpha for m in gate]
-        ms = [masks.hidden] if g == "hidden" else getattr(masks, g)
-        for a, m in zip(alphas, ms):
-            a, m = a.detach().reshape(-1, a.shape[-1]), m.reshape(-1, a.shape[-1])
-            for ar, mr in zip(a, m):
-                if 0 < mr.sum() < mr.numel():
-                    assert ar[mr == 1].min() >= ar[mr == 0].max()
+    for _, a, m in gate_blocks(model, masks):
+        a, m = a.reshape(-1, a.shape[-1]), m.reshape(-1, a.shape[-1])
+        for ar, mr in zip(a, m):
+            if 0 < mr.sum() < mr.numel():
+                assert ar[mr == 1].min() >= ar[mr == 0].max()
 
 
 @pytest.fixture
