@@ -1,6 +1,6 @@
 """Acceptance run of the prune stage, not part of the test suite (minutes on 2 cores).
 
-    .venv/bin/python tests/acceptance_prune_modes.py OUT_DIR [--targets 0.2 0.4 0.6] [--align 8]
+    .venv/bin/python tests/acceptance_prune_modes.py OUT_DIR [--targets 0.2 0.4 0.6] [--align 8] [--modes macs ...]
 
 A fairseq wav2vec2 checkpoint with the 'tiny' preset's dimensions and a generated-audio corpus are
 made in OUT_DIR; the model is fine-tuned briefly (examples/tiny/finetune.yaml), then pruned in each
@@ -55,7 +55,7 @@ def target_overrides(mode, target):
     return [f"criterion.target_sparsity={target}"]
 
 
-def main(out, targets=(None,), align=1):
+def main(out, targets=(None,), align=1, modes=tuple(MODES)):
     os.makedirs(out, exist_ok=True)
     if not os.path.exists(f"{out}/pre.pt"):
         make_letter_corpus(f"{out}/data", {"train": 160, "valid": 16})
@@ -66,7 +66,7 @@ def main(out, targets=(None,), align=1):
                         conv_pos_groups=len(spec.pos_conv_groups), final_dim=64)
         run(out, "finetune", [f"model.w2v_path={out}/pre.pt", "optimization.max_update=150", "checkpoint.save_dir=ck/finetune"])
     rows = []
-    for mode, names, target in ((m, n, t) for m, n in MODES.items() for t in targets):
+    for mode, names, target in ((m, MODES[m], t) for m in modes for t in targets):
         tag = mode if target is None else f"{mode}_{round(100 * target)}"
         ck = f"{out}/ck/prune_{tag}"
         shutil.rmtree(ck, ignore_errors=True)  # fairseq would resume from an earlier run's checkpoint_last.pt
@@ -104,5 +104,6 @@ if __name__ == "__main__":
     p.add_argument("out", nargs="?", default="acceptance_out")
     p.add_argument("--targets", type=float, nargs="+", help="prune each mode at each of these targets")
     p.add_argument("--align", type=int, default=1, help="also export with hjprune-export --align N")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="the modes to run (default: all)")
     a = p.parse_args()
-    sys.exit(main(os.path.abspath(a.out), tuple(a.targets) if a.targets else (None,), a.align))
+    sys.exit(main(os.path.abspath(a.out), tuple(a.targets) if a.targets else (None,), a.align, tuple(a.modes)))
