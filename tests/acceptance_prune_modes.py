@@ -34,7 +34,7 @@ REPORT_KEY = {"macs": "macs_sparsity", "size": "size_sparsity", "cnn": "cnn_size
 
 def run(out, name, overrides):
     r = hydra_train(TINY, name, [f"common.user_dir={USER_DIR}", f"task.data={out}/data", "dataset.max_tokens=100000",
-                                 "common.log_interval=100", *overrides], cwd=out)
+                                 "common.log_interval=100", *overrides], cwd=out, timeout=3600)
     if r.returncode:
         sys.exit(r.stderr[-3000:])
 

@@ -42,6 +42,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     progress = logging.getLogger("hjprune_fairseq.tools.latency")  # its progress, not the exporter's
     progress.setLevel(logging.INFO)
     progress.addHandler(logging.StreamHandler())
+    progress.propagate = False  # once: the ONNX exporter configures the root logger too
 
     def go() -> int:
         dtype = a.dtype or ("float16" if a.backend == "cuda" else "float32")
