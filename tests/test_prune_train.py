@@ -54,31 +54,6 @@ def test_logs_to_progress_bar_and_tensorboard(tmp_path, corpus, w2v_pretrained):
     assert b"sparsity" in blob and b"lambda1" in blob and b"kept_heads" in blob
 
 
-def test_resume_matches_uninterrupted_run(tmp_path, corpus, w2v_pretrained):
-    """Stop after 6 updates, resume from checkpoint_last.pt to 12: identical to 12 straight updates.
-
-    The stop is max_update=6; the lr schedule is given in steps so it does not depend on max_update
-    (tri_stage's phase_ratio would scale with it), as it would not for a run killed mid-way.
-    """
-    schedule = {"lr_scheduler.phase_ratio": "null", "+lr_scheduler.warmup_steps": 3, "+lr_scheduler.hold_steps": 3,
-                "+lr_scheduler.decay_steps": 6}
-    straight = tmp_path / "straight"
-    run(tmp_path, overrides(corpus, w2v_pretrained, straight, 12, **schedule))
-    resumed = tmp_path / "resumed"
-    run(tmp_path, overrides(corpus, w2v_pretrained, resumed, 6, **schedule))
-    half, n = pruning_state(resumed / "checkpoint_last.pt")
-    assert n == 6
-    run(tmp_path, overrides(corpus, w2v_pretrained, resumed, 12, **schedule))  # picks up checkpoint_last.pt
-    a, na = pruning_state(straight / "checkpoint_last.pt")
-    b, nb = pruning_state(resumed / "checkpoint_last.pt")
-    assert na == nb == 12
-    assert a.keys() == b.keys() and "criterion.sparsity.lambda1" in a
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert any(not torch.equal(half[k], a[k]) for k in a)  # the second half did train
-    assert a["criterion.sparsity.lambda1"].abs().sum() > 0
-
-
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,8 +89,10 @@ LADDER = {"criterion.target_sparsity": "[0.2,0.4,0.6]", "criterion.sparsity_warm
 
 def test_budget_ladder_saves_each_rung_and_resumes_mid_hold(tmp_path, corpus, w2v_pretrained, capsys):
     """A ladder 0.2/0.4/0.6 writes checkpoint_budget_0.20/0.40/0.60.pt at the end of each hold (updates 4, 8, 12),
-    each recording its budget, exported at it; stopped at update 7 (inside the 0.40 hold) and resumed, it ends as
-    the uninterrupted run."""
+    each recording its budget, exported at it; stopped at update 7 (inside the 0.40 hold) and resumed from
+    checkpoint_last.pt, it ends as the uninterrupted run: gates, multipliers and every rung's checkpoint (fairseq's
+    resume of any pruning run; the lr schedule is given in steps so it does not depend on max_update, as it would
+    not for a run killed mid-way)."""
     import json
 
     from hjprune_fairseq.cli import export as export_cli
@@ -136,12 +113,15 @@ def test_budget_ladder_saves_each_rung_and_resumes_mid_hold(tmp_path, corpus, w2
     resumed = tmp_path / "resumed"
     run(tmp_path, overrides(corpus, w2v_pretrained, resumed, 7, **LADDER))
     assert not (resumed / "checkpoint_budget_0.40.pt").exists()
+    half, n = pruning_state(resumed / "checkpoint_last.pt")
+    assert n == 7
     run(tmp_path, overrides(corpus, w2v_pretrained, resumed, 12, **LADDER))  # picks up checkpoint_last.pt
     for name in ("checkpoint_last.pt", "checkpoint_budget_0.40.pt", "checkpoint_budget_0.60.pt"):
         (a, na), (b, nb) = pruning_state(straight / name), pruning_state(resumed / name)
         assert na == nb and a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
+    assert any(not torch.equal(half[k], a[k]) for k in a)  # the second half did train
     assert a["criterion.sparsity.lambda1"].abs().sum() > 0
 
 
