@@ -327,3 +327,12 @@ def test_latency_bench_compare_times_checkpoints_with_their_spread(tmp_path, w2v
     for m in r["models"]:
         assert m["min_ms"] <= m["q1_ms"] <= m["median_ms"] <= m["q3_ms"] <= m["max_ms"]
     assert "slim.pt" in format_compare(r)
+
+
+def test_latency_bench_compare_reads_the_table_first(tmp_path, capsys):
+    """compare TABLE PARENT.pt SLIM.pt, as the README writes it: TABLE is the first argument, not the last."""
+    from hjprune_fairseq.cli.latency_bench import main
+
+    table = str(tmp_path / "table.json")
+    assert main(["compare", table, str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]) == 2
+    assert f"{table}: no such latency table" in capsys.readouterr().err

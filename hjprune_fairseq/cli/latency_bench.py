@@ -69,9 +69,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="updates of the gates per run (default: 300; the macs model takes up to 3 runs)")
     cp = sub.add_parser("compare", help="checkpoints (the first is the reference) timed in turns on the table's "
                                          "backend, with the spread of the timings, beside their predicted latency")
+    for q in (pr, tg, cp):  # TABLE first: before compare's checkpoints, which would take it otherwise
+        q.add_argument("table", help="a latency table (hjprune-latency-table)")
     cp.add_argument("checkpoints", nargs="+", help="hjprune checkpoints (gated ones with their masks: export them first)")
     for q in (pr, tg, cp):
-        q.add_argument("table", help="a latency table (hjprune-latency-table)")
         q.add_argument("--repeats", type=int, default=5, help="timed runs per encoder; the median is kept (default: 5)")
         q.add_argument("--warmup", type=int, default=1, help="untimed runs per encoder first (default: 1)")
         q.add_argument("--seed", type=int, default=0, help="seed of shapes, weights and input (default: 0)")
