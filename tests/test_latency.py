@@ -2,6 +2,7 @@
 measure, the warning for a table of another machine or backend, hjprune-latency-table, hjprune-cost
 --latency-table, hjprune-latency-bench at toy scale, and a fairseq prune stage with mode=latency."""
 
+import itertools
 import json
 import os
 
@@ -260,7 +261,7 @@ def test_hjprune_cost_prints_predicted_latency_per_component(table_path, capsys)
 def test_latency_bench_runs_at_toy_scale(table, smooth_path):
     from hjprune_fairseq.tools.latency import bench
 
-    r = bench.predict(table, shapes=2, repeats=1, warmup=0)
+    r = bench.predict([table], shapes=2, repeats=1, warmup=0)[0]
     assert {s["kind"] for s in r["shapes"]} == {"whole_heads", "fine_grained"}
     assert all(s["measured_ms"] > 0 and s["table_ms"] > 0 for s in r["shapes"])
     assert r["all"]["macs_fit"]["worst_abs_pct"] >= 0
@@ -268,6 +269,154 @@ def test_latency_bench_runs_at_toy_scale(table, smooth_path):
     assert t["latency"]["predicted_reduction"] == pytest.approx(0.3, abs=0.04)
     assert t["macs"]["predicted_ms"] == pytest.approx(t["latency"]["predicted_ms"], rel=0.15)
     assert t["dense"]["measured_ms"] > 0
+
+
+# ---- several tables from one export of each graph --------------------------------------------------------------
+class FakeOnnx:
+    """Stands in for torch's ONNX exporter, the int8 quantisation and onnxruntime (``convert.onnx_export``): it
+    records every export, quantisation and session (file, threads), writes a placeholder file, and its sessions
+    check their feed's names. What is checked is which graph is exported, quantised and opened how often."""
+
+    def __init__(self, monkeypatch):
+        from hjprune_fairseq.convert import onnx_export
+
+        self.exports, self.quantised, self.sessions = [], [], []
+        fake = self
+
+        def export_fixed(module, inputs, names, path, opset=None):
+            fake._write("fixed", path, names)
+
+        def export_graph(graph, path, source, metadata=None, opset=None):
+            fake._write("whole", path, ["source", "padding_mask"])
+
+        def quantize_int8(fp32, int8, op_types=None):
+            assert os.path.isfile(fp32)
+            fake.quantised.append(fp32)
+            with open(int8, "w") as f:
+                f.write(open(fp32).read())
+
+        class Session:
+            def __init__(self, path, threads):
+                self.names = open(path).read().split()
+
+            def run(self, outputs, feed):
+                assert sorted(feed) == sorted(self.names)
+                return []
+
+        def session(path, threads=0, spinning=True):
+            fake.sessions.append((path, threads))
+            return Session(path, threads)
+
+        for name, f in (("export_fixed", export_fixed), ("export_graph", export_graph), ("quantize_int8", quantize_int8),
+                        ("session", session)):
+            monkeypatch.setattr(onnx_export, name, f)
+
+    def _write(self, kind, path, names):
+        assert not os.path.exists(path)
+        self.exports.append((kind, path))
+        with open(path, "w") as f:
+            f.write(" ".join(names))
+
+
+TINY_GRID = ["--preset", "tiny", "--seconds", "0.5", "--repeats", "1", "--warmup", "0", "--calibration", "1",
+             "--conv-grid", "0.5,1", "--hidden-grid", "1", "--heads-grid", "0,1", "--dims-grid", "1", "--ffn-grid", "0,1"]
+
+
+def test_latency_tables_of_two_backends_and_threads_export_each_graph_once(tmp_path, table_path, monkeypatch, capsys):
+    """--backend onnxruntime onnxruntime_int8 --threads 1 2: four tables, each as a table measured alone records it;
+    each probe and calibration encoder exported once and quantised once, then opened once per table with that
+    table's threads; existing tables refused before anything is exported; an OUT without {threads} refused."""
+    from hjprune_fairseq.cli.latency_table import main
+    from hjprune_fairseq.tools.latency.measure import TableConfig, axis_points
+
+    fake = FakeOnnx(monkeypatch)
+    out = str(tmp_path / "tabs" / "w_{backend}_t{threads}.json")
+    args = [out, "--backend", "onnxruntime", "onnxruntime_int8", "--threads", "1", "2", "--export-jobs", "1"] + TINY_GRID
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    alone = _data(table_path)  # the fixture: one pytorch table measured alone
+    runs = [(b, t) for b in ("onnxruntime", "onnxruntime_int8") for t in (1, 2)]
+    for b, t in runs:
+        path = out.format(backend=b, threads=t)
+        table = lt.load(path)
+        assert (table.backend, table.threads, table.data["dtype"]) == (b, t, "float32")
+        assert (table.data["config"]["backend"], table.data["config"]["threads"]) == (b, t)
+        assert set(table.data) == set(alone) and set(table.data["config"]) == set(alone["config"])
+        assert set(table.data["versions"]) == {"torch", "onnxruntime"} and table.data["machine"] == alone["machine"]
+        assert f"{path}: tiny on {b} (float32, {t} threads" in printed
+    cfg = TableConfig(preset="tiny", conv_grid=(0.5, 1.0), hidden_grid=(1.0,), heads_grid=(0.0, 1.0), dims_grid=(1.0,),
+                      ffn_grid=(0.0, 1.0), calibration=1)
+    probes = sum(len(list(itertools.product(*a.values()))) for a in axis_points(TINY, cfg).values())
+    fp32 = [p for _, p in fake.exports]
+    assert len(fp32) == len(set(fp32)) == probes + 4  # + the dense and one slim encoder, and each one's CNN
+    assert [k for k, _ in fake.exports].count("whole") == 2
+    assert sorted(fake.quantised) == sorted(fp32)  # each quantised once
+    opened = {}
+    for path, threads in fake.sessions:
+        opened.setdefault(path, []).append(threads)
+    int8 = [p[:-len(".onnx")] + "_int8.onnx" for p in fp32]
+    assert sorted(opened) == sorted(fp32 + int8)
+    assert all(sorted(t) == [1, 2] for t in opened.values())  # once per table, with its threads
+    assert not os.path.exists(os.path.dirname(fp32[0]))  # the graphs' folder is removed
+
+    before = len(fake.exports)
+    assert main(args) == 2
+    err = _one_line_err(capsys)
+    assert "exists" in err and out.format(backend="onnxruntime", threads=1) in err
+    assert len(fake.exports) == before  # refused before anything is exported
+    assert main([out.replace("{threads}", "x")] + args[1:]) == 2
+    assert "{threads}" in _one_line_err(capsys) and len(fake.exports) == before
+
+
+def _one_line_err(capsys):
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    return err
+
+
+def _as_table(tmp_path, table_path, backend, threads, **changes):
+    data = {**_data(table_path), "backend": backend, "threads": threads, **changes}
+    path = tmp_path / f"{backend}_{threads}_{len(changes)}.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_latency_bench_predict_over_tables_exports_each_shape_once(tmp_path, table_path, monkeypatch, capsys):
+    """predict T1 T2: the same random shapes timed on each table's backend and threads, each shape exported once
+    and quantised once; one JSON list of per-table results. Tables of another input length: one line."""
+    from hjprune_fairseq.cli.latency_bench import main
+
+    fake = FakeOnnx(monkeypatch)
+    tables = [_as_table(tmp_path, table_path, "onnxruntime", 2), _as_table(tmp_path, table_path, "onnxruntime_int8", 1)]
+    assert main(["predict", *tables, "--shapes", "2", "--repeats", "1", "--warmup", "0", "--export-jobs", "1"]) == 0
+    text = capsys.readouterr().out
+    results = json.loads(text.strip().splitlines()[-1])
+    assert [(r["backend"], r["threads"]) for r in results] == [("onnxruntime", 2), ("onnxruntime_int8", 1)]
+    assert all(r["all"]["shapes"] == 2 for r in results) and all(t in text for t in tables)
+    fp32 = [p for _, p in fake.exports]
+    assert [k for k, _ in fake.exports] == ["whole", "whole"] and sorted(fake.quantised) == sorted(fp32)
+    assert sorted(fake.sessions) == sorted([(p, 2) for p in fp32] + [(p[:-5] + "_int8.onnx", 1) for p in fp32])
+
+    other = _as_table(tmp_path, table_path, "onnxruntime", 1, seconds=1.0)
+    assert main(["predict", tables[0], other, "--shapes", "2", "--export-jobs", "1"]) == 2
+    assert "expected tables of one family and input length" in _one_line_err(capsys) and len(fake.exports) == 2
+
+
+def test_graphs_are_exported_in_worker_processes_before_timing(tmp_path):
+    """--export-jobs 2: two probes exported by the real exporter in two processes; each file runs in onnxruntime
+    as the probe does in PyTorch; the temporary folder is gone afterwards."""
+    pytest.importorskip("onnxruntime")
+    from hjprune_fairseq.tools.latency.graphs import Backend, Graph, exported
+
+    graphs = [Graph(f"conv6@{c}", "probe", TINY, 0.5, 0, "conv6", (c, c)) for c in (8.0, 16.0)]
+    with exported(graphs, ["onnxruntime"], jobs=2) as files:
+        folder = os.path.dirname(files[graphs[0].key]["onnxruntime"])
+        for g in graphs:
+            module, inputs = g.build()
+            onnx_out = Backend("onnxruntime", 1).call(g, files)(0)
+            with torch.no_grad():
+                assert torch.allclose(torch.from_numpy(onnx_out[0]), module(*inputs), atol=1e-4)
+    assert not os.path.exists(folder)
 
 
 # ---- fairseq: a prune stage with mode=latency -------------------------------------------------------------------
@@ -327,3 +476,12 @@ def test_latency_bench_compare_times_checkpoints_with_their_spread(tmp_path, w2v
     for m in r["models"]:
         assert m["min_ms"] <= m["q1_ms"] <= m["median_ms"] <= m["q3_ms"] <= m["max_ms"]
     assert "slim.pt" in format_compare(r)
+
+
+def test_latency_bench_compare_reads_the_table_first(tmp_path, capsys):
+    """compare TABLE PARENT.pt SLIM.pt, as the README writes it: TABLE is the first argument, not the last."""
+    from hjprune_fairseq.cli.latency_bench import main
+
+    table = str(tmp_path / "table.json")
+    assert main(["compare", table, str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]) == 2
+    assert f"{table}: no such latency table" in capsys.readouterr().err

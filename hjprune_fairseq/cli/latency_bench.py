@@ -1,6 +1,10 @@
 """hjprune-latency-bench: what a latency table predicts (``predict``), what pruning to it gives (``target``), and
 checkpoints timed against its prediction (``compare``);
-``hjprune_fairseq.tools.latency.bench``. Every encoder is timed on the table's backend, threads and input length."""
+``hjprune_fairseq.tools.latency.bench``. Every encoder is timed on the table's backend, threads and input length.
+
+``predict`` takes several tables of one family and input length (e.g. one per backend and thread count): the
+same random shapes, each exported to ONNX once (and quantised once) for all of them, then timed one table at a
+time; it prints each table's statistics and one JSON list of the per-table results."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from hjprune_manifests.cli import run_cli
 
 from ..core import latency_table as lt
 from ..tools.latency import bench
+from ..tools.latency.graphs import default_jobs
 
 PROG = "hjprune-latency-bench"
 
@@ -60,38 +65,52 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("predict", help="predicted against measured latency on random slim shapes, beside the best "
-                                        "fitted latency = a * MACs + b")
+                                        "fitted latency = a * MACs + b; several tables of one family and input "
+                                        "length: the same shapes, each exported once")
+    pr.add_argument("tables", nargs="+", metavar="table", help="latency tables (hjprune-latency-table)")
     pr.add_argument("--shapes", type=int, default=30, help="random slim shapes, half of them fine-grained (default: 30)")
     tg = sub.add_parser("target", help="prune to --target less predicted latency with the constraint alone, and with "
                                        "mode=macs at the same predicted latency; time both against the dense encoder")
+    tg.add_argument("table", help="a latency table (hjprune-latency-table)")
     tg.add_argument("--target", type=float, default=0.4, help="fraction of predicted latency removed (default: 0.4)")
     tg.add_argument("--steps", type=int, default=300,
                     help="updates of the gates per run (default: 300; the macs model takes up to 3 runs)")
     cp = sub.add_parser("compare", help="checkpoints (the first is the reference) timed in turns on the table's "
                                          "backend, with the spread of the timings, beside their predicted latency")
+    cp.add_argument("table", help="a latency table (hjprune-latency-table)")
     cp.add_argument("checkpoints", nargs="+", help="hjprune checkpoints (gated ones with their masks: export them first)")
     for q in (pr, tg, cp):
-        q.add_argument("table", help="a latency table (hjprune-latency-table)")
         q.add_argument("--repeats", type=int, default=5, help="timed runs per encoder; the median is kept (default: 5)")
         q.add_argument("--warmup", type=int, default=1, help="untimed runs per encoder first (default: 1)")
         q.add_argument("--seed", type=int, default=0, help="seed of shapes, weights and input (default: 0)")
+        q.add_argument("--export-jobs", type=int, default=default_jobs(),
+                       help="processes exporting the ONNX graphs, before anything is timed (default: the cores, "
+                            "%(default)s)")
         q.add_argument("--json", action="store_true", help="print JSON only")
     a = p.parse_args(argv)
 
     def go() -> int:
-        table = lt.load(a.table)
+        if a.export_jobs < 1:
+            raise ValueError(f"--export-jobs must be at least 1, got {a.export_jobs}")
         if a.command == "predict":
             if a.shapes < 2:
                 raise ValueError(f"--shapes must be at least 2 (a line is fitted), got {a.shapes}")
-            r = bench.predict(table, a.shapes, a.repeats, a.warmup, a.seed)
-            text = format_predict(r)
-        elif a.command == "compare":
-            r = bench.compare(table, a.checkpoints, a.repeats, a.warmup, a.seed)
+            tables = [lt.load(path) for path in a.tables]
+            results = bench.predict(tables, a.shapes, a.repeats, a.warmup, a.seed, a.export_jobs)
+            if a.json:
+                print(json.dumps(results, indent=1))
+            else:
+                print("\n\n".join(format_predict(r) for r in results) + "\n\n"
+                      + json.dumps([{k: v for k, v in r.items() if k != "shapes"} for r in results]))
+            return 0
+        table = lt.load(a.table)
+        if a.command == "compare":
+            r = bench.compare(table, a.checkpoints, a.repeats, a.warmup, a.seed, a.export_jobs)
             text = format_compare(r)
         else:
             if not 0 < a.target < 1:
                 raise ValueError(f"--target must be in (0, 1), got {a.target}")
-            r = bench.target(table, a.target, a.steps, a.repeats, a.warmup, seed=a.seed)
+            r = bench.target(table, a.target, a.steps, a.repeats, a.warmup, seed=a.seed, export_jobs=a.export_jobs)
             text = format_target(r)
         print(json.dumps(r, indent=1) if a.json else text + "\n\n" + json.dumps({k: v for k, v in r.items() if k != "shapes"}))
         return 0

@@ -3,7 +3,9 @@
 ``predict``: random slim shapes of the table's family (CNN channels, heads, FFN units, hidden dims; whole heads
 and fine-grained heads, half each), timed in turns on the table's backend at its input length and threads, against
 the table's prediction and against the best MACs-only predictor (latency = a * MACs + b, least squares on the same
-shapes): median and worst absolute error in %.
+shapes): median and worst absolute error in %. Several tables of one family and input length (one per backend and
+thread count) get the same shapes, each exported to ONNX once and quantised once for all of them
+(``graphs.exported``), then timed one table at a time, its sessions released before the next.
 
 ``compare``: checkpoints (a parent and models pruned from it) timed in turns on the table's backend, with the
 spread of the repeated timings (tiny models are noisy), beside their predicted latency and speed-up.
@@ -17,11 +19,9 @@ latency (found by secant steps), to show what the table changes in the kept shap
 from __future__ import annotations
 
 import statistics
-import tempfile
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from hjprune_manifests.audio import SAMPLE_RATE
 from omegaconf import OmegaConf
 
 from ...core import cost_model
@@ -35,7 +35,7 @@ from ...core.spec import EncoderSpec
 from ...plugin.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
 from ..bench.latency import keep_random, keep_random_dims
 from ..timing import all_times, fixed_threads, median_times
-from .probes import Backend
+from .graphs import Backend, Graph, exported
 
 HIDDEN_LOW = 0.5  # random shapes keep at least this much of the hidden size (the default table grid's lowest)
 
@@ -70,22 +70,39 @@ def errors(predicted: List[float], measured: List[float]) -> Dict[str, float]:
     return {"median_abs_pct": statistics.median(e), "worst_abs_pct": max(e)}
 
 
-def time_specs(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], repeats: int, warmup: int,
-               seed: int = 0) -> Dict[str, float]:
-    """Median seconds of each encoder, timed in turns on the table's backend, threads and input length."""
-    torch.manual_seed(seed)
-    wav = torch.randn(1, int(round(table.seconds * SAMPLE_RATE)))
-    with fixed_threads(table.threads), tempfile.TemporaryDirectory() as folder:
-        backend = Backend(table.backend, table.threads, folder, table.data["dtype"])
-        calls = {k: backend.encoder_call(Wav2Vec2Encoder(s), wav, k) for k, s in specs.items()}
-        with torch.inference_mode():
-            return median_times(calls, repeats, warmup)
+def check_one_family(tables: Sequence[lt.LatencyTable]) -> None:
+    """Refuse, in one line, tables of different encoder families or input lengths (their shapes would differ)."""
+    ref = tables[0]
+    for t in tables[1:]:
+        if t.spec.to_dict() != ref.spec.to_dict() or t.seconds != ref.seconds:
+            raise ValueError(f"{t.source}: family {t.data.get('family')} at {t.seconds:g} s, {ref.source}: family "
+                             f"{ref.data.get('family')} at {ref.seconds:g} s (expected tables of one family and "
+                             "input length)")
 
 
-def predict(table: lt.LatencyTable, shapes: int, repeats: int = 5, warmup: int = 1, seed: int = 0) -> Dict:
-    """Predicted against measured latency on ``shapes`` random slim shapes (half fine-grained) of the table's family."""
-    lt.warn_if_foreign(table, table.backend)
-    spec = table.spec
+def time_graphs(tables: Sequence[lt.LatencyTable], graphs: Sequence[Graph], repeats: int, warmup: int,
+                export_jobs: int = 1, timer: Callable = median_times) -> List[Dict]:
+    """``timer``'s timings of ``graphs`` in turns on each table's backend and threads: every graph exported once
+    for all the tables (``graphs.exported``), then one table at a time, its sessions and modules released before
+    the next (30 wav2vec2-base sessions hold about 6 GB)."""
+    backends = [Backend(t.backend, t.threads, t.data["dtype"]) for t in tables]
+    out = []
+    with exported(graphs, [t.backend for t in tables], export_jobs) as files:
+        for b in backends:
+            with fixed_threads(b.threads):
+                calls = b.calls(graphs, files)
+                with torch.inference_mode():
+                    out.append(timer(calls, repeats, warmup))
+            del calls
+    return out
+
+
+def encoder_graphs(specs: Dict[str, EncoderSpec], seconds: float, seed: int) -> List[Graph]:
+    return [Graph(k, "encoder", s, seconds, seed) for k, s in specs.items()]
+
+
+def random_specs(spec: EncoderSpec, shapes: int, seed: int) -> Tuple[Dict[str, EncoderSpec], Dict[str, str]]:
+    """``shapes`` random slim specs of ``spec`` (:func:`random_masks`, every second one fine-grained), and their kind."""
     g = torch.Generator().manual_seed(seed)
     state = Wav2Vec2Encoder(spec).state_dict()
     specs, kinds = {}, {}
@@ -94,18 +111,33 @@ def predict(table: lt.LatencyTable, shapes: int, repeats: int = 5, warmup: int =
         name = f"{'fine' if fine else 'whole'}_{n}"
         specs[name] = slim_encoder(spec, state, random_masks(spec, g, fine), source=name)[0]
         kinds[name] = "fine_grained" if fine else "whole_heads"
-    del state
-    measured = time_specs(table, specs, repeats, warmup, seed)
-    names = list(specs)
+    return specs, kinds
+
+
+def predict(tables: Sequence[lt.LatencyTable], shapes: int, repeats: int = 5, warmup: int = 1, seed: int = 0,
+            export_jobs: int = 1) -> List[Dict]:
+    """For each table (one family and input length): predicted against measured latency on the same ``shapes``
+    random slim shapes (half fine-grained), each exported once for all the tables."""
+    check_one_family(tables)
+    for table in tables:
+        lt.warn_if_foreign(table, table.backend)
+    ref = tables[0]
+    specs, kinds = random_specs(ref.spec, shapes, seed)
+    timings = time_graphs(tables, encoder_graphs(specs, ref.seconds, seed), repeats, warmup, export_jobs)
+    return [_predicted(table, specs, kinds, measured, repeats) for table, measured in zip(tables, timings)]
+
+
+def _predicted(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], kinds: Dict[str, str],
+               measured: Dict[str, float], repeats: int) -> Dict:
+    """One table's predictions of ``specs`` against their ``measured`` seconds, beside the fitted MACs line."""
     rows = []
-    for k in names:
-        c = cost_model.cost(specs[k], None, table.seconds)
+    for k, s in specs.items():
+        c = cost_model.cost(s, None, table.seconds)
         rows.append({"shape": k, "kind": kinds[k], "gmacs": cost_model.to_float(c.encoder_macs) / 1e9,
-                     "measured_ms": 1000 * measured[k],
-                     "table_ms": 1000 * float(table.predict(cost_model.counts(specs[k]))),
-                     "conv_channels": [ch for ch, _, _ in specs[k].conv_layers], "heads": specs[k].num_heads,
-                     "qk_dims": [sum(specs[k].head_qk(i)) for i in range(specs[k].num_layers)],
-                     "ffn_units": specs[k].ffn_dims, "hidden": specs[k].embed_dim})
+                     "measured_ms": 1000 * measured[k], "table_ms": 1000 * float(table.predict(cost_model.counts(s))),
+                     "conv_channels": [ch for ch, _, _ in s.conv_layers], "heads": s.num_heads,
+                     "qk_dims": [sum(s.head_qk(i)) for i in range(s.num_layers)],
+                     "ffn_units": s.ffn_dims, "hidden": s.embed_dim})
     fitted = fit_macs([r["gmacs"] for r in rows], [r["measured_ms"] for r in rows])
     for r, f in zip(rows, fitted):
         r["macs_fit_ms"] = f
@@ -157,7 +189,7 @@ def _macs(spec: EncoderSpec, seconds: float, masks: Optional[GateMasks] = None) 
 
 
 def target(table: lt.LatencyTable, goal: float = 0.4, steps: int = 300, repeats: int = 5, warmup: int = 1,
-           secant_steps: int = 2, seed: int = 0) -> Dict:
+           secant_steps: int = 2, seed: int = 0, export_jobs: int = 1) -> Dict:
     """Prune the family to ``goal`` less predicted latency with the constraint alone (mode latency), and with
     mode macs at the MACs budget of the same predicted latency; time both slim encoders against the dense one."""
     lt.warn_if_foreign(table, table.backend)
@@ -181,7 +213,7 @@ def target(table: lt.LatencyTable, goal: float = 0.4, steps: int = 300, repeats:
     state = Wav2Vec2Encoder(spec).state_dict()
     specs = {"dense": spec, **{k: slim_encoder(spec, state, m, source=k)[0] for k, m in masks.items()}}
     del state
-    measured = time_specs(table, specs, repeats, warmup, seed)
+    measured = time_graphs([table], encoder_graphs(specs, table.seconds, seed), repeats, warmup, export_jobs)[0]
     out = {"table": table.describe(), "backend": table.backend, "threads": table.threads, "seconds": table.seconds,
            "goal": goal, "steps": steps, "repeats": repeats, "macs_targets_tried": tried}
     for k, s in specs.items():
@@ -195,35 +227,31 @@ def target(table: lt.LatencyTable, goal: float = 0.4, steps: int = 300, repeats:
     return out
 
 
-def compare(table: lt.LatencyTable, checkpoints: List[str], repeats: int = 25, warmup: int = 3, seed: int = 0) -> Dict:
+def compare(table: lt.LatencyTable, checkpoints: List[str], repeats: int = 25, warmup: int = 3, seed: int = 0,
+            export_jobs: int = 1) -> Dict:
     """The encoders of ``checkpoints`` (the first is the reference of the speed-ups) timed in turns on the table's
     backend, threads and input length: median, quartiles, min and max of the repeated timings, the predicted
     latency, and measured against predicted speed-up over the first."""
     from ...plugin.checkpoints import load_model
 
     lt.warn_if_foreign(table, table.backend)
-    encoders = {}
+    specs = {}
     for path in checkpoints:
-        encoders[path] = load_model(path)[0].encoder.eval()
-        lt.check_family(table, encoders[path].spec, path)
-    torch.manual_seed(seed)
-    wav = torch.randn(1, int(round(table.seconds * SAMPLE_RATE)))
-    with fixed_threads(table.threads), tempfile.TemporaryDirectory() as folder:
-        backend = Backend(table.backend, table.threads, folder, table.data["dtype"])
-        calls = {k: backend.encoder_call(e, wav, k) for k, e in encoders.items()}
-        with torch.inference_mode():
-            times = all_times(calls, repeats, warmup)
+        specs[path] = load_model(path)[0].encoder.spec
+        lt.check_family(table, specs[path], path)
+    graphs = [Graph(path, "checkpoint", specs[path], table.seconds, seed, checkpoint=path) for path in checkpoints]
+    times = time_graphs([table], graphs, repeats, warmup, export_jobs, timer=all_times)[0]
     out = {"table": table.describe(), "backend": table.backend, "threads": table.threads, "seconds": table.seconds,
            "repeats": repeats, "models": []}
     ref = checkpoints[0]
     ref_ms = 1000 * statistics.median(times[ref])
-    ref_pred = _ms(table, encoders[ref].spec)
+    ref_pred = _ms(table, specs[ref])
     for k in checkpoints:
         t = sorted(1000 * v for v in times[k])
         q = statistics.quantiles(t, n=4) if len(t) >= 2 else [t[0]] * 3
-        pred = _ms(table, encoders[k].spec)
+        pred = _ms(table, specs[k])
         out["models"].append({"checkpoint": k, "median_ms": q[1] if len(t) >= 2 else t[0], "q1_ms": q[0], "q3_ms": q[2],
                               "min_ms": t[0], "max_ms": t[-1], "predicted_ms": pred,
                               "measured_speedup": ref_ms / statistics.median(t), "predicted_speedup": ref_pred / pred,
-                              "gmacs": _macs(encoders[k].spec, table.seconds) / 1e9})
+                              "gmacs": _macs(specs[k], table.seconds) / 1e9})
     return out

@@ -6,6 +6,11 @@ in the machine's load hits them alike), with the thread count fixed. Then whole 
 dense one and ``calibration`` slim ones of the Fig. 5 pattern, ``tools.bench.latency``), and scale and offset of
 the prediction are fitted on them by least squares (the constant part, and what running the components inside
 one model adds or saves). Sizes of a grid are fractions of the dense size (``TableConfig``).
+
+Several tables (backends, thread counts) are measured in one run from the same graphs (:func:`measure_tables`):
+for onnxruntime each probe and calibration encoder is exported once (and quantised once for int8), in worker
+processes, before anything is timed (``graphs.exported``); then each table is timed alone, as it would be in a
+run of its own, with its own sessions and threads.
 """
 
 from __future__ import annotations
@@ -14,23 +19,20 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass, field, replace
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from hjprune_manifests.audio import SAMPLE_RATE
 from hjprune_manifests.output_dir import write_atomically
 
 from ...core import cost_model
 from ...core import latency_table as lt
-from ...core.encoder import Wav2Vec2Encoder
 from ...core.presets import PRESETS
 from ...core.spec import EncoderSpec
 from ..bench.latency import slim_spec_for
 from ..timing import fixed_threads, median_times
-from .probes import Backend, probe
+from .graphs import ONNX_BACKENDS, Backend, Files, Graph, exported
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +94,34 @@ def axis_points(spec: EncoderSpec, cfg: TableConfig) -> Dict[str, Dict[str, List
     return {**conv, **layer}
 
 
-def time_component(backend: Backend, spec: EncoderSpec, cfg: TableConfig, name: str,
-                   axes: Dict[str, List[float]]) -> Dict:
-    """The component's grid entry: its points timed in turns."""
-    points = list(itertools.product(*axes.values()))
-    calls = {}
-    for p in points:
-        module, inputs = probe(spec, cfg.seconds, name, p, cfg.seed)
-        calls[p] = backend.call(module, inputs)
+def component_graphs(spec: EncoderSpec, cfg: TableConfig) -> Dict[str, List[Graph]]:
+    """{component: its probe at each grid point of :func:`axis_points`, in the order of the product of its axes}."""
+    out = {}
+    for name, axes in axis_points(spec, cfg).items():
+        out[name] = [Graph(f"{name}@" + ",".join(map(str, p)), "probe", spec, cfg.seconds, cfg.seed, name, p)
+                     for p in itertools.product(*axes.values())]
+    return out
+
+
+def calibration_graphs(spec: EncoderSpec, cfg: TableConfig) -> Tuple[Dict[str, EncoderSpec], List[Graph]]:
+    """The specs timed whole (the dense one and ``cfg.calibration`` slim ones), and their graphs: each encoder
+    (key: its name) and its CNN alone (``cnn:`` + its name)."""
+    specs = {"dense": spec}
+    for name, sparsity, fine in CALIBRATION[:cfg.calibration]:
+        specs[name] = slim_spec_for(spec, sparsity, cfg.seconds, cfg.seed, fine_grained=fine)
+    graphs = [g for k, s in specs.items()
+              for g in (Graph(k, "encoder", s, cfg.seconds, cfg.seed), Graph("cnn:" + k, "cnn", s, cfg.seconds, cfg.seed))]
+    return specs, graphs
+
+
+def time_component(backend: Backend, files: Files, graphs: List[Graph], axes: Dict[str, List[float]],
+                   cfg: TableConfig) -> Dict:
+    """The component's grid entry: its points (``graphs``, :func:`component_graphs`) timed in turns."""
+    calls = backend.calls(graphs, files)
     with torch.inference_mode():
         med = median_times(calls, cfg.repeats, cfg.warmup)
     shape = [len(v) for v in axes.values()]
-    flat = torch.tensor([med[p] for p in points], dtype=torch.float64).view(*shape)
+    flat = torch.tensor([med[g.key] for g in graphs], dtype=torch.float64).view(*shape)
     return {"axes": list(axes), "grid": [list(v) for v in axes.values()], "seconds": flat.tolist()}
 
 
@@ -120,19 +138,11 @@ def _line(x: torch.Tensor, y: torch.Tensor) -> Tuple[float, float]:
     return (a, 0.0) if a > 0 else (1.0, 0.0)
 
 
-def calibrate(backend: Backend, table: Dict, spec: EncoderSpec, cfg: TableConfig) -> Dict:
-    """Time whole encoders and their CNNs alone, in turns, and fit ``cnn = cnn_scale * sum of CNN layers`` and
-    ``whole - cnn = scale * sum of the other components + offset``."""
-    specs = {"dense": spec}
-    for name, sparsity, fine in CALIBRATION[:cfg.calibration]:
-        specs[name] = slim_spec_for(spec, sparsity, cfg.seconds, cfg.seed, fine_grained=fine)
-    torch.manual_seed(cfg.seed)
-    wav = torch.randn(1, int(round(cfg.seconds * SAMPLE_RATE)))
-    calls = {}
-    for k, s in specs.items():
-        encoder = Wav2Vec2Encoder(s).eval()
-        calls[k] = backend.encoder_call(encoder, wav, k)
-        calls["cnn:" + k] = backend.call(encoder.feature_extractor, (wav,))
+def calibrate(backend: Backend, files: Files, table: Dict, specs: Dict[str, EncoderSpec], graphs: List[Graph],
+              cfg: TableConfig) -> Dict:
+    """Time whole encoders and their CNNs alone (:func:`calibration_graphs`), in turns, and fit
+    ``cnn = cnn_scale * sum of CNN layers`` and ``whole - cnn = scale * sum of the other components + offset``."""
+    calls = backend.calls(graphs, files)
     with torch.inference_mode():
         measured = median_times(calls, cfg.repeats, cfg.warmup)
     raw = lt.from_dict({**table, "calibration": {"scale": 1.0, "offset_s": 0.0, "cnn_scale": 1.0}}, "<being measured>")
@@ -154,37 +164,85 @@ def calibrate(backend: Backend, table: Dict, spec: EncoderSpec, cfg: TableConfig
                            "predicted_s": predicted[k]} for k in specs}}
 
 
-def measure_table(cfg: TableConfig, spec: Optional[EncoderSpec] = None, family: Optional[str] = None) -> Dict:
-    """The table (a JSON-ready dict) of ``cfg.preset`` (or of the dense ``spec``, named ``family``: e.g. a
-    checkpoint's encoder) on this machine and ``cfg.backend``."""
-    cfg.check()
+def measure_tables(cfgs: Sequence[TableConfig], spec: Optional[EncoderSpec] = None, family: Optional[str] = None,
+                   export_jobs: int = 1) -> Iterator[Dict]:
+    """The tables (JSON-ready dicts), one per config, of ``cfgs[0].preset`` (or of the dense ``spec``, named
+    ``family``: e.g. a checkpoint's encoder) on this machine: configs that differ only in backend, threads and
+    dtype. Every probe and calibration encoder is exported to ONNX once (int8: quantised once), in
+    ``export_jobs`` processes, before anything is timed (``graphs.exported``); then the tables are measured one
+    after the other, each as :func:`measure_table` would alone (its own sessions and threads), and yielded when
+    done. A table's ``measure_seconds`` counts its own timings, and the exports when it is an onnxruntime one."""
+    if not cfgs:
+        raise ValueError("no table to measure (expected at least one backend and thread count)")
+    for cfg in cfgs:
+        cfg.check()
+    runs = [(c.backend, c.threads) for c in cfgs]
+    if len(set(runs)) != len(runs):
+        raise ValueError(f"backend and threads must differ between tables, got {runs}")
+    shared = {"backend": "", "threads": 0, "dtype": ""}
+    if any(replace(c, **shared) != replace(cfgs[0], **shared) for c in cfgs):
+        raise ValueError("tables measured together must differ only in backend, threads and dtype")
     start = time.perf_counter()
     if spec is not None and spec.has_rel_pos:
         raise ValueError(f"{family}: latency tables do not model WavLM's relative position bias yet")
+    cfg = cfgs[0]
     spec = spec or PRESETS[cfg.preset]
-    with fixed_threads(cfg.threads), tempfile.TemporaryDirectory() as folder:
-        backend = Backend(cfg.backend, cfg.threads, folder, cfg.dtype)
-        table = {
-            "format": lt.FORMAT, "version": lt.VERSION, "machine": lt.machine_info(), "backend": cfg.backend,
-            "threads": cfg.threads, "dtype": cfg.dtype, "versions": backend.versions(), "seconds": cfg.seconds,
-            "frames": cost_model.frames_for(spec, cfg.seconds)[-1], "family": family or cfg.preset, "spec": spec.to_dict(),
-            "config": asdict(cfg), "components": {},
-        }
-        for name, axes in axis_points(spec, cfg).items():
-            t0 = time.perf_counter()
-            table["components"][name] = time_component(backend, spec, cfg, name, axes)
-            logger.info("%s: %d points in %.1f s", name, len(list(itertools.product(*axes.values()))),
-                        time.perf_counter() - t0)
-        table["calibration"] = calibrate(backend, table, spec, cfg)
-    table["measure_seconds"] = time.perf_counter() - start
-    lt.from_dict(table, "<measured>")  # what is written loads
-    return table
+    backends = [Backend(c.backend, c.threads, c.dtype) for c in cfgs]  # refuses what cannot run, before any export
+    components, axes = component_graphs(spec, cfg), axis_points(spec, cfg)
+    specs, cal_graphs = calibration_graphs(spec, cfg)
+    everything = [g for gs in components.values() for g in gs] + cal_graphs
+    prepared = time.perf_counter() - start
+    with exported(everything, [c.backend for c in cfgs], export_jobs) as files:
+        exports = time.perf_counter() - start - prepared
+        for c, backend in zip(cfgs, backends):
+            t_table = time.perf_counter()
+            with fixed_threads(c.threads):
+                table = {
+                    "format": lt.FORMAT, "version": lt.VERSION, "machine": lt.machine_info(), "backend": c.backend,
+                    "threads": c.threads, "dtype": c.dtype, "versions": backend.versions(), "seconds": c.seconds,
+                    "frames": cost_model.frames_for(spec, c.seconds)[-1], "family": family or c.preset,
+                    "spec": spec.to_dict(), "config": asdict(c), "components": {},
+                }
+                for name, graphs in components.items():
+                    t0 = time.perf_counter()
+                    table["components"][name] = time_component(backend, files, graphs, axes[name], c)
+                    logger.info("%s, %d threads: %s: %d points in %.1f s", c.backend, c.threads, name, len(graphs),
+                                time.perf_counter() - t0)
+                table["calibration"] = calibrate(backend, files, table, specs, cal_graphs, c)
+            export_s = exports if c.backend in ONNX_BACKENDS else 0.0
+            table["measure_seconds"] = prepared + export_s + time.perf_counter() - t_table
+            lt.from_dict(table, "<measured>")  # what is written loads
+            yield table
+
+
+def measure_table(cfg: TableConfig, spec: Optional[EncoderSpec] = None, family: Optional[str] = None,
+                  export_jobs: int = 1) -> Dict:
+    """The table (a JSON-ready dict) of ``cfg.preset`` (or of the dense ``spec``, named ``family``: e.g. a
+    checkpoint's encoder) on this machine and ``cfg.backend`` (:func:`measure_tables`)."""
+    return list(measure_tables([cfg], spec, family, export_jobs))[0]
 
 
 def check_new(path: str, overwrite: bool) -> None:
     """Refuse an existing ``path`` without ``overwrite`` (one line)."""
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists (expected a new file; pass --overwrite to replace it)")
+
+
+def table_paths(out: str, backends: Sequence[str], threads: Sequence[int]) -> Dict[Tuple[str, int], str]:
+    """The file of each (backend, threads) table: ``out`` with ``{backend}`` and ``{threads}`` filled in. When
+    several backends (thread counts) are asked, ``out`` must hold ``{backend}`` (``{threads}``), so that no two
+    tables share a file; ValueError (one line) otherwise, or for a value asked twice."""
+    for name, values in (("--backend", backends), ("--threads", threads)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"{name} {' '.join(map(str, values))}: a value is given twice (expected distinct values)")
+    missing = [f"{{{n}}}" for n, v in (("backend", backends), ("threads", threads)) if len(v) > 1 and f"{{{n}}}" not in out]
+    if missing:
+        raise ValueError(f"OUT {out}: one table per backend and thread count needs {' and '.join(missing)} in OUT "
+                         "(expected e.g. tables/w2v_{backend}_t{threads}.json)")
+    try:
+        return {(b, t): out.format(backend=b, threads=t) for b in backends for t in threads}
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"OUT {out}: expected no braces but the fields {{backend}} and {{threads}} ({e!r})") from e
 
 
 def write_table(table: Dict, path: str, overwrite: bool = False) -> None:

@@ -1,16 +1,13 @@
-"""Timing probes: each component of a latency table as a small module, and how a backend runs it.
+"""Timing probes: each component of a latency table as a small module.
 
 A probe is built from the encoder's own classes (``core.encoder``) at the kept sizes of one grid point and fed
 what it gets inside the encoder at the table's input length: a CNN layer its input channels over the previous
-layer's frames, a Transformer layer (1, T, d). A backend turns a module and its inputs into a call for
-``tools.timing.median_times``: PyTorch eager (fp32, CPU), onnxruntime fp32 or int8 (the graph
-``hjprune-export --onnx [--int8]`` makes: the same exporter and the same dynamic quantisation), CUDA (fp16/bf16).
+layer's frames, a Transformer layer (1, T, d). ``graphs`` exports them and runs them on a backend.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +16,7 @@ from torch import nn
 
 from ...core import cost_model
 from ...core.encoder import EncoderLayer, MaskedLayerNorm, PositionalConv
-from ...core.latency_table import BACKENDS
 from ...core.spec import EncoderSpec
-
-Call = Callable[[int], object]
 
 
 class ConvProbe(nn.Module):
@@ -120,89 +114,3 @@ def probe(spec: EncoderSpec, seconds: float, name: str, point: Sequence[float],
         qk, vo = spread(total, heads, spec.head_dim, 0, g), spread(total, heads, spec.head_dim, 1, g)
     layer = EncoderLayer(d, heads, spec.head_dim, ffn, spec.layer_norm_first, qk_dims=qk, vo_dims=vo)
     return LayerProbe(layer).eval(), (torch.randn(1, T, d, generator=g),)
-
-
-class Backend:
-    """Runs probes and whole encoders on one backend (``core.latency_table.BACKENDS``) with fixed threads;
-    ONNX graphs are written into ``folder``."""
-
-    def __init__(self, name: str, threads: int, folder: str, dtype: str = "float32"):
-        if name not in BACKENDS:
-            raise ValueError(f"unknown backend {name!r}, expected one of {BACKENDS}")
-        if name == "cuda" and not torch.cuda.is_available():
-            raise ValueError("backend cuda: no CUDA GPU here (torch.cuda.is_available() is False)")
-        if name != "cuda" and dtype != "float32":
-            raise ValueError(f"backend {name} runs float32, got dtype {dtype} (float16/bfloat16 are for cuda)")
-        if name == "cuda" and dtype not in ("float16", "bfloat16"):
-            raise ValueError(f"backend cuda runs float16 or bfloat16, got {dtype}")
-        if name.startswith("onnxruntime"):
-            from ...convert.onnx_export import import_onnx
-
-            import_onnx()  # one line naming the extra, before anything is measured
-        self.name, self.threads, self.folder, self.dtype = name, threads, folder, dtype
-        self.count = 0
-
-    def versions(self) -> dict:
-        v = {"torch": torch.__version__}
-        if self.name.startswith("onnxruntime"):
-            import onnxruntime
-
-            v["onnxruntime"] = onnxruntime.__version__
-        if self.name == "cuda":
-            v["cuda"] = torch.version.cuda
-            v["gpu"] = torch.cuda.get_device_name()
-        return v
-
-    def _paths(self) -> Tuple[str, str]:
-        self.count += 1
-        base = os.path.join(self.folder, f"g{self.count}")
-        return base + ".onnx", base + "_int8.onnx"
-
-    def _session(self, fp32: str, int8: str):
-        from ...convert import onnx_export
-
-        if self.name == "onnxruntime_int8":
-            onnx_export.quantize_int8(fp32, int8)
-            fp32 = int8
-        return onnx_export.session(fp32, self.threads, spinning=False)
-
-    def _cuda(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Call:
-        dtype = getattr(torch, self.dtype)
-        module = module.to("cuda", dtype)
-        inputs = [x.to("cuda", dtype if x.is_floating_point() else x.dtype) for x in inputs]
-
-        def call(i: int):
-            module(*inputs)
-            torch.cuda.synchronize()
-        return call
-
-    def call(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Call:
-        """A call running the probe ``module`` on ``inputs`` (for median_times, under torch.inference_mode)."""
-        if self.name == "pytorch":
-            return lambda i: module(*inputs)
-        if self.name == "cuda":
-            return self._cuda(module, inputs)
-        from ...convert import onnx_export
-
-        fp32, int8 = self._paths()
-        names = [f"x{j}" for j in range(len(inputs))]
-        onnx_export.export_fixed(module, inputs, names, fp32)
-        sess = self._session(fp32, int8)
-        feed = {n: x.numpy() for n, x in zip(names, inputs)}
-        return lambda i: sess.run(None, feed)
-
-    def encoder_call(self, encoder: nn.Module, wav: torch.Tensor, label: Optional[str] = None) -> Call:
-        """A call running a whole :class:`~.core.encoder.Wav2Vec2Encoder` on ``wav`` (1, S): in onnxruntime the
-        graph ``hjprune-export --onnx`` makes of it (``onnx_export.EncoderGraph``), int8 as ``--int8``."""
-        encoder = encoder.eval()
-        if self.name == "pytorch":
-            return lambda i: encoder(wav)
-        if self.name == "cuda":
-            return self._cuda(encoder, [wav])
-        from ...convert import onnx_export
-
-        fp32, int8 = self._paths()
-        onnx_export.export_graph(onnx_export.EncoderGraph(encoder), fp32, label or "encoder")
-        sess = self._session(fp32, int8)
-        pad = torch.zeros(wav.shape, dtype=torch.bool)
-        return lambda i: onnx_export.run(sess, wav, pad)
