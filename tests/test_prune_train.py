@@ -125,15 +125,57 @@ def test_budget_ladder_saves_each_rung_and_resumes_mid_hold(tmp_path, corpus, w2
     assert a["criterion.sparsity.lambda1"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("ladder, message", [
-    ("[0.4,0.2]", "list of increasing numbers"), ("[0.2,1.0]", "list of increasing numbers"), ("[]", "list of"),
+def test_sep_size_ladder_saves_both_rungs_each_exported_at_its_targets(tmp_path, corpus, w2v_pretrained, capsys):
+    """A ladder of two quantities (sep_size: CNN 0.3 then 0.6, Transformer 0.1 then 0.2) writes a checkpoint per
+    rung, named after both targets and recording them; each exports within 0.5 points of both."""
+    import json
+
+    from hjprune_fairseq.cli import export as export_cli
+    from hjprune_fairseq.plugin.run_budget import BUDGET_KEY
+
+    ladder = {**LADDER, "criterion.target_cnn_sparsity": "[0.3,0.6]", "criterion.target_transformer_sparsity": "[0.1,0.2]"}
+    del ladder["criterion.target_sparsity"]
+    run(tmp_path, overrides(corpus, w2v_pretrained, tmp_path / "ck", 8, mode="sep_size", **ladder))
+    for n, targets in ((4, {"cnn": 0.3, "transformer": 0.1}), (8, {"cnn": 0.6, "transformer": 0.2})):
+        name = f"checkpoint_budget_cnn{targets['cnn']:.2f}_transformer{targets['transformer']:.2f}.pt"
+        s = torch.load(tmp_path / "ck" / name, weights_only=False)
+        assert s["optimizer_history"][-1]["num_updates"] == n
+        assert s["extra_state"][BUDGET_KEY]["targets"] == targets
+        assert export_cli.main([str(tmp_path / "ck" / name), str(tmp_path / f"slim{n}.pt")]) == 0
+        r = json.loads(capsys.readouterr().out)["budget"]
+        assert r["targets"] == targets
+        for q, t in targets.items():
+            assert abs(r["delivered"][q] - t) <= 0.005, (name, q, r["delivered"])
+
+
+@pytest.mark.parametrize("mode, targets, message", [
+    ("macs", {"target_sparsity": [0.4, 0.2]}, "list of increasing numbers"),
+    ("macs", {"target_sparsity": [0.2, 1.0]}, "list of increasing numbers"), ("macs", {"target_sparsity": []}, "list of"),
+    ("sep_size", {"target_cnn_sparsity": [0.3, 0.6], "target_transformer_sparsity": [0.1, 0.2, 0.3]},
+     r"criterion.target_cnn_sparsity and criterion.target_transformer_sparsity must be lists of one length"),
+    ("sep_size", {"target_cnn_sparsity": [0.3, 0.6], "target_transformer_sparsity": 0.2}, "must be lists of one length"),
+    ("sep_size", {"target_cnn_sparsity": [0.3, 0.6], "target_transformer_sparsity": [0.2, 0.1]}, "none decreasing"),
+    ("sep_size", {"target_cnn_sparsity": [0.3, 0.3], "target_transformer_sparsity": [0.1, 0.1]}, "at least one rising"),
+    ("sep_size", {"target_cnn_sparsity": [0.3, 1.2], "target_transformer_sparsity": [0.1, 0.2]}, r"numbers in \[0, 1\)"),
+    ("sep_size", {"target_sparsity": [0.2, 0.4]}, "sep_size takes a budget ladder as lists in criterion.target_cnn_sparsity"),
 ])
-def test_bad_ladder_is_one_clear_error(ladder, message):
+def test_bad_ladder_is_one_clear_error(mode, targets, message):
     from omegaconf import OmegaConf
 
     from hjprune_fairseq.plugin.criterions.sparsity_config import SparsityConfig, constraint_from_config
 
-    cfg = OmegaConf.structured(SparsityConfig(sparsity_mode="macs"))
-    cfg.target_sparsity = OmegaConf.create({"t": eval(ladder)}).t
+    cfg = OmegaConf.structured(SparsityConfig(sparsity_mode=mode))
+    for field, value in targets.items():
+        setattr(cfg, field, OmegaConf.create({"t": value}).t)
     with pytest.raises(ValueError, match=message):
         constraint_from_config(cfg)
+
+
+def test_a_ladder_of_two_quantities_may_hold_one_while_the_other_rises():
+    from omegaconf import OmegaConf
+
+    from hjprune_fairseq.plugin.criterions.sparsity_config import SparsityConfig, constraint_from_config
+
+    cfg = OmegaConf.structured(SparsityConfig(sparsity_mode="sep_size", budget_hold_updates=2))
+    cfg.target_cnn_sparsity, cfg.target_transformer_sparsity = [0.3, 0.3], [0.1, 0.2]
+    assert constraint_from_config(cfg).ladder == [[0.3, 0.1], [0.3, 0.2]]

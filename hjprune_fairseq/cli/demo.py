@@ -2,8 +2,8 @@
 
 The stages (hjprune-synth -> pre-train -> fine-tune -> prune with ``macs`` -> hjprune-export ->
 fine-tune the slim model -> fairseq-generate -> CPU latency; ``--sweep``: every sparsity mode at three
-budgets; ``--baselines``: PARP and task-agnostic pruning) are ``hjprune_fairseq.tools.demo.pipeline``, each
-stage's output in OUT/logs/STAGE.log; report.md, report.json and the PNG plots are
+budgets, one budget-ladder run per mode; ``--baselines``: PARP and task-agnostic pruning) are
+``hjprune_fairseq.tools.demo.pipeline``, each stage's output in OUT/logs/STAGE.log; report.md, report.json and the PNG plots are
 ``hjprune_fairseq.tools.demo.report``.
 """
 
@@ -28,11 +28,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--task", choices=["asr", "slu"], default="asr", help="speech recognition or intent classification")
     p.add_argument("--out", help="output folder (default: demo_out/TASK)")
     p.add_argument("--quick", action="store_true", help="tiny budgets (a test run, minutes)")
-    p.add_argument("--sweep", action="store_true", help="also prune with every mode at three budgets (paper Fig. 1)")
+    p.add_argument("--sweep", action="store_true",
+                   help="also prune with every mode at three budgets (paper Fig. 1): one budget-ladder run per mode, "
+                        "each rung then exported, fine-tuned and decoded")
     p.add_argument("--baselines", action="store_true",
                    help="also PARP (unstructured, at macs_40's parameter count) and task-agnostic pruning by distillation")
     p.add_argument("--jobs", type=int, default=2,
-                   help="--sweep / --baselines: points trained at once, each with cores/jobs threads")
+                   help="--sweep / --baselines: runs (ladders, rungs' fine-tunes, baselines) trained at once, "
+                        "each with cores/jobs threads")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in the folder")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="precision of the fine-tuning and pruning stages (pre-training stays fp32); auto: bf16 "

@@ -7,8 +7,9 @@ Augmented Lagrangian (Eq. 5-6, CoFiPruning): the criterion adds
 minimised over weights and log_alpha and MAXIMISED over the multipliers (gradient ascent, done by the
 ``hjprune_adamw`` optimizer). ``s`` is an expected sparsity from the one cost model, ``t`` rises
 linearly from 0 to its final value over ``warmup_updates`` and then holds. A budget ladder (several
-increasing targets of one quantity) ramps to each in turn over ``warmup_updates`` and holds it
-``hold_updates``; the end of each hold is where the run saves that budget's checkpoint.
+rungs of targets, each quantity's non-decreasing) ramps to each rung in turn over ``warmup_updates``, every
+quantity from its previous rung's target, and holds it ``hold_updates``; the end of each hold is where the
+run saves that budget's checkpoint.
 
 The logged ``mask_sparsity`` is that of the masks export gives (``core/budget.py``: the deterministic
 masks fitted to the final target, or the current rung's; in training refitted every ``REFIT_EVERY``
@@ -47,7 +48,7 @@ class SparsityConstraint(KeepsParameterDtype):
         """mode: a measure of :data:`measures.MEASURES`; targets: {constrained quantity: final target}
         (the measure's quantities); warmup_updates: updates over which the targets rise from 0 (from the
         previous rung's on a ladder); seconds: the virtual input length at which MACs are counted;
-        ladder: the targets of every rung, increasing, the last one ``targets``; hold_updates: how long
+        ladder: the targets of every rung, none decreasing, the last one ``targets``; hold_updates: how long
         each rung holds. latency_table: the measured table of the ``latency`` measure (with any mode, the log
         shows predicted latency); target_latency_ms: the latency target in ms instead of a fraction (``targets``
         then omits it): converted to the fraction of the model's dense predicted latency when the model is

@@ -1,6 +1,7 @@
 """The budget a pruning run was asked for, as its checkpoint records it: what ``hjprune-export`` meets by default.
 
-A checkpoint of a budget ladder's rung (``checkpoint_budget_0.40.pt``) records its rung in
+A checkpoint of a budget ladder's rung (``checkpoint_budget_0.40.pt``; with several quantities
+``checkpoint_budget_cnn0.30_transformer0.10.pt``) records its rung in
 ``extra_state[BUDGET_KEY]``; any other checkpoint of a pruning stage has its criterion's config
 (``cfg.criterion``: sparsity_mode, its targets, macs_seconds), whose final target is the budget.
 """
@@ -60,8 +61,12 @@ def run_budget(state: Dict[str, Any], path: str) -> Optional[RunBudget]:
     return RunBudget(str(cfg.sparsity_mode), targets, float(cfg.macs_seconds), cfg.latency_table, cfg.target_latency_ms)
 
 
-def ladder_checkpoint_name(target: float) -> str:
-    return f"checkpoint_budget_{target:.2f}.pt"
+def ladder_checkpoint_name(targets: Dict[str, float]) -> str:
+    """The file of a ladder's rung of ``targets`` {quantity: target}: ``checkpoint_budget_0.40.pt`` for a measure
+    of one quantity, ``checkpoint_budget_cnn0.30_transformer0.10.pt`` (each quantity named) for several."""
+    if len(targets) == 1:
+        return f"checkpoint_budget_{next(iter(targets.values())):.2f}.pt"
+    return "checkpoint_budget_" + "_".join(f"{q}{t:.2f}" for q, t in targets.items()) + ".pt"
 
 
 def ladder_checkpoint(constraint: SparsityConstraint, num_updates: int) -> Optional[Tuple[str, Dict[str, Any]]]:
@@ -73,5 +78,5 @@ def ladder_checkpoint(constraint: SparsityConstraint, num_updates: int) -> Optio
             targets = dict(zip(constraint.names, rung))
             table = constraint.latency_table.source if constraint.latency_table is not None else None
             budget = RunBudget(constraint.mode, targets, constraint.seconds, table)
-            return ladder_checkpoint_name(rung[0]), {BUDGET_KEY: budget.to_dict()}
+            return ladder_checkpoint_name(targets), {BUDGET_KEY: budget.to_dict()}
     return None

@@ -5,7 +5,8 @@ Gated checkpoints are measured with the masks hjprune-export keeps (at the run's
 deterministic masks as trained when it records none or ``as_trained``), with the expected cost under the
 gates' keep probabilities alongside; slim, PARP and stock fairseq checkpoints exactly. With a latency table
 (``core/latency_table.py``), the predicted latency per component at the table's input length, under the same
-masks (and the gates' expected one).
+masks (and the gates' expected one). Gated and slim checkpoints also get their sparsity in every registered
+measure (``sparsity``; latency with a table), as the criterion and export measure it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any, Dict, Optional
 from ..convert.slim_export import export_masks
 from ..core import cost_model
 from ..core import latency_table as lt
+from ..core.budget import measure_sparsity
+from ..core.measures import MEASURES
 from ..core.parp import zero_count
 from ..core.presets import PRESETS
 from ..plugin.checkpoints import arch_of, model_from_state
@@ -33,6 +36,15 @@ def latency_report(table: lt.LatencyTable, spec, masks=None, probs=None) -> Dict
     if probs is not None:
         r["expected_ms"] = lt.predicted_ms_by_component(table, spec, probs)["total"]
     return r
+
+
+def sparsity_by_measure(spec, masks, seconds: float, reference, table: Optional[lt.LatencyTable]
+                        ) -> Dict[str, Dict[str, float]]:
+    """{measure: {quantity: fraction removed}} of ``spec`` under ``masks`` (None: all of it) against
+    ``reference``, for every registered measure whose needs are met (latency: ``table``)."""
+    resources = {"latency_table": table}
+    return {name: measure_sparsity(m, spec, seconds, reference, **resources)(masks) for name, m in MEASURES.items()
+            if all(resources.get(n) is not None for n in m.needs)}
 
 
 def describe(source: str, seconds: float, as_trained: bool = False, latency_table: Optional[str] = None
@@ -63,12 +75,14 @@ def describe(source: str, seconds: float, as_trained: bool = False, latency_tabl
             r["expected"] = {k: expected[k] for k in EXPECTED_KEYS}
             if table is not None:
                 r["latency"] = latency_report(table, model.spec, masks, model.gates.keep_probs())
+            r["sparsity"] = sparsity_by_measure(model.spec, masks, seconds, ref, table)
         else:
             r = cost_model.report(model.spec, None, seconds, vocab, ref, arch.per_frame)
             # slim: smaller than its reference (the dense ancestor); a dense model in the slim format (an import) is dense
             r["kind"] = "slim" if arch.kind != "gated" and model.spec != ref else "dense"
             if table is not None:
                 r["latency"] = latency_report(table, model.spec)
+            r["sparsity"] = sparsity_by_measure(model.spec, None, seconds, ref, table)
         if arch.kind == "parp":
             # Unstructured zeros: the structure (and so the MACs of dense kernels) is unchanged.
             zeros, _ = zero_count(model.encoder)

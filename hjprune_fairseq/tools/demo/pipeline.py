@@ -7,7 +7,9 @@ model (final.yaml) -> decode the test split with fairseq-generate -> time both m
 training, a latency table of the tiny encoder is measured on this machine (PyTorch, the threads and input
 length the models are timed with, a coarse grid: ``LATENCY_GRIDS``): the report gives every model's predicted
 latency beside its measured one. ``Demo.sweep`` then prunes the fine-tuned model with every sparsity mode at
-three budgets (the paper's Fig. 1; ``latency`` with that table, its targets fractions of predicted latency); ``Demo.baselines`` adds PARP (unstructured, at the parameter count of macs_40) and
+three budgets (the paper's Fig. 1; ``latency`` with that table, its targets fractions of predicted latency), each
+mode by one budget-ladder run through its three budgets, every rung's checkpoint then exported at its budget,
+fine-tuned and decoded; ``Demo.baselines`` adds PARP (unstructured, at the parameter count of macs_40) and
 task-agnostic pruning (distillation from the pre-trained model with fine-grained heads and
 straight-through gates, 40 % fewer MACs, then fine-tuning).
 
@@ -25,13 +27,15 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from hjprune_manifests import output_dir
 from hjprune_manifests.audio import SAMPLE_RATE
 
 from ...core.measures import MEASURES
 from ...plugin.config_sets import USER_DIR, config_set_dir
+from ...plugin.criterions.sparsity_config import target_fields
+from ...plugin.run_budget import ladder_checkpoint_name
 from ...plugin.scoring import parse_generate, subset_scores
 from ..stages import console_script, run_stage
 
@@ -50,7 +54,14 @@ DECODING = ["--batch-size", "1"]
 @dataclass
 class Budget:
     """Corpus sizes, updates per stage and, where set, the samples in a batch of every stage (else the
-    config's)."""
+    config's).
+
+    ``prune`` / ``warmup``: a pruning run of its own (macs_40, the baselines), its updates and its target's ramp
+    from 0. ``ladder_warmup`` / ``ladder_hold``: each rung of a sweep's budget ladder (one run per mode through
+    its budgets), the ramp from the previous rung's target and the hold that ends with the rung's checkpoint.
+    A ladder of three rungs takes :meth:`ladder_updates` (3) of them, at most 60 % of three runs of their own
+    (3 x ``prune``): FULL's 324 of 540 are docs/RESULTS.md's ladder against three runs.
+    """
 
     train: int
     valid: int
@@ -60,21 +71,54 @@ class Budget:
     prune: int
     warmup: int
     final: int
+    ladder_warmup: int
+    ladder_hold: int
     max_tokens: Optional[int] = None
 
+    def ladder_updates(self, rungs: int) -> int:
+        """The updates of a ladder of ``rungs``: each its ramp and its hold (its last checkpoint at the last)."""
+        return rungs * (self.ladder_warmup + self.ladder_hold)
 
-FULL = Budget(train=1500, valid=100, test=200, pretrain=80, finetune=480, prune=180, warmup=70, final=100)
-QUICK = Budget(train=60, valid=8, test=16, pretrain=6, finetune=20, prune=24, warmup=8, final=12, max_tokens=100000)
-MAIN_POINT = ("macs", ["criterion.target_sparsity=0.4"])  # the pipeline's pruned model, named macs_40
-SWEEP = {  # (mode, overrides) per point: about 20, 40 and 60 % fewer MACs for each method
-    "macs": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
-    "sep_size": [[f"criterion.target_cnn_sparsity={c}", f"criterion.target_transformer_sparsity={t}"]
-                 for c, t in ((0.3, 0.1), (0.6, 0.2), (0.85, 0.35))],
-    "size": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
-    "transformer_only": [["criterion.target_sparsity=0.3"], ["criterion.target_sparsity=0.5"], ["criterion.target_sparsity=0.7"]],
+
+FULL = Budget(train=1500, valid=100, test=200, pretrain=80, finetune=480, prune=180, warmup=70, final=100,
+              ladder_warmup=60, ladder_hold=48)
+QUICK = Budget(train=60, valid=8, test=16, pretrain=6, finetune=20, prune=24, warmup=8, final=12,
+               ladder_warmup=6, ladder_hold=6, max_tokens=100000)
+MAIN_POINT = ("macs", {"macs": 0.4})  # the pipeline's pruned model, a run of its own, named macs_40
+SWEEP = {  # mode: its ladder's rungs, {quantity: target} each: about 20, 40 and 60 % fewer MACs for each method
+    "macs": [{"macs": t} for t in (0.2, 0.4, 0.6)],
+    "sep_size": [{"cnn": c, "transformer": t} for c, t in ((0.3, 0.1), (0.6, 0.2), (0.85, 0.35))],
+    "size": [{"size": t} for t in (0.2, 0.4, 0.6)],
+    "transformer_only": [{"transformer_only": t} for t in (0.3, 0.5, 0.7)],
     # 20, 40, 60 % less predicted latency (the demo's table): target speed-ups 1.25x, 1.67x, 2.5x
-    "latency": [["criterion.target_sparsity=0.2"], ["criterion.target_sparsity=0.4"], ["criterion.target_sparsity=0.6"]],
+    "latency": [{"latency": t} for t in (0.2, 0.4, 0.6)],
 }
+
+
+@dataclass
+class Asked:
+    """What a pruned model was asked for: ``targets`` {quantity: fraction removed} of the measure ``measure``;
+    ``ladder``: where it was pruned, {"run": the ladder's stage, "rung": 1.., "rungs": n} for a rung of a
+    budget ladder, None for a run of its own."""
+
+    measure: str
+    targets: Dict[str, float]
+    ladder: Optional[Dict[str, Any]] = None
+
+
+def target_overrides(mode: str, rungs: List[Dict[str, float]]) -> List[str]:
+    """The prune stage's target fields for the budgets ``rungs`` of ``mode``: a number per field for one budget,
+    a list per field (a budget ladder) for several."""
+    if len(rungs) == 1:
+        return [f"criterion.{f}={rungs[0][q]}" for q, f in target_fields(mode).items()]
+    return [f"criterion.{f}=[{','.join(str(r[q]) for r in rungs)}]" for q, f in target_fields(mode).items()]
+
+
+def ladder_stage(mode: str) -> str:
+    """The stage (log, checkpoint folder) of ``mode``'s budget ladder in the sweep."""
+    return f"prune_{mode}_ladder"
+
+
 LATENCY_SECONDS = 10.0  # the input length of the demo's timings (latencies) and of its latency table
 # The demo's table: two or three points per axis (the tiny encoder's components take milliseconds), 3 runs each.
 LATENCY_GRIDS = dict(conv_grid=(0.25, 1.0), hidden_grid=(0.5, 1.0), heads_grid=(0.0, 0.5, 1.0), dims_grid=(0.5, 1.0),
@@ -124,8 +168,9 @@ class TimeLeft:
     A training stage is expected to take its updates times the seconds per update of the fine-tuning
     and pruning stages done so far (startup included; before any, ``first_guess_s``: a bf16 update on
     2 cores); pre-training (stock fairseq, fp32, another loss) is not a guide to them. Any other stage
-    is expected to take the mean time of the other stages done so far (30 s before any). Stages run
-    side by side (``--sweep``) are counted one after the other, so the estimate is then high.
+    is expected to take the mean time of the other stages done so far (30 s before any); a budget ladder's
+    run is a training stage of its rungs' updates. Stages run side by side (``--sweep``) are counted one after
+    the other, so the estimate is then high.
     """
 
     NOT_A_GUIDE = ("pretrain",)
@@ -259,23 +304,50 @@ class Demo:
 
     def expect_point(self, name: str) -> None:
         """The stages of prune_point ``name``, for the estimate of the time left."""
-        b = self.budget
-        self.time_left.expect({f"prune_{name}": b.prune, f"export_{name}": 0, f"final_{name}": b.final,
-                               f"decode_{name}": 0})
+        self.time_left.expect({f"prune_{name}": self.budget.prune})
+        self.expect_finish(name)
 
-    def prune_point(self, mode: str, overrides: List[str], finetuned: str, name: str) -> Dict:
-        b = self.budget
+    def expect_ladder(self, mode: str, rungs: int) -> None:
+        """The stages of prune_ladder of ``mode`` and of finishing its ``rungs`` (``{mode}_1``, ...)."""
+        self.time_left.expect({ladder_stage(mode): self.budget.ladder_updates(rungs)})
+        for k in range(rungs):
+            self.expect_finish(f"{mode}_{k + 1}")
+
+    def expect_finish(self, name: str) -> None:
+        self.time_left.expect({f"export_{name}": 0, f"final_{name}": self.budget.final, f"decode_{name}": 0})
+
+    def prune(self, stage: str, mode: str, rungs: List[Dict[str, float]], finetuned: str, updates: int,
+              warmup: int, extra: Sequence[str] = ()) -> str:
+        """Prune stage ``stage``: ``mode`` to the budgets ``rungs`` (several: a ladder) from ``finetuned``; its
+        checkpoint folder."""
         table = [f"criterion.latency_table={self.latency_table}"] if "latency_table" in MEASURES[mode].needs else []
-        pr = self.train(f"prune_{name}", self.config_dir, "prune", [
-            f"mode={mode}", *overrides, *table, f"model.w2v_path={finetuned}", f"optimization.max_update={b.prune}",
-            f"criterion.sparsity_warmup_updates={b.warmup}", *self.precision_overrides])
-        slim = self.export(name, f"{pr}/checkpoint_last.pt")
+        return self.train(stage, self.config_dir, "prune", [
+            f"mode={mode}", *target_overrides(mode, rungs), *table, f"model.w2v_path={finetuned}",
+            f"optimization.max_update={updates}", f"criterion.sparsity_warmup_updates={warmup}", *extra,
+            *self.precision_overrides])
+
+    def prune_point(self, mode: str, targets: Dict[str, float], finetuned: str, name: str) -> Dict:
+        """``mode`` pruned to ``targets`` by a run of its own, then finished (:meth:`finish`) as ``name``."""
+        pr = self.prune(f"prune_{name}", mode, [targets], finetuned, self.budget.prune, self.budget.warmup)
+        return self.finish(name, f"{pr}/checkpoint_last.pt", Asked(mode, targets))
+
+    def prune_ladder(self, mode: str, rungs: List[Dict[str, float]], finetuned: str) -> List[Tuple[str, str, Asked]]:
+        """``mode`` pruned by one budget-ladder run through ``rungs``, each ramped to over ``ladder_warmup``
+        updates and held ``ladder_hold``; (name ``{mode}_K``, the rung's checkpoint, what it was asked) per rung."""
+        b, stage = self.budget, ladder_stage(mode)
+        run = self.prune(stage, mode, rungs, finetuned, b.ladder_updates(len(rungs)), b.ladder_warmup,
+                         [f"+criterion.budget_hold_updates={b.ladder_hold}"])
+        return [(f"{mode}_{k + 1}", os.path.join(run, ladder_checkpoint_name(r)),
+                 Asked(mode, r, {"run": stage, "rung": k + 1, "rungs": len(rungs)})) for k, r in enumerate(rungs)]
+
+    def finish(self, name: str, gated: str, asked: Asked) -> Dict:
+        """Export the gated checkpoint ``gated`` at its budget, fine-tune the slim model (final.yaml), decode it."""
+        slim = self.export(name, gated)
         fin = self.train(f"final_{name}", self.config_dir, "final", [
-            f"model.w2v_path={slim}", f"optimization.max_update={b.final}", *self.precision_overrides])
-        r = self.evaluate(name, f"{fin}/checkpoint_best.pt", mode)
-        if mode == "latency":  # the target speed-up over the unpruned model, predicted by the table
-            target = float(next(o.split("=", 1)[1] for o in overrides if o.startswith("criterion.target_sparsity=")))
-            r["target_speedup"] = 1 / (1 - target)
+            f"model.w2v_path={slim}", f"optimization.max_update={self.budget.final}", *self.precision_overrides])
+        r = self.evaluate(name, f"{fin}/checkpoint_best.pt", asked.measure, asked)
+        if "latency" in asked.targets:  # the target speed-up over the unpruned model, predicted by the table
+            r["target_speedup"] = 1 / (1 - asked.targets["latency"])
         return r
 
     def parp_point(self, finetuned: str, params: int) -> Dict:
@@ -290,7 +362,7 @@ class Demo:
         run = self.train("parp", self.config_dir, "parp", [
             f"model.w2v_path={finetuned}", f"model.parp_sparsity={sparsity:.4f}", f"optimization.max_update={self.budget.prune}"])
         # checkpoint_last: the final prune; a checkpoint between re-prunes holds adjusted (regrown) weights
-        return self.evaluate("parp", f"{run}/checkpoint_last.pt", "parp")
+        return self.evaluate("parp", f"{run}/checkpoint_last.pt", "parp", Asked("size", {"size": 1 - params / dense}))
 
     def distill_point(self, pretrained: str) -> Dict:
         """Task-agnostic: prune the pre-trained encoder by distillation on the unlabeled training audio
@@ -302,11 +374,12 @@ class Demo:
         slim = self.export("distill_40", f"{run}/checkpoint_last.pt")
         ft = self.train("finetune_distill_40", self.config_dir, "finetune", [
             f"model.w2v_path={slim}", f"optimization.max_update={b.finetune}", *self.precision_overrides])
-        return self.evaluate("distill_40", f"{ft}/checkpoint_best.pt", "task_agnostic")
+        return self.evaluate("distill_40", f"{ft}/checkpoint_best.pt", "task_agnostic", Asked("macs", {"macs": 0.4}))
 
-    def evaluate(self, name: str, ckpt: str, mode: str) -> Dict:
+    def evaluate(self, name: str, ckpt: str, mode: str, asked: Optional[Asked] = None) -> Dict:
         """Decode the test split with fairseq-generate and score it with the same scorer, overall and
-        on the seen / unseen test sentences; cost and per-layer sizes (latency: time_models)."""
+        on the seen / unseen test sentences; cost and per-layer sizes (latency: time_models); a pruned model
+        (``asked``) with its targets and the sparsity it delivers in their measure."""
         from ..cost_report import describe
 
         scoring, metric = SCORING[self.task], METRIC[self.task]
@@ -328,6 +401,12 @@ class Demo:
              "layers": cost["layers"]}
         if "latency" in cost:  # the table predicts the encoder; latencies() times the model, its head too
             r["predicted_latency_s"] = cost["latency"]["ms"]["total"] / 1000
+        if asked is not None:
+            delivered = dict(cost["sparsity"][asked.measure])
+            if "size" in delivered:  # PARP: the fraction its zeros remove (r["size_sparsity"])
+                delivered["size"] = r["size_sparsity"]
+            r.update(measure=asked.measure, target=dict(asked.targets), ladder=asked.ladder,
+                     delivered={q: delivered[q] for q in asked.targets})
         ids = sorted(refs)
         r.update(subset_scores(scoring, refs, hyps, {metric: ids, f"{metric}_seen": [i for i in ids if seen[i]],
                                                      f"{metric}_unseen": [i for i in ids if not seen[i]]}))
@@ -337,14 +416,16 @@ class Demo:
         return r
 
     def sweep(self, result: Dict, jobs: int) -> None:
-        """Every mode at three budgets from the fine-tuned model (the pipeline's macs_40 is the middle
-        macs point)."""
-        points = [(mode, o, f"{mode}_{k + 1}") for mode, pts in SWEEP.items() for k, o in enumerate(pts)
-                  if (mode, o) != MAIN_POINT]
-        for *_, name in points:
-            self.expect_point(name)
-        result["models"] += self.parallel("sweep", jobs, [
-            functools.partial(self.prune_point, mode, o, result["finetuned"], name) for mode, o, name in points])
+        """Every mode of SWEEP at its budgets from the fine-tuned model: one budget-ladder run per mode (the
+        ladders side by side, ``jobs`` at a time), then each rung exported at its budget, fine-tuned and decoded
+        (side by side), named ``{mode}_1``, ``_2``, ... The macs ladder's 0.4 rung (macs_2) is reported beside
+        the pipeline's macs_40, a run of its own: a ladder's rung against a run."""
+        for mode, rungs in SWEEP.items():
+            self.expect_ladder(mode, len(rungs))
+        ladders = self.parallel("sweep_ladders", jobs, [
+            functools.partial(self.prune_ladder, mode, rungs, result["finetuned"]) for mode, rungs in SWEEP.items()])
+        result["models"] += self.parallel("sweep_rungs", jobs, [
+            functools.partial(self.finish, *rung) for rungs in ladders for rung in rungs])
 
     def baselines(self, result: Dict, jobs: int) -> None:
         """PARP at the parameter count of macs_40, and task-agnostic pruning by distillation."""
@@ -356,14 +437,14 @@ class Demo:
             functools.partial(self.parp_point, result["finetuned"], macs_40["params"]),
             functools.partial(self.distill_point, result["pretrained"])])
 
-    def parallel(self, name: str, jobs: int, points: List[Callable[[], Dict]]) -> List[Dict]:
+    def parallel(self, name: str, jobs: int, points: List[Callable[[], Any]]) -> List[Any]:
         """Run ``points`` (each a chain of stages) ``jobs`` at a time, each stage with cores / jobs torch
-        threads: on 2 cores two one-thread trainings do ~1.4x the updates per second of one two-thread
-        training. Latency is measured afterwards (time_models), the models taking turns."""
+        threads (cores / points where fewer): on 2 cores two one-thread trainings do ~1.4x the updates per
+        second of one two-thread training. Latency is measured afterwards (time_models), the models taking turns."""
         from concurrent.futures import ThreadPoolExecutor
 
         t0 = time.time()
-        self.threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+        self.threads = max(1, len(os.sched_getaffinity(0)) // max(1, min(jobs, len(points))))
         try:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 futures = [pool.submit(point) for point in points]

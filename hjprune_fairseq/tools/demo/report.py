@@ -36,9 +36,9 @@ def plot(out: str, metric: str, models: List[Dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for mode in dict.fromkeys(m["mode"] for m in models):
-        pts = sorted((m["gmacs"], m[metric]) for m in models if m["mode"] == mode)
-        ax.plot(*zip(*pts), "o-" if len(pts) > 1 else "*", label=mode, markersize=8)
+    for line in dict.fromkeys(_line(m) for m in models):  # a ladder's rungs apart from the runs of the same mode
+        pts = sorted((m["gmacs"], m[metric]) for m in models if _line(m) == line)
+        ax.plot(*zip(*pts), "o-" if len(pts) > 1 else "*", label=line, markersize=8)
     ax.set_xlabel("GMACs (10 s input)")
     ax.set_ylabel("WER (%)" if metric == "wer" else "accuracy (%)")
     ax.set_title(f"{metric.upper() if metric == 'wer' else 'Accuracy'} vs computation (cf. paper Fig. 1/2)")
@@ -67,12 +67,37 @@ def plot(out: str, metric: str, models: List[Dict]) -> None:
     plt.close("all")
 
 
+def _line(m: Dict) -> str:
+    return m["mode"] + (" (ladder)" if m.get("ladder") else "")
+
+
 def _s(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
 def _x(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.2f}x"
+
+
+def _fractions(targets: Dict[str, float], digits: int) -> str:
+    """0.400 for a measure's one quantity; cnn 0.300, transformer 0.100 for several."""
+    if len(targets) == 1:
+        return f"{next(iter(targets.values())):.{digits}f}"
+    return ", ".join(f"{q} {t:.{digits}f}" for q, t in targets.items())
+
+
+def budget_rows(models: List[Dict]) -> List[str]:
+    """report.md's rows of the pruned models: measure, how it was pruned, target and delivered sparsity."""
+    rows = []
+    for m in models:
+        if "target" not in m:
+            continue
+        ladder = m.get("ladder")
+        by = f"ladder `{ladder['run']}`, rung {ladder['rung']} of {ladder['rungs']}" if ladder else "a run of its own"
+        gap = max(abs(m["delivered"][q] - t) for q, t in m["target"].items())
+        rows.append(f"| {m['name']} | {m['measure']} | {by} | {_fractions(m['target'], 3)} | "
+                    f"{_fractions(m['delivered'], 4)} | {100 * gap:.2f} |")
+    return rows
 
 
 def markdown(task: str, metric: str, models: List[Dict], timings: Dict[str, float], budget: Budget,
@@ -87,7 +112,8 @@ def markdown(task: str, metric: str, models: List[Dict], timings: Dict[str, floa
     name = "WER %" if metric == "wer" else "accuracy %"
     notes = []
     if any(m["mode"] == "parp" for m in models):
-        notes += ["PARP (unstructured): `params` counts its nonzero encoder weights, set to match macs_40. The model "
+        notes += ["PARP (unstructured): `params` counts its nonzero encoder weights, set to match macs_40 (its "
+                  "target: that size sparsity). The model "
                   "stays dense, so its GMACs and its latency are those of the unpruned model.", ""]
     if any(m["mode"] == "task_agnostic" for m in models):
         notes += ["distill_40 (task-agnostic): the pre-trained encoder pruned without labels by distillation from "
@@ -104,6 +130,12 @@ def markdown(task: str, metric: str, models: List[Dict], timings: Dict[str, floa
           f"| model | mode | GMACs | params | MACs sparsity | {name} | seen | unseen | latency s | predicted s | speed-up "
           "| target speed-up |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+          "Budgets: each pruned model's target and the sparsity its exported model delivers, both in the measure "
+          "of its mode (the fraction removed against the unpruned encoder; `latency`: of the table's predicted "
+          "latency; `parp`: of the encoder's weights, by its zeros), and how it was pruned: by a run of its own, or "
+          "as a rung of a budget ladder, one run per mode ramping to each of its budgets in turn (`--sweep`).", "",
+          "| model | measure | pruned by | target | delivered | off by (points) |", "|---|---|---|---|---|---|",
+          *budget_rows(models), "",
           "Latency: measured in turns on this CPU (10 s input, median); predicted: the demo's latency table "
           "(latency_table.json, measured here before training; the encoder only). Target speed-up: what a latency "
           "model's target asks of the table's prediction (1 / (1 - target)).", "",
