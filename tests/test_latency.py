@@ -485,3 +485,19 @@ def test_latency_bench_compare_reads_the_table_first(tmp_path, capsys):
     table = str(tmp_path / "table.json")
     assert main(["compare", table, str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]) == 2
     assert f"{table}: no such latency table" in capsys.readouterr().err
+
+
+def test_a_grid_point_timed_faster_than_a_smaller_one_is_raised_except_along_dims():
+    """Noise (a busy machine) never makes the table predict a smaller model slower; uneven head dims can truly be
+    slower than whole heads (one attention call per size), so the dims axis keeps its timings."""
+    from hjprune_fairseq.tools.latency.measure import monotone
+
+    t = torch.tensor([[[1.0, 0.8], [3.0, 2.0]], [[0.9, 1.5], [2.5, 4.0]]], dtype=torch.float64)  # hidden, heads, dims
+    out, raised = monotone(t, ["hidden", "heads", "dims"])
+    assert torch.equal(out, torch.tensor([[[1.0, 0.8], [3.0, 2.0]], [[1.0, 1.5], [3.0, 4.0]]], dtype=torch.float64))
+    assert raised == pytest.approx(0.2)  # 2.5 -> 3.0
+    for d in (0, 1):  # non-decreasing along the monotone axes, the dims axis as measured
+        assert (out.diff(dim=d) >= 0).all()
+    assert out[0, 0, 1] < out[0, 0, 0]
+    same, none = monotone(out, ["hidden", "heads", "dims"])
+    assert torch.equal(same, out) and none == 0.0

@@ -5,7 +5,9 @@ Every component is timed on its grid (``probes``), the grid points of one compon
 in the machine's load hits them alike), with the thread count fixed. Then whole encoders are timed in turns (the
 dense one and ``calibration`` slim ones of the Fig. 5 pattern, ``tools.bench.latency``), and scale and offset of
 the prediction are fitted on them by least squares (the constant part, and what running the components inside
-one model adds or saves). Sizes of a grid are fractions of the dense size (``TableConfig``).
+one model adds or saves). Sizes of a grid are fractions of the dense size (``TableConfig``). A component's timings
+are made non-decreasing in its kept sizes (:func:`monotone`), so that noise never makes a smaller model predicted
+slower.
 
 Several tables (backends, thread counts) are measured in one run from the same graphs (:func:`measure_tables`):
 for onnxruntime each probe and calibration encoder is exported once (and quantised once for int8), in worker
@@ -115,14 +117,37 @@ def calibration_graphs(spec: EncoderSpec, cfg: TableConfig) -> Tuple[Dict[str, E
 
 
 def time_component(backend: Backend, files: Files, graphs: List[Graph], axes: Dict[str, List[float]],
-                   cfg: TableConfig) -> Dict:
-    """The component's grid entry: its points (``graphs``, :func:`component_graphs`) timed in turns."""
+                   cfg: TableConfig, name: str = "component") -> Dict:
+    """The component's grid entry: its points (``graphs``, :func:`component_graphs`) timed in turns, made
+    non-decreasing in the kept sizes (:func:`monotone`)."""
     calls = backend.calls(graphs, files)
     with torch.inference_mode():
         med = median_times(calls, cfg.repeats, cfg.warmup)
     shape = [len(v) for v in axes.values()]
     flat = torch.tensor([med[g.key] for g in graphs], dtype=torch.float64).view(*shape)
-    return {"axes": list(axes), "grid": [list(v) for v in axes.values()], "seconds": flat.tolist()}
+    seconds, raised = monotone(flat, list(axes))
+    if raised > 0.1:
+        logger.warning("%s: a point timed %.0f %% faster than a smaller one of the grid (raised to it); was the machine "
+                       "busy? (measure again on an idle machine)", name, 100 * raised)
+    return {"axes": list(axes), "grid": [list(v) for v in axes.values()], "seconds": seconds.tolist()}
+
+
+# Axes along which more kept units never take less time; not ``dims``: heads of uneven dims run one attention
+# call per size (core.encoder.SelfAttention._per_size), so 0.5 of the dims can be slower than all of them.
+MONOTONE_AXES = ("in", "out", "conv_dim", "hidden", "heads", "units")
+
+
+def monotone(seconds: torch.Tensor, axes: List[str]) -> Tuple[torch.Tensor, float]:
+    """(``seconds`` made non-decreasing along every axis of :data:`MONOTONE_AXES`, the largest relative raise).
+
+    A grid point timed faster than a smaller one is noise (a busy machine), and a table that predicts a smaller
+    model slower makes the latency measure push the gates the wrong way: each point is raised to the largest time
+    below it (a running maximum along each such axis in turn, which keeps the earlier axes non-decreasing)."""
+    out = seconds
+    for dim, name in enumerate(axes):
+        if name in MONOTONE_AXES and out.shape[dim] > 1:
+            out = torch.cummax(out, dim=dim).values
+    return out, float(((out - seconds) / seconds.clamp(min=1e-12)).max()) if out.numel() else 0.0
 
 
 def _line(x: torch.Tensor, y: torch.Tensor) -> Tuple[float, float]:
@@ -205,7 +230,7 @@ def measure_tables(cfgs: Sequence[TableConfig], spec: Optional[EncoderSpec] = No
                 }
                 for name, graphs in components.items():
                     t0 = time.perf_counter()
-                    table["components"][name] = time_component(backend, files, graphs, axes[name], c)
+                    table["components"][name] = time_component(backend, files, graphs, axes[name], c, name)
                     logger.info("%s, %d threads: %s: %d points in %.1f s", c.backend, c.threads, name, len(graphs),
                                 time.perf_counter() - t0)
                 table["calibration"] = calibrate(backend, files, table, specs, cal_graphs, c)
