@@ -1,9 +1,26 @@
+import os
+
 import pytest
 import torch
 
 import hjprune_fairseq  # noqa: F401  (registers the models, installs the torch.load safe globals)
 
 from fairseq_fixtures import letter_dictionary, make_pretrained, make_stock_ctc
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist (make test: ``-n 2``) each of the N workers, and every process it starts (through the
+    environment), uses cores / N threads: N processes of a thread per core each oversubscribe the cores, and
+    OpenMP's waiting threads spin on cores another worker needs. A test about threads sets its own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores()
 
 
 @pytest.fixture(scope="session")
