@@ -68,9 +68,15 @@ def component_axes(spec: EncoderSpec) -> Dict[str, tuple]:
     return {**{f"conv{i}": conv_axes(i) for i in range(len(spec.conv_layers))}, **LAYER_COMPONENTS}
 
 
+# torch's CPU allocator takes huge pages for large tensors when this is 1 (read once, at its first allocation):
+# the first CNN layers' 65 MB activations of wav2vec2-base then ran 2.6x faster on a 2-core VM (docs/RESULTS.md)
+THP_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
 def machine_info() -> Dict[str, Any]:
-    """What identifies the machine a table was measured on: the CPU model and its logical cores (and the
-    host name, for the reader; not compared: containers rename hosts)."""
+    """What identifies the machine a table was measured on: the CPU model and its logical cores, and whether torch
+    allocated huge pages (``THP_ENV``; compared for PyTorch tables) (and the host name, for the reader; not
+    compared: containers rename hosts)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -78,7 +84,8 @@ def machine_info() -> Dict[str, Any]:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return {"hostname": platform.node(), "cpu": cpu, "cores": os.cpu_count() or 0}
+    return {"hostname": platform.node(), "cpu": cpu, "cores": os.cpu_count() or 0,
+            "thp_mem_alloc": os.environ.get(THP_ENV, "0") == "1"}
 
 
 @dataclass
@@ -228,6 +235,11 @@ def foreign(table: LatencyTable, backend: Optional[str] = None) -> Optional[str]
                    f"{here['cpu']} with {here['cores']} cores")
     if backend is not None and backend != table.backend:
         why.append(f"it is for backend {table.backend}, not {backend}")
+    if table.backend in ("pytorch", "cuda") and "thp_mem_alloc" in there and there["thp_mem_alloc"] != here["thp_mem_alloc"]:
+        def env(on):
+            return f"with {THP_ENV}=1" if on else f"without {THP_ENV}=1"
+        why.append(f"it was timed {env(there['thp_mem_alloc'])}, this process runs {env(here['thp_mem_alloc'])} "
+                   f"(torch's huge-page allocation changes the CNN's time several-fold)")
     return "; ".join(why) or None
 
 
