@@ -503,17 +503,21 @@ def test_a_grid_point_timed_faster_than_a_smaller_one_is_raised_except_along_dim
     assert torch.equal(same, out) and none == 0.0
 
 
-def test_a_pytorch_table_timed_with_another_allocator_is_named_in_a_warning(tmp_path, table_path, monkeypatch):
-    """torch's huge-page allocation (THP_MEM_ALLOC_ENABLE=1) changes the CNN's time several-fold: a PyTorch table
-    timed with it and used without it (or the other way round) is named; a table that does not record it is not."""
+def test_a_table_timed_with_another_allocator_is_named_in_a_warning(tmp_path, table_path, monkeypatch):
+    """How the process allocates (torch's huge pages, glibc's malloc tunables, a preloaded allocator) changes large
+    tensors' time several-fold: a table timed with another allocator environment is named; a table that does not
+    record it (made before it was recorded) is not."""
     data = _data(table_path)
-    data["machine"]["thp_mem_alloc"] = True
-    path = tmp_path / "thp.json"
+    for k in lt.ALLOCATOR_ENV:
+        monkeypatch.delenv(k, raising=False)
+    data["machine"]["allocator"] = {**{k: "" for k in lt.ALLOCATOR_ENV}, "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}
+    path = tmp_path / "alloc.json"
     path.write_text(json.dumps(data))
-    monkeypatch.delenv(lt.THP_ENV, raising=False)
-    assert "timed with THP_MEM_ALLOC_ENABLE=1, this process runs without" in lt.foreign(lt.load(str(path)))
-    monkeypatch.setenv(lt.THP_ENV, "1")
+    why = lt.foreign(lt.load(str(path)))
+    assert "timed with GLIBC_TUNABLES='glibc.malloc.trim_threshold=1', this process has GLIBC_TUNABLES=''" in why
+    assert "THP_MEM_ALLOC_ENABLE" not in why  # only what differs
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1")
     assert lt.foreign(lt.load(str(path))) is None
-    del data["machine"]["thp_mem_alloc"]  # a table from before it was recorded
+    del data["machine"]["allocator"]  # a table from before it was recorded
     path.write_text(json.dumps(data))
     assert lt.foreign(lt.load(str(path))) is None

@@ -68,15 +68,17 @@ def component_axes(spec: EncoderSpec) -> Dict[str, tuple]:
     return {**{f"conv{i}": conv_axes(i) for i in range(len(spec.conv_layers))}, **LAYER_COMPONENTS}
 
 
-# torch's CPU allocator takes huge pages for large tensors when this is 1 (read once, at its first allocation):
-# the first CNN layers' 65 MB activations of wav2vec2-base then ran 2.6x faster on a 2-core VM (docs/RESULTS.md)
-THP_ENV = "THP_MEM_ALLOC_ENABLE"
+# The environment that sets how the process allocates memory, which changes the time of large tensors several-fold
+# (wav2vec2-base's first CNN layer, 65 MB activations, 2-core VM: 160 ms fresh, 35 ms without page faults;
+# docs/RESULTS.md): torch's huge-page allocation (read at its first allocation) and glibc's malloc tunables (e.g.
+# glibc.malloc.mmap_threshold / trim_threshold, which keep large buffers in the heap). Read at process start.
+ALLOCATOR_ENV = ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES", "LD_PRELOAD")
 
 
 def machine_info() -> Dict[str, Any]:
-    """What identifies the machine a table was measured on: the CPU model and its logical cores, and whether torch
-    allocated huge pages (``THP_ENV``; compared for PyTorch tables) (and the host name, for the reader; not
-    compared: containers rename hosts)."""
+    """What identifies the machine a table was measured on: the CPU model and its logical cores, and the allocator's
+    environment (:data:`ALLOCATOR_ENV`, unset ones as "") (and the host name, for the reader; not compared:
+    containers rename hosts)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -85,7 +87,7 @@ def machine_info() -> Dict[str, Any]:
     except OSError:
         pass
     return {"hostname": platform.node(), "cpu": cpu, "cores": os.cpu_count() or 0,
-            "thp_mem_alloc": os.environ.get(THP_ENV, "0") == "1"}
+            "allocator": {k: os.environ.get(k, "") for k in ALLOCATOR_ENV}}
 
 
 @dataclass
@@ -235,11 +237,11 @@ def foreign(table: LatencyTable, backend: Optional[str] = None) -> Optional[str]
                    f"{here['cpu']} with {here['cores']} cores")
     if backend is not None and backend != table.backend:
         why.append(f"it is for backend {table.backend}, not {backend}")
-    if table.backend in ("pytorch", "cuda") and "thp_mem_alloc" in there and there["thp_mem_alloc"] != here["thp_mem_alloc"]:
-        def env(on):
-            return f"with {THP_ENV}=1" if on else f"without {THP_ENV}=1"
-        why.append(f"it was timed {env(there['thp_mem_alloc'])}, this process runs {env(here['thp_mem_alloc'])} "
-                   f"(torch's huge-page allocation changes the CNN's time several-fold)")
+    if "allocator" in there and there["allocator"] != here["allocator"]:
+        differ = [k for k in ALLOCATOR_ENV if there["allocator"].get(k, "") != here["allocator"][k]]
+        why.append("it was timed with " + ", ".join(f"{k}={there['allocator'].get(k, '')!r}" for k in differ) +
+                   ", this process has " + ", ".join(f"{k}={here['allocator'][k]!r}" for k in differ) +
+                   " (how large tensors are allocated changes their time several-fold)")
     return "; ".join(why) or None
 
 
