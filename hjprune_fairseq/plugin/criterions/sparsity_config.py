@@ -157,10 +157,11 @@ def constraint_from_config(cfg: SparsityConfig) -> Optional[SparsityConstraint]:
         latency_table.warn_if_foreign(table)
     elif "latency_table" in MEASURES[mode].needs:
         raise ValueError(f"criterion.sparsity_mode={mode} needs criterion.latency_table=PATH (hjprune-latency-table)")
-    if has_ladder(cfg):
+    laddered = has_ladder(cfg)
+    if laddered:
         compat.save_budget_checkpoints()  # a rung's checkpoint at the end of its hold (quirk 19)
     return SparsityConstraint(mode, ladder[-1], cfg.sparsity_warmup_updates, cfg.macs_seconds,
-                              ladder=ladder if has_ladder(cfg) else None,
+                              ladder=ladder if laddered else None,
                               hold_updates=cfg.budget_hold_updates, latency_table=table,
                               target_latency_ms=cfg.target_latency_ms)
 

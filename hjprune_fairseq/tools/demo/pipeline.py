@@ -403,7 +403,7 @@ class Demo:
             r["predicted_latency_s"] = cost["latency"]["ms"]["total"] / 1000
         if asked is not None:
             delivered = dict(cost["sparsity"][asked.measure])
-            if "size" in delivered:  # PARP: the fraction its zeros remove (r["size_sparsity"])
+            if mode == "parp":  # unstructured: the fraction its zeros remove (r["size_sparsity"]), not its structure's
                 delivered["size"] = r["size_sparsity"]
             r.update(measure=asked.measure, target=dict(asked.targets), ladder=asked.ladder,
                      delivered={q: delivered[q] for q in asked.targets})
