@@ -87,7 +87,8 @@ def test_measure_at_masks_is_the_tables_interpolation_and_differentiable_under_p
     every gate group."""
     g = table.grids
     conv_full = [c for c, _, _ in TINY.conv_layers]
-    heads, ffn = 2, TINY.ffn_dims[0] // 2  # grid points of the tiny table: 0.5 of 4 heads, 0.5 of 768 units
+    # grid points of the tiny table: 0.5 of 4 heads; 0.5 of 768 units, timed at an odd width (385) as slim models are
+    heads, ffn = 2, TINY.ffn_dims[0] // 2 + 1
     masks = EncoderGates(TINY).deterministic()
     for m in masks.conv + [masks.hidden]:
         m.fill_(1.0)
@@ -219,6 +220,19 @@ def test_a_table_of_another_machine_or_backend_is_named_in_a_warning(tmp_path, t
 
 
 # ---- the commands -----------------------------------------------------------------------------------------------
+def test_grid_widths_are_odd_inside_and_dense_at_the_top():
+    """Slim models have the odd widths learned gates leave (slower than round ones): a table's inner width points
+    (CNN channels, hidden, FFN units) are odd, its top the dense size; heads (whole heads) stay round counts."""
+    from hjprune_fairseq.core.presets import PRESETS
+    from hjprune_fairseq.tools.latency.measure import TableConfig, axis_points
+
+    spec = PRESETS["wav2vec2_base"]
+    axes = axis_points(spec, TableConfig())
+    assert axes["ffn"]["units"] == [0, 769, 1537, 2305, 3072] and axes["ffn"]["hidden"] == [385, 577, 768]
+    assert axes["attention"]["heads"] == [0, 3, 6, 9, 12]
+    assert axes["conv1"]["in"] == [65, 129, 257, 385, 512] and axes["front"]["conv_dim"] == [65, 129, 257, 385, 512]
+
+
 def test_hjprune_latency_table_writes_a_valid_table_and_keeps_an_existing_one(tmp_path, capsys):
     from hjprune_fairseq.cli.latency_table import main
 
@@ -232,7 +246,7 @@ def test_hjprune_latency_table_writes_a_valid_table_and_keeps_an_existing_one(tm
     t = lt.load(out)
     assert t.backend == "pytorch" and t.threads == 1 and t.data["family"] == "tiny"
     assert set(t.data["versions"]) >= {"torch"} and t.data["machine"] == lt.machine_info()
-    assert set(t.data["calibration"]["models"]) == {"dense", "fig5_macs0.3", "fig5_macs0.6"}
+    assert set(t.data["calibration"]["models"]) == {"dense", "cal_whole_0", "cal_fine_1"}  # random slim shapes
     assert all(v > 0 for v in t.data["calibration"]["models"]["dense"].values())
     assert "dense measured" in capsys.readouterr().out
     before = open(out).read()
@@ -417,6 +431,48 @@ def test_graphs_are_exported_in_worker_processes_before_timing(tmp_path):
             with torch.no_grad():
                 assert torch.allclose(torch.from_numpy(onnx_out[0]), module(*inputs), atol=1e-4)
     assert not os.path.exists(folder)
+
+
+def test_an_export_folder_is_kept_and_reused_and_an_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
+    """--export-dir: graphs exported and quantised once into the folder, named by their recipe; a later run with
+    the same recipes exports nothing, a changed recipe is exported anew; what else is in the folder stays; an
+    export that fails leaves no file to reuse; a file where the folder should be is one line."""
+    from hjprune_fairseq.tools.latency.graphs import Graph, exported
+
+    fake = FakeOnnx(monkeypatch)
+    folder = tmp_path / "graphs"
+    folder.mkdir()
+    (folder / "mine.onnx").write_text("the user's")
+    graphs = [Graph(f"conv6@{c}", "probe", TINY, 0.5, 0, "conv6", (c, c)) for c in (8.0, 16.0)]
+    with exported(graphs, ["onnxruntime", "onnxruntime_int8"], 1, str(folder)) as files:
+        first = {k: dict(v) for k, v in files.items()}
+    assert len(fake.exports) == 2 and len(fake.quantised) == 2
+    assert all(os.path.isfile(f) and os.path.dirname(f) == str(folder) for v in first.values() for f in v.values())
+    assert len({f for v in first.values() for f in v.values()}) == 4
+    with exported(graphs, ["onnxruntime_int8"], 1, str(folder)) as files:
+        assert files == {k: {"onnxruntime_int8": v["onnxruntime_int8"]} for k, v in first.items()}
+    assert len(fake.exports) == 2 and len(fake.quantised) == 2  # reused
+    other = Graph("conv6@12.0", "probe", TINY, 0.5, 0, "conv6", (12.0, 12.0))
+    with exported([graphs[0], other], ["onnxruntime"], 1, str(folder)) as files:
+        assert files[graphs[0].key] == {"onnxruntime": first[graphs[0].key]["onnxruntime"]}
+    assert len(fake.exports) == 3 and (folder / "mine.onnx").read_text() == "the user's"
+
+    from hjprune_fairseq.convert import onnx_export
+
+    def broken(module, inputs, names, path, opset=None):
+        with open(path, "w") as f:
+            f.write("half")
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(onnx_export, "export_fixed", broken)
+    before = sorted(os.listdir(folder))
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        with exported([Graph("conv6@4.0", "probe", TINY, 0.5, 0, "conv6", (4.0, 4.0))], ["onnxruntime"], 1, str(folder)):
+            pass
+    assert sorted(os.listdir(folder)) == before
+    with pytest.raises(NotADirectoryError, match="mine.onnx"):
+        with exported(graphs, ["onnxruntime"], 1, str(folder / "mine.onnx")):
+            pass
 
 
 # ---- fairseq: a prune stage with mode=latency -------------------------------------------------------------------

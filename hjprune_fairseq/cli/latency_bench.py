@@ -17,7 +17,7 @@ from hjprune_manifests.cli import run_cli
 
 from ..core import latency_table as lt
 from ..tools.latency import bench
-from ..tools.latency.graphs import default_jobs
+from ..tools.latency.graphs import EXPORT_DIR_HELP, default_jobs
 
 PROG = "hjprune-latency-bench"
 
@@ -86,6 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         q.add_argument("--export-jobs", type=int, default=default_jobs(),
                        help="processes exporting the ONNX graphs, before anything is timed (default: the cores, "
                             "%(default)s)")
+        q.add_argument("--export-dir", help=EXPORT_DIR_HELP)
         q.add_argument("--json", action="store_true", help="print JSON only")
     a = p.parse_args(argv)
 
@@ -96,7 +97,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if a.shapes < 2:
                 raise ValueError(f"--shapes must be at least 2 (a line is fitted), got {a.shapes}")
             tables = [lt.load(path) for path in a.tables]
-            results = bench.predict(tables, a.shapes, a.repeats, a.warmup, a.seed, a.export_jobs)
+            results = bench.predict(tables, a.shapes, a.repeats, a.warmup, a.seed, a.export_jobs, a.export_dir)
             if a.json:
                 print(json.dumps(results, indent=1))
             else:
@@ -105,17 +106,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         table = lt.load(a.table)
         if a.command == "compare":
-            r = bench.compare(table, a.checkpoints, a.repeats, a.warmup, a.seed, a.export_jobs)
+            r = bench.compare(table, a.checkpoints, a.repeats, a.warmup, a.seed, a.export_jobs, a.export_dir)
             text = format_compare(r)
         else:
             if not 0 < a.target < 1:
                 raise ValueError(f"--target must be in (0, 1), got {a.target}")
-            r = bench.target(table, a.target, a.steps, a.repeats, a.warmup, seed=a.seed, export_jobs=a.export_jobs)
+            r = bench.target(table, a.target, a.steps, a.repeats, a.warmup, seed=a.seed, export_jobs=a.export_jobs,
+                             export_dir=a.export_dir)
             text = format_target(r)
         print(json.dumps(r, indent=1) if a.json else text + "\n\n" + json.dumps({k: v for k, v in r.items() if k != "shapes"}))
         return 0
 
-    return run_cli(PROG, go, (ValueError, FileNotFoundError, ImportError))
+    return run_cli(PROG, go, (ValueError, FileNotFoundError, NotADirectoryError, ImportError))
 
 
 if __name__ == "__main__":

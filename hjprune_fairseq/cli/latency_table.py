@@ -18,7 +18,7 @@ from hjprune_manifests.cli import run_cli
 
 from ..core.latency_table import BACKENDS
 from ..core.presets import PRESETS
-from ..tools.latency.graphs import default_jobs
+from ..tools.latency.graphs import EXPORT_DIR_HELP, default_jobs
 from ..tools.latency.measure import TableConfig, check_new, measure_tables, parse_fractions, table_paths, write_table
 
 PROG = "hjprune-latency-table"
@@ -48,6 +48,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                        help=f"{helps[name]}: comma-separated fractions of the dense size (default: %(default)s)")
     p.add_argument("--export-jobs", type=int, default=default_jobs(),
                    help="processes exporting the ONNX graphs, before anything is timed (default: the cores, %(default)s)")
+    p.add_argument("--export-dir", help=EXPORT_DIR_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace existing tables")
     a = p.parse_args(argv)
     progress = logging.getLogger("hjprune_fairseq.tools.latency")  # its progress, not the exporter's
@@ -72,7 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from ..plugin.fairseq_import import read_checkpoint
 
             spec = read_checkpoint(a.checkpoint).spec
-        for table in measure_tables(cfgs, spec, a.checkpoint, a.export_jobs):
+        for table in measure_tables(cfgs, spec, a.checkpoint, a.export_jobs, a.export_dir):
             out = paths[(table["backend"], table["threads"])]
             write_table(table, out, overwrite=True)
             cal = table["calibration"]["models"]["dense"]
@@ -81,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{1000 * cal['predicted_s']:.1f} ms; measured in {table['measure_seconds']:.0f} s", flush=True)
         return 0
 
-    return run_cli(PROG, go, (ValueError, FileNotFoundError, FileExistsError, ImportError))
+    return run_cli(PROG, go, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError))
 
 
 if __name__ == "__main__":

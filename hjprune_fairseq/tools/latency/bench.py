@@ -19,7 +19,7 @@ latency (found by secant steps), to show what the table changes in the kept shap
 from __future__ import annotations
 
 import statistics
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
@@ -33,29 +33,9 @@ from ...core.slim import slim_encoder
 from ...core.sparsity import SparsityConstraint
 from ...core.spec import EncoderSpec
 from ...plugin.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
-from ..bench.latency import keep_random, keep_random_dims
 from ..timing import all_times, fixed_threads, median_times
 from .graphs import Backend, Graph, exported
-
-HIDDEN_LOW = 0.5  # random shapes keep at least this much of the hidden size (the default table grid's lowest)
-
-
-def random_masks(spec: EncoderSpec, g: torch.Generator, fine_grained: bool) -> GateMasks:
-    """0/1 masks of a random slim shape: every group keeps a uniform random fraction (CNN layers 0.2-1, heads and
-    FFN units 0.1-1 per layer, hidden HIDDEN_LOW-1; fine-grained: query/key and value/output dims 0.2-1 per
-    layer, at random over its heads)."""
-    def u(lo: float) -> float:
-        return lo + (1 - lo) * float(torch.rand((), generator=g))
-
-    conv = [keep_random(c, u(0.2), g) for c, _, _ in spec.conv_layers]
-    ffn = [keep_random(f, u(0.1), g) for f in spec.ffn_dims]
-    hidden = keep_random(spec.embed_dim, u(HIDDEN_LOW), g)
-    if not fine_grained:
-        return GateMasks(conv=conv, heads=[keep_random(h, u(0.1), g) for h in spec.num_heads], ffn=ffn, hidden=hidden)
-    qk = [keep_random_dims(h, spec.head_dim, u(0.2), g) for h in spec.num_heads]
-    vo = [keep_random_dims(h, spec.head_dim, u(0.2), g) for h in spec.num_heads]
-    return GateMasks(conv=conv, ffn=ffn, hidden=hidden, qk=qk, vo=vo)
-
+from .shapes import random_specs
 
 def fit_macs(macs: List[float], measured: List[float]) -> List[float]:
     """Predictions of the least-squares line latency = a * MACs + b."""
@@ -81,13 +61,13 @@ def check_one_family(tables: Sequence[lt.LatencyTable]) -> None:
 
 
 def time_graphs(tables: Sequence[lt.LatencyTable], graphs: Sequence[Graph], repeats: int, warmup: int,
-                export_jobs: int = 1, timer: Callable = median_times) -> List[Dict]:
+                export_jobs: int = 1, timer: Callable = median_times, export_dir: Optional[str] = None) -> List[Dict]:
     """``timer``'s timings of ``graphs`` in turns on each table's backend and threads: every graph exported once
     for all the tables (``graphs.exported``), then one table at a time, its sessions and modules released before
-    the next (30 wav2vec2-base sessions hold about 6 GB)."""
+    the next (30 wav2vec2-base sessions hold about 6 GB); ``export_dir``: a kept folder of exports to reuse."""
     backends = [Backend(t.backend, t.threads, t.data["dtype"]) for t in tables]
     out = []
-    with exported(graphs, [t.backend for t in tables], export_jobs) as files:
+    with exported(graphs, [t.backend for t in tables], export_jobs, export_dir) as files:
         for b in backends:
             with fixed_threads(b.threads):
                 calls = b.calls(graphs, files)
@@ -101,21 +81,8 @@ def encoder_graphs(specs: Dict[str, EncoderSpec], seconds: float, seed: int) -> 
     return [Graph(k, "encoder", s, seconds, seed) for k, s in specs.items()]
 
 
-def random_specs(spec: EncoderSpec, shapes: int, seed: int) -> Tuple[Dict[str, EncoderSpec], Dict[str, str]]:
-    """``shapes`` random slim specs of ``spec`` (:func:`random_masks`, every second one fine-grained), and their kind."""
-    g = torch.Generator().manual_seed(seed)
-    state = Wav2Vec2Encoder(spec).state_dict()
-    specs, kinds = {}, {}
-    for n in range(shapes):
-        fine = n % 2 == 1
-        name = f"{'fine' if fine else 'whole'}_{n}"
-        specs[name] = slim_encoder(spec, state, random_masks(spec, g, fine), source=name)[0]
-        kinds[name] = "fine_grained" if fine else "whole_heads"
-    return specs, kinds
-
-
 def predict(tables: Sequence[lt.LatencyTable], shapes: int, repeats: int = 5, warmup: int = 1, seed: int = 0,
-            export_jobs: int = 1) -> List[Dict]:
+            export_jobs: int = 1, export_dir: Optional[str] = None) -> List[Dict]:
     """For each table (one family and input length): predicted against measured latency on the same ``shapes``
     random slim shapes (half fine-grained), each exported once for all the tables."""
     check_one_family(tables)
@@ -123,7 +90,8 @@ def predict(tables: Sequence[lt.LatencyTable], shapes: int, repeats: int = 5, wa
         lt.warn_if_foreign(table, table.backend)
     ref = tables[0]
     specs, kinds = random_specs(ref.spec, shapes, seed)
-    timings = time_graphs(tables, encoder_graphs(specs, ref.seconds, seed), repeats, warmup, export_jobs)
+    timings = time_graphs(tables, encoder_graphs(specs, ref.seconds, seed), repeats, warmup, export_jobs,
+                          export_dir=export_dir)
     return [_predicted(table, specs, kinds, measured, repeats) for table, measured in zip(tables, timings)]
 
 
@@ -189,7 +157,7 @@ def _macs(spec: EncoderSpec, seconds: float, masks: Optional[GateMasks] = None) 
 
 
 def target(table: lt.LatencyTable, goal: float = 0.4, steps: int = 300, repeats: int = 5, warmup: int = 1,
-           secant_steps: int = 2, seed: int = 0, export_jobs: int = 1) -> Dict:
+           secant_steps: int = 2, seed: int = 0, export_jobs: int = 1, export_dir: Optional[str] = None) -> Dict:
     """Prune the family to ``goal`` less predicted latency with the constraint alone (mode latency), and with
     mode macs at the MACs budget of the same predicted latency; time both slim encoders against the dense one."""
     lt.warn_if_foreign(table, table.backend)
@@ -213,7 +181,8 @@ def target(table: lt.LatencyTable, goal: float = 0.4, steps: int = 300, repeats:
     state = Wav2Vec2Encoder(spec).state_dict()
     specs = {"dense": spec, **{k: slim_encoder(spec, state, m, source=k)[0] for k, m in masks.items()}}
     del state
-    measured = time_graphs([table], encoder_graphs(specs, table.seconds, seed), repeats, warmup, export_jobs)[0]
+    measured = time_graphs([table], encoder_graphs(specs, table.seconds, seed), repeats, warmup, export_jobs,
+                           export_dir=export_dir)[0]
     out = {"table": table.describe(), "backend": table.backend, "threads": table.threads, "seconds": table.seconds,
            "goal": goal, "steps": steps, "repeats": repeats, "macs_targets_tried": tried}
     for k, s in specs.items():
@@ -228,7 +197,7 @@ def target(table: lt.LatencyTable, goal: float = 0.4, steps: int = 300, repeats:
 
 
 def compare(table: lt.LatencyTable, checkpoints: List[str], repeats: int = 25, warmup: int = 3, seed: int = 0,
-            export_jobs: int = 1) -> Dict:
+            export_jobs: int = 1, export_dir: Optional[str] = None) -> Dict:
     """The encoders of ``checkpoints`` (the first is the reference of the speed-ups) timed in turns on the table's
     backend, threads and input length: median, quartiles, min and max of the repeated timings, the predicted
     latency, and measured against predicted speed-up over the first."""
@@ -240,7 +209,7 @@ def compare(table: lt.LatencyTable, checkpoints: List[str], repeats: int = 25, w
         specs[path] = load_model(path)[0].encoder.spec
         lt.check_family(table, specs[path], path)
     graphs = [Graph(path, "checkpoint", specs[path], table.seconds, seed, checkpoint=path) for path in checkpoints]
-    times = time_graphs([table], graphs, repeats, warmup, export_jobs, timer=all_times)[0]
+    times = time_graphs([table], graphs, repeats, warmup, export_jobs, timer=all_times, export_dir=export_dir)[0]
     out = {"table": table.describe(), "backend": table.backend, "threads": table.threads, "seconds": table.seconds,
            "repeats": repeats, "models": []}
     ref = checkpoints[0]

@@ -5,7 +5,9 @@ whole :class:`~.core.encoder.Wav2Vec2Encoder` of a spec with seeded weights, its
 encoder): small and picklable, so that a worker process rebuilds the same module. For the onnxruntime backends
 :func:`exported` writes every graph once as ONNX (fp32, by the exporter of ``hjprune-export --onnx``) and
 quantises it once (int8, as ``--int8``) when an int8 backend is asked, in ``jobs`` worker processes (torch's
-exporter is single-threaded Python), all before anything is timed, into a temporary folder removed afterwards.
+exporter is single-threaded Python), all before anything is timed, into a temporary folder removed afterwards, or
+into a folder the user names (``--export-dir``), kept, where a graph exported before by the same recipe is reused
+(a whole wav2vec2-base encoder with fine-grained heads takes minutes to export).
 Then a :class:`Backend` turns each graph into a call for ``tools.timing.median_times``: PyTorch eager (fp32,
 CPU), an onnxruntime session with the backend's threads on the fp32 or int8 file, CUDA (fp16/bf16). Several
 backends and thread counts thus time the same files, each with sessions of its own.
@@ -14,6 +16,8 @@ backends and thread counts thus time the same files, each with sessions of its o
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -40,6 +44,9 @@ Files = Dict[str, Dict[str, str]]  # graph key -> {ONNX backend: its file}
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime_int8")
 KINDS = ("probe", "encoder", "cnn", "checkpoint")
 WHOLE = ("encoder", "checkpoint")  # exported as hjprune-export --onnx does (dynamic batch and samples)
+EXPORT_DIR_HELP = ("a folder to keep the ONNX graphs in (made if missing) and to reuse them from in later runs "
+                   "(a graph whose file is there is not exported again); default: a temporary folder, removed afterwards")
+EXPORT_FORMAT = 1  # of the files in a kept export folder (Graph.digest): raise it when a recipe's module changes
 
 
 def waveform(seconds: float, seed: int) -> torch.Tensor:
@@ -94,6 +101,19 @@ class Graph:
             return {"source": x[0].numpy(), "padding_mask": np.zeros(tuple(x[0].shape), dtype=bool)}
         return {f"x{j}": v.numpy() for j, v in enumerate(x)}
 
+    def digest(self) -> str:
+        """What names its exported file in a kept export folder: a hash of the recipe (and of the checkpoint file's
+        size and time), the package's and torch's versions (their exporters and modules)."""
+        from ... import __version__
+
+        what = {"format": EXPORT_FORMAT, "hjprune": __version__, "torch": torch.__version__, "kind": self.kind,
+                "spec": self.spec.to_dict(), "seconds": self.seconds, "seed": self.seed, "component": self.component,
+                "point": [float(v) for v in self.point]}
+        if self.kind == "checkpoint":
+            st = os.stat(self.checkpoint)
+            what["checkpoint"] = [os.path.abspath(self.checkpoint), st.st_size, st.st_mtime_ns]
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
     def export(self, fp32: str, int8: Optional[str] = None) -> None:
         """Write its ONNX graph to ``fp32`` (a whole encoder as ``hjprune-export --onnx``'s
         ``onnx_export.EncoderGraph``, a probe or CNN with its fixed input shapes) and, with ``int8``, quantise it
@@ -114,9 +134,26 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # the exporter is Python; one thread per worker keeps the workers off each other
 
 
-def _export(graph: Graph, fp32: str, int8: Optional[str]) -> float:
+def _export(graph: Graph, fp32: str, export: bool, int8: Optional[str], atomic: bool = False) -> float:
+    """Export ``graph`` to ``fp32`` when ``export`` (else it is there) and quantise that to ``int8`` when given;
+    ``atomic``: each through a temporary name renamed into place, so that an interrupted export leaves no file that
+    a later run would reuse (for a kept folder)."""
     t0 = time.perf_counter()
-    graph.export(fp32, int8)
+    tmp32, tmp8 = (f"{fp32}.{os.getpid()}.tmp.onnx", f"{fp32}.{os.getpid()}.tmp_int8.onnx") if atomic else (fp32, int8)
+    try:
+        if export:
+            graph.export(tmp32)
+        if int8:
+            from ...convert import onnx_export
+
+            onnx_export.quantize_int8(tmp32 if export else fp32, tmp8)
+            os.replace(tmp8, int8)
+        if export:
+            os.replace(tmp32, fp32)
+    finally:
+        for t in {tmp32, tmp8} - {fp32, int8}:
+            if os.path.exists(t):
+                os.remove(t)
     return time.perf_counter() - t0
 
 
@@ -125,10 +162,13 @@ def default_jobs() -> int:
 
 
 @contextlib.contextmanager
-def exported(graphs: Sequence[Graph], backends: Collection[str], jobs: int = 1) -> Iterator[Files]:
+def exported(graphs: Sequence[Graph], backends: Collection[str], jobs: int = 1,
+             folder: Optional[str] = None) -> Iterator[Files]:
     """{graph key: {backend: file}}: each graph exported once when any of ``backends`` is an onnxruntime one, and
     quantised once when one is ``onnxruntime_int8``; ``jobs`` worker processes (1: in this process), every export
-    done before the block runs; the files in a temporary folder this removes afterwards. No ONNX backend: {}."""
+    done before the block runs. The files go to a temporary folder this removes afterwards, or with ``folder`` to
+    that folder (made if missing), named by :meth:`Graph.digest`, kept, and reused by later runs: a graph whose
+    file is there is not exported again (nothing there is replaced or removed). No ONNX backend: {}."""
     wanted = [b for b in ONNX_BACKENDS if b in backends]
     if not wanted:
         yield {}
@@ -138,23 +178,41 @@ def exported(graphs: Sequence[Graph], backends: Collection[str], jobs: int = 1) 
     keys = [g.key for g in graphs]
     if len(set(keys)) != len(keys):
         raise ValueError(f"graph keys must be unique, got {keys}")
-    with tempfile.TemporaryDirectory(prefix="hjprune-latency-") as folder:
+    with contextlib.ExitStack() as stack:
+        keep = folder is not None
+        if not keep:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="hjprune-latency-"))
+            names = [f"g{n}" for n in range(len(graphs))]
+        else:
+            if os.path.exists(folder) and not os.path.isdir(folder):
+                raise NotADirectoryError(f"--export-dir {folder}: not a folder (expected a folder for ONNX graphs)")
+            os.makedirs(folder, exist_ok=True)
+            names = [g.digest() for g in graphs]
         files: Files = {}
-        tasks = []
+        tasks, reused = [], 0
         # whole encoders first: the longest exports, so that the workers end together
         for n, g in sorted(enumerate(graphs), key=lambda ng: ng[1].kind not in WHOLE):
-            base = os.path.join(folder, f"g{n}")
+            base = os.path.join(folder, names[n])
             paths = {"onnxruntime": base + ".onnx", "onnxruntime_int8": base + "_int8.onnx"}
             files[g.key] = {b: paths[b] for b in wanted}
-            tasks.append((g, paths["onnxruntime"], paths["onnxruntime_int8"] if "onnxruntime_int8" in wanted else None))
+            export = not os.path.exists(paths["onnxruntime"])
+            int8 = paths["onnxruntime_int8"] if "onnxruntime_int8" in wanted else None
+            if int8 and os.path.exists(int8):
+                int8 = None
+            if export or int8:
+                tasks.append((g, paths["onnxruntime"], export, int8, keep))
+            else:
+                reused += 1
+        if reused:
+            logger.info("reused %d exported graphs of %s", reused, folder)
         start = time.perf_counter()
-        what = "exported and quantised" if len(wanted) == 2 or wanted == ["onnxruntime_int8"] else "exported"
+        what = "exported and quantised" if "onnxruntime_int8" in wanted else "exported"
 
         def progress(done: int) -> None:
             if done == len(tasks) or done % max(1, len(tasks) // 10) == 0:
                 logger.info("%s %d/%d graphs in %.0f s", what, done, len(tasks), time.perf_counter() - start)
 
-        if jobs == 1 or len(tasks) == 1:
+        if jobs == 1 or len(tasks) <= 1:
             for n, task in enumerate(tasks):
                 _export(*task)
                 progress(n + 1)

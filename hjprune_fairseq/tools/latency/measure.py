@@ -3,8 +3,8 @@
 Every component is timed on its grid (``probes``), the grid points of one component in turns
 (``tools.timing.median_times``: warm-up, then the median of repeats, each point in every round, so that a drift
 in the machine's load hits them alike), with the thread count fixed. Then whole encoders are timed in turns (the
-dense one and ``calibration`` slim ones of the Fig. 5 pattern, ``tools.bench.latency``), and scale and offset of
-the prediction are fitted on them by least squares (the constant part, and what running the components inside
+dense one and ``calibration`` random slim ones of other seeds than ``predict``'s, ``shapes``), and scale and
+offset of the prediction are fitted on them by least squares (the constant part, and what running the components inside
 one model adds or saves). Sizes of a grid are fractions of the dense size (``TableConfig``). A component's timings
 are made non-decreasing in its kept sizes (:func:`monotone`), so that noise never makes a smaller model predicted
 slower.
@@ -32,14 +32,16 @@ from ...core import cost_model
 from ...core import latency_table as lt
 from ...core.presets import PRESETS
 from ...core.spec import EncoderSpec
-from ..bench.latency import slim_spec_for
 from ..timing import fixed_threads, median_times
 from .graphs import ONNX_BACKENDS, Backend, Files, Graph, exported
+from .shapes import random_specs
 
 logger = logging.getLogger(__name__)
 
-# Calibration shapes, in this order: (name, MACs sparsity of the Fig. 5 pattern, fine-grained heads)
-CALIBRATION = (("fig5_macs0.3", 0.3, False), ("fig5_macs0.6", 0.6, False), ("fine_macs0.45", 0.45, True))
+# The calibration's slim shapes are random ones (``shapes.random_specs``) drawn from the table's seed plus this, so that
+# they are never the shapes ``hjprune-latency-bench predict`` checks the table on (its seeds are small numbers).
+CALIBRATION_SEED = 1_000_003
+MAX_CALIBRATION = 20
 
 
 @dataclass
@@ -53,13 +55,14 @@ class TableConfig:
     dtype: str = field(default="float32", metadata={"help": "float32 on CPU; float16 or bfloat16 on cuda"})
     repeats: int = field(default=5, metadata={"help": "timed runs per grid point; the median is kept"})
     warmup: int = field(default=1, metadata={"help": "untimed runs per grid point first"})
-    conv_grid: Tuple[float, ...] = field(default=(0.125, 0.5, 1.0), metadata={"help": "CNN channels, in and out"})
+    conv_grid: Tuple[float, ...] = field(default=(0.125, 0.25, 0.5, 0.75, 1.0), metadata={"help": "CNN channels, in and out"})
     hidden_grid: Tuple[float, ...] = field(default=(0.5, 0.75, 1.0), metadata={"help": "hidden dims (below: clamped)"})
     heads_grid: Tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={"help": "heads per layer"})
-    dims_grid: Tuple[float, ...] = field(default=(0.25, 0.5, 1.0), metadata={"help": "kept fraction of a head's dims"})
+    dims_grid: Tuple[float, ...] = field(default=(0.25, 0.5, 0.75, 1.0), metadata={"help": "kept fraction of a head's dims"})
     ffn_grid: Tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={"help": "FFN units per layer"})
-    calibration: int = field(default=3, metadata={"help": f"slim encoders timed whole to fit scale and offset, 0.."
-                                                          f"{len(CALIBRATION)}"})
+    calibration: int = field(default=6, metadata={"help": "random slim encoders (half with fine-grained heads) timed "
+                                                          "whole, with the dense one, to fit scale and offset: "
+                                                          f"0..{MAX_CALIBRATION}"})
     seed: int = field(default=0, metadata={"help": "seed of weights, inputs and which dims a probe keeps"})
 
     def check(self) -> None:
@@ -70,20 +73,41 @@ class TableConfig:
         if self.seconds <= 0 or self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"seconds > 0, repeats >= 1 and warmup >= 0 expected, got {self.seconds}, "
                              f"{self.repeats}, {self.warmup}")
-        if not 0 <= self.calibration <= len(CALIBRATION):
-            raise ValueError(f"calibration must be 0..{len(CALIBRATION)}, got {self.calibration}")
+        if not 0 <= self.calibration <= MAX_CALIBRATION:
+            raise ValueError(f"calibration must be 0..{MAX_CALIBRATION}, got {self.calibration}")
         for name in ("conv_grid", "hidden_grid", "heads_grid", "dims_grid", "ffn_grid"):
             values = getattr(self, name)
             if not values or any(not 0 <= v <= 1 for v in values) or max(values) != 1:
                 raise ValueError(f"{name} must be fractions in [0, 1] ending at 1, got {list(values)}")
 
 
+def unaligned(points: List[int], full: int) -> List[int]:
+    """``points`` with every even width below ``full`` made odd (one more, or one less where that is ``full``).
+
+    Learned gates leave arbitrary widths, and a matrix product whose width is not a multiple of the SIMD width runs
+    slower: on wav2vec2-base (PyTorch, 1 thread, 2-core AMD EPYC) the dense encoder took 7.6 % longer with 3071
+    instead of 3072 FFN units per layer, 7.9 % with a hidden dim of 767 instead of 768, and 3 % less at 704 than
+    at 705 (docs/RESULTS.md). So a grid of round widths predicts what an aligned export (``hjprune-export --align``)
+    gets, and its inner points are timed at odd widths instead, as a slim model's are; the top stays the dense
+    size, which is what the dense model has."""
+    out = []
+    for p in points:
+        if 1 < p < full and p % 2 == 0:
+            p = p + 1 if p + 1 < full else p - 1
+        out.append(p)
+    return sorted(set(out))
+
+
 def axis_points(spec: EncoderSpec, cfg: TableConfig) -> Dict[str, Dict[str, List[float]]]:
-    """{component: {axis: kept sizes}} of ``spec``'s table."""
-    pts = lt.grid_points
+    """{component: {axis: kept sizes}} of ``spec``'s table: widths (CNN channels, hidden, FFN units) at
+    :func:`unaligned` points, heads (whole heads of head_dim each) at round ones."""
+
+    def pts(full: int, fractions, low: int = 0) -> List[int]:
+        return unaligned(lt.grid_points(full, fractions, low), full)
+
     hidden = pts(spec.embed_dim, cfg.hidden_grid, 1)
     layer = {
-        "attention": {"hidden": hidden, "heads": pts(max(spec.num_heads), cfg.heads_grid),
+        "attention": {"hidden": hidden, "heads": lt.grid_points(max(spec.num_heads), cfg.heads_grid),
                       "dims": sorted({max(1 / spec.head_dim, f) for f in cfg.dims_grid})},
         "ffn": {"hidden": hidden, "units": pts(max(spec.ffn_dims), cfg.ffn_grid)},
         "layer_base": {"hidden": hidden},
@@ -106,11 +130,10 @@ def component_graphs(spec: EncoderSpec, cfg: TableConfig) -> Dict[str, List[Grap
 
 
 def calibration_graphs(spec: EncoderSpec, cfg: TableConfig) -> Tuple[Dict[str, EncoderSpec], List[Graph]]:
-    """The specs timed whole (the dense one and ``cfg.calibration`` slim ones), and their graphs: each encoder
-    (key: its name) and its CNN alone (``cnn:`` + its name)."""
-    specs = {"dense": spec}
-    for name, sparsity, fine in CALIBRATION[:cfg.calibration]:
-        specs[name] = slim_spec_for(spec, sparsity, cfg.seconds, cfg.seed, fine_grained=fine)
+    """The specs timed whole (the dense one and ``cfg.calibration`` random slim ones, ``shapes.random_specs`` from
+    :data:`CALIBRATION_SEED`, named ``cal_whole_0``, ``cal_fine_1``, ...), and their graphs: each encoder (key: its
+    name) and its CNN alone (``cnn:`` + its name)."""
+    specs = {"dense": spec, **random_specs(spec, cfg.calibration, CALIBRATION_SEED + cfg.seed, prefix="cal_")[0]}
     graphs = [g for k, s in specs.items()
               for g in (Graph(k, "encoder", s, cfg.seconds, cfg.seed), Graph("cnn:" + k, "cnn", s, cfg.seconds, cfg.seed))]
     return specs, graphs
@@ -150,23 +173,22 @@ def monotone(seconds: torch.Tensor, axes: List[str]) -> Tuple[torch.Tensor, floa
     return out, float(((out - seconds) / seconds.clamp(min=1e-12)).max()) if out.numel() else 0.0
 
 
-def _line(x: torch.Tensor, y: torch.Tensor) -> Tuple[float, float]:
-    """Least-squares (slope, intercept) of y on x. A negative intercept or slope (timings too noisy for a line,
-    e.g. on a busy machine: a model slower than a larger one) is not a constant part of anything: then the slope
-    through 0, or (1, 0) where even that is not positive."""
-    if len(x) >= 2 and float(x.std()) > 0:
-        a = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
-        b = float(y.mean() - a * x.mean())
-        if a > 0 and b >= 0:
-            return a, b
-    a = float((x * y).sum() / (x * x).sum())
-    return (a, 0.0) if a > 0 else (1.0, 0.0)
+def _through_zero(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The least-squares slope of y on x through the origin (1 where it is not positive: timings too noisy for it)."""
+    a = float((x * y).sum() / (x * x).sum().clamp(min=1e-30))
+    return a if a > 0 else 1.0
 
 
 def calibrate(backend: Backend, files: Files, table: Dict, specs: Dict[str, EncoderSpec], graphs: List[Graph],
               cfg: TableConfig) -> Dict:
     """Time whole encoders and their CNNs alone (:func:`calibration_graphs`), in turns, and fit
-    ``cnn = cnn_scale * sum of CNN layers`` and ``whole - cnn = scale * sum of the other components + offset``."""
+    ``cnn = cnn_scale * sum of CNN layers`` and ``whole - cnn = scale * sum of the other components``, both by
+    least squares through the origin (offset 0).
+
+    Why no offset: the sum of the components holds every part of the encoder already, and an offset fitted on a
+    few encoders is poorly determined: on wav2vec2-base (PyTorch, 1 thread) a line fitted on the dense encoder and
+    three slim ones had an offset of 505 ms (23 % of the dense time) and over-predicted small slim shapes by up
+    to 27 %; through the origin the same random shapes were predicted within 4.6 % (median; docs/RESULTS.md)."""
     calls = backend.calls(graphs, files)
     with torch.inference_mode():
         measured = median_times(calls, cfg.repeats, cfg.warmup)
@@ -174,10 +196,10 @@ def calibrate(backend: Backend, files: Files, table: Dict, specs: Dict[str, Enco
     parts = {k: {n: float(v) for n, v in lt.components(raw, cost_model.counts(s)).items()} for k, s in specs.items()}
     cnn_sum = torch.tensor([parts[k]["cnn"] for k in specs], dtype=torch.float64)
     cnn_meas = torch.tensor([measured["cnn:" + k] for k in specs], dtype=torch.float64)
-    cnn_scale = float((cnn_sum * cnn_meas).sum() / (cnn_sum * cnn_sum).sum())
+    cnn_scale = _through_zero(cnn_sum, cnn_meas)
     rest_sum = torch.tensor([sum(parts[k].values()) - parts[k]["cnn"] for k in specs], dtype=torch.float64)
     rest_meas = torch.tensor([measured[k] - measured["cnn:" + k] for k in specs], dtype=torch.float64)
-    scale, offset = _line(rest_sum, rest_meas)
+    scale, offset = _through_zero(rest_sum, rest_meas), 0.0
     predicted = {k: cnn_scale * parts[k]["cnn"] + scale * float(rest_sum[i]) + offset for i, k in enumerate(specs)}
     for k in specs:
         if abs(predicted[k] / measured[k] - 1) > 0.1:
@@ -190,11 +212,12 @@ def calibrate(backend: Backend, files: Files, table: Dict, specs: Dict[str, Enco
 
 
 def measure_tables(cfgs: Sequence[TableConfig], spec: Optional[EncoderSpec] = None, family: Optional[str] = None,
-                   export_jobs: int = 1) -> Iterator[Dict]:
+                   export_jobs: int = 1, export_dir: Optional[str] = None) -> Iterator[Dict]:
     """The tables (JSON-ready dicts), one per config, of ``cfgs[0].preset`` (or of the dense ``spec``, named
     ``family``: e.g. a checkpoint's encoder) on this machine: configs that differ only in backend, threads and
     dtype. Every probe and calibration encoder is exported to ONNX once (int8: quantised once), in
-    ``export_jobs`` processes, before anything is timed (``graphs.exported``); then the tables are measured one
+    ``export_jobs`` processes (into ``export_dir``, kept and reused, if given), before anything is timed
+    (``graphs.exported``); then the tables are measured one
     after the other, each as :func:`measure_table` would alone (its own sessions and threads), and yielded when
     done. A table's ``measure_seconds`` counts its own timings, and the exports when it is an onnxruntime one."""
     if not cfgs:
@@ -217,7 +240,7 @@ def measure_tables(cfgs: Sequence[TableConfig], spec: Optional[EncoderSpec] = No
     specs, cal_graphs = calibration_graphs(spec, cfg)
     everything = [g for gs in components.values() for g in gs] + cal_graphs
     prepared = time.perf_counter() - start
-    with exported(everything, [c.backend for c in cfgs], export_jobs) as files:
+    with exported(everything, [c.backend for c in cfgs], export_jobs, export_dir) as files:
         exports = time.perf_counter() - start - prepared
         for c, backend in zip(cfgs, backends):
             t_table = time.perf_counter()
