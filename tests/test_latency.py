@@ -45,7 +45,7 @@ def smooth_path(table_path, tmp_path_factory):
         for k, f in enumerate(fracs):
             prod = prod * f.view([-1 if j == k else 1 for j in range(len(fracs))])
         c["seconds"] = (1e-3 * (0.1 + prod)).tolist()
-    data["calibration"].update(scale=1.0, offset_s=0.0, cnn_scale=1.0)
+    data["calibration"].update(scale=1.0, offset_s=0.0, cnn_scale=1.0, dense_scale=1.0)
     path = tmp_path_factory.mktemp("smooth") / "smooth.json"
     path.write_text(json.dumps(data))
     return str(path)
@@ -278,7 +278,9 @@ def test_latency_bench_runs_at_toy_scale(table, smooth_path):
     r = bench.predict([table], shapes=2, repeats=1, warmup=0)[0]
     assert {s["kind"] for s in r["shapes"]} == {"whole_heads", "fine_grained"}
     assert all(s["measured_ms"] > 0 and s["table_ms"] > 0 for s in r["shapes"])
-    assert r["all"]["macs_fit"]["worst_abs_pct"] >= 0
+    assert r["all"]["macs_fit"]["worst_abs_pct"] >= 0 and r["dense"]["measured_ms"] > 0
+    for s in r["shapes"]:  # anchored: the table's ratio to the dense model, times the dense model measured here
+        assert s["anchored_ms"] / s["table_ms"] == pytest.approx(r["dense"]["measured_ms"] / r["dense"]["table_ms"])
     t = bench.target(lt.load(smooth_path), goal=0.3, steps=150, repeats=1, warmup=0, secant_steps=1)
     assert t["latency"]["predicted_reduction"] == pytest.approx(0.3, abs=0.04)
     assert t["macs"]["predicted_ms"] == pytest.approx(t["latency"]["predicted_ms"], rel=0.15)
@@ -408,12 +410,13 @@ def test_latency_bench_predict_over_tables_exports_each_shape_once(tmp_path, tab
     assert [(r["backend"], r["threads"]) for r in results] == [("onnxruntime", 2), ("onnxruntime_int8", 1)]
     assert all(r["all"]["shapes"] == 2 for r in results) and all(t in text for t in tables)
     fp32 = [p for _, p in fake.exports]
-    assert [k for k, _ in fake.exports] == ["whole", "whole"] and sorted(fake.quantised) == sorted(fp32)
+    # the two shapes and the dense encoder (the anchor of the anchored prediction)
+    assert [k for k, _ in fake.exports] == ["whole"] * 3 and sorted(fake.quantised) == sorted(fp32)
     assert sorted(fake.sessions) == sorted([(p, 2) for p in fp32] + [(p[:-5] + "_int8.onnx", 1) for p in fp32])
 
     other = _as_table(tmp_path, table_path, "onnxruntime", 1, seconds=1.0)
     assert main(["predict", tables[0], other, "--shapes", "2", "--export-jobs", "1"]) == 2
-    assert "expected tables of one family and input length" in _one_line_err(capsys) and len(fake.exports) == 2
+    assert "expected tables of one family and input length" in _one_line_err(capsys) and len(fake.exports) == 3
 
 
 def test_graphs_are_exported_in_worker_processes_before_timing(tmp_path):

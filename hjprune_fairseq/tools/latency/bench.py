@@ -1,9 +1,10 @@
 """What a latency table is worth (``hjprune-latency-bench``).
 
 ``predict``: random slim shapes of the table's family (CNN channels, heads, FFN units, hidden dims; whole heads
-and fine-grained heads, half each), timed in turns on the table's backend at its input length and threads, against
-the table's prediction and against the best MACs-only predictor (latency = a * MACs + b, least squares on the same
-shapes): median and worst absolute error in %. Several tables of one family and input length (one per backend and
+and fine-grained heads, half each), timed in turns with the dense encoder on the table's backend at its input
+length and threads, against the table's prediction (as it is, and anchored to the dense encoder timed in the same
+turns) and against the best MACs-only predictor (latency = a * MACs + b, least squares on the same shapes):
+median and worst absolute error in %. Several tables of one family and input length (one per backend and
 thread count) get the same shapes, each exported to ONNX once and quantised once for all of them
 (``graphs.exported``), then timed one table at a time, its sessions released before the next.
 
@@ -84,25 +85,39 @@ def encoder_graphs(specs: Dict[str, EncoderSpec], seconds: float, seed: int) -> 
 def predict(tables: Sequence[lt.LatencyTable], shapes: int, repeats: int = 5, warmup: int = 1, seed: int = 0,
             export_jobs: int = 1, export_dir: Optional[str] = None) -> List[Dict]:
     """For each table (one family and input length): predicted against measured latency on the same ``shapes``
-    random slim shapes (half fine-grained), each exported once for all the tables."""
+    random slim shapes (half fine-grained), each exported once for all the tables, timed in turns with the dense
+    encoder (the reference of the anchored prediction, :func:`_predicted`)."""
     check_one_family(tables)
     for table in tables:
         lt.warn_if_foreign(table, table.backend)
     ref = tables[0]
     specs, kinds = random_specs(ref.spec, shapes, seed)
-    timings = time_graphs(tables, encoder_graphs(specs, ref.seconds, seed), repeats, warmup, export_jobs,
+    timed = {**specs, DENSE: ref.spec}
+    timings = time_graphs(tables, encoder_graphs(timed, ref.seconds, seed), repeats, warmup, export_jobs,
                           export_dir=export_dir)
     return [_predicted(table, specs, kinds, measured, repeats) for table, measured in zip(tables, timings)]
 
 
+DENSE = "dense"  # the dense encoder's key among predict's timings
+
+
 def _predicted(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], kinds: Dict[str, str],
                measured: Dict[str, float], repeats: int) -> Dict:
-    """One table's predictions of ``specs`` against their ``measured`` seconds, beside the fitted MACs line."""
+    """One table's predictions of ``specs`` against their ``measured`` seconds, beside the fitted MACs line.
+
+    Two predictions from the table: ``table`` (its milliseconds as they are) and ``anchored`` (its ratio to the
+    dense model times the dense model's time measured in the same turns). A table is made at one time and used at
+    another; a machine whose speed drifts between runs (a shared VM: 5-10 % here) moves every absolute figure, not
+    the ratios, and the ratios are what the latency measure constrains (``target_sparsity`` is a fraction of the
+    dense model's latency). The MACs line is fitted on these very timings, so it has no drift to bear."""
     rows = []
+    dense_ms = 1000 * measured[DENSE]
+    dense_pred = _ms(table, table.spec)
     for k, s in specs.items():
         c = cost_model.cost(s, None, table.seconds)
+        pred = 1000 * float(table.predict(cost_model.counts(s)))
         rows.append({"shape": k, "kind": kinds[k], "gmacs": cost_model.to_float(c.encoder_macs) / 1e9,
-                     "measured_ms": 1000 * measured[k], "table_ms": 1000 * float(table.predict(cost_model.counts(s))),
+                     "measured_ms": 1000 * measured[k], "table_ms": pred, "anchored_ms": pred * dense_ms / dense_pred,
                      "conv_channels": [ch for ch, _, _ in s.conv_layers], "heads": s.num_heads,
                      "qk_dims": [sum(s.head_qk(i)) for i in range(s.num_layers)],
                      "ffn_units": s.ffn_dims, "hidden": s.embed_dim})
@@ -112,14 +127,16 @@ def _predicted(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], kinds: Dic
 
     def stats(subset: List[Dict]) -> Dict:
         meas = [r["measured_ms"] for r in subset]
-        return {"shapes": len(subset), "table": errors([r["table_ms"] for r in subset], meas),
-                "macs_fit": errors([r["macs_fit_ms"] for r in subset], meas)}
+        return {"shapes": len(subset), **{p: errors([r[p + "_ms"] for r in subset], meas) for p in PREDICTORS}}
 
     return {"table": table.describe(), "backend": table.backend, "threads": table.threads, "seconds": table.seconds,
-            "repeats": repeats, "all": stats(rows),
+            "repeats": repeats, "dense": {"measured_ms": dense_ms, "table_ms": dense_pred}, "all": stats(rows),
             "by_kind": {k: stats([r for r in rows if r["kind"] == k]) for k in ("whole_heads", "fine_grained")
                         if any(r["kind"] == k for r in rows)},
             "shapes": rows}
+
+
+PREDICTORS = ("table", "anchored", "macs_fit")
 
 
 class _Gated(torch.nn.Module):
