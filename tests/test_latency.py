@@ -176,6 +176,33 @@ def _one_line(e):
     return str(e.value)
 
 
+def test_the_dense_model_alone_is_predicted_by_its_own_measurement(tmp_path, table_path):
+    """dense_scale (the dense model's measured over its fitted time) scales the dense model's prediction, per
+    component, and nothing else: not a model with one unit pruned, not expected counts under keep probabilities
+    (even at 1)."""
+    measured = lt.load(table_path)
+    cal = measured.data["calibration"]
+    assert 0.75 <= cal["dense_scale"] <= 1.0  # round widths are faster, never slower; beyond 25 % is noise (clamped)
+    assert float(measured.predict(cost_model.counts(TINY))) == pytest.approx(cal["models"]["dense"]["predicted_s"])
+    data = _data(table_path)
+    for scale in (1.0, 0.8):
+        data["calibration"]["dense_scale"] = scale
+        (tmp_path / f"d{scale}.json").write_text(json.dumps(data))
+    one, scaled = lt.load(str(tmp_path / "d1.0.json")), lt.load(str(tmp_path / "d0.8.json"))
+    dense = cost_model.counts(TINY)
+    parts1, parts8 = lt.components(one, dense), lt.components(scaled, dense)
+    assert all(float(parts8[k]) == pytest.approx(0.8 * float(parts1[k])) for k in parts1)
+    masks = EncoderGates(TINY).deterministic()
+    for m in masks.conv + masks.heads + masks.ffn + [masks.hidden]:
+        m.fill_(1.0)
+    assert float(scaled.predict(cost_model.counts(TINY, masks))) == pytest.approx(0.8 * float(one.predict(dense)))
+    masks.ffn[0][0] = 0.0
+    pruned = cost_model.counts(TINY, masks)
+    assert float(scaled.predict(pruned)) == pytest.approx(float(one.predict(pruned)))
+    expected = cost_model.counts(TINY, EncoderGates(TINY).keep_probs())  # with a gradient: never the dense model
+    assert float(scaled.predict(expected)) == pytest.approx(float(one.predict(expected)))
+
+
 def test_missing_or_malformed_table_is_one_line_naming_the_file(tmp_path, table_path):
     missing = str(tmp_path / "none.json")
     with pytest.raises(FileNotFoundError) as e:
@@ -191,8 +218,11 @@ def test_missing_or_malformed_table_is_one_line_naming_the_file(tmp_path, table_
     data = _data(table_path)
     data["backend"] = "tpu"
     cases["backend.json"] = json.dumps(data)
+    data = _data(table_path)
+    data["calibration"]["dense_scale"] = -1
+    cases["dense_scale.json"] = json.dumps(data)
     expect = {"garbage.json": "invalid JSON", "list.json": "not a JSON object", "no_ffn.json": "missing components ffn",
-              "shape.json": "seconds of shape", "backend.json": "backend 'tpu'"}
+              "shape.json": "seconds of shape", "backend.json": "backend 'tpu'", "dense_scale.json": "dense_scale -1"}
     for name, text in cases.items():
         path = tmp_path / name
         path.write_text(text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import statistics
 import sys
 from typing import List, Optional
 
@@ -76,10 +77,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         for table in measure_tables(cfgs, spec, a.checkpoint, a.export_jobs, a.export_dir):
             out = paths[(table["backend"], table["threads"])]
             write_table(table, out, overwrite=True)
-            cal = table["calibration"]["models"]["dense"]
+            models = table["calibration"]["models"]
+            slim = [100 * abs(m["predicted_s"] / m["measured_s"] - 1) for k, m in models.items() if k != "dense"]
+            fit = (f"; {len(slim)} random slim encoders predicted within {statistics.median(slim):.1f} % (median), "
+                   f"{max(slim):.1f} % (worst)") if slim else ""
             print(f"{out}: {table['family']} on {table['backend']} ({table['dtype']}, {table['threads']} threads, "
-                  f"{a.seconds:g} s): dense measured {1000 * cal['measured_s']:.1f} ms, predicted "
-                  f"{1000 * cal['predicted_s']:.1f} ms; measured in {table['measure_seconds']:.0f} s", flush=True)
+                  f"{a.seconds:g} s): dense measured {1000 * models['dense']['measured_s']:.1f} ms{fit}; measured in "
+                  f"{table['measure_seconds']:.0f} s", flush=True)
         return 0
 
     return run_cli(PROG, go, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError))
