@@ -106,7 +106,7 @@ def test_measure_at_masks_is_the_tables_interpolation_and_differentiable_under_p
     dense = cost_model.cost(TINY, None, 1.0)
     s = MEASURES["latency"](cost_model.cost(TINY, masks, 1.0), dense, latency_table=table)["latency"]
     assert float(s) == pytest.approx(1 - float(table.predict(kept)) / float(table.predict(dense.counts)))
-    assert 0 < float(s) < 1
+    assert float(s) < 1  # (a pruned model may read slower than the dense one: odd widths, dense_scale)
 
     for head_dims in (False, True):
         m = Gated(head_dims)
@@ -182,7 +182,7 @@ def test_the_dense_model_alone_is_predicted_by_its_own_measurement(tmp_path, tab
     (even at 1)."""
     measured = lt.load(table_path)
     cal = measured.data["calibration"]
-    assert 0.75 <= cal["dense_scale"] <= 1.0  # round widths are faster, never slower; beyond 25 % is noise (clamped)
+    assert 0.85 <= cal["dense_scale"] <= 1.15  # beyond 15 % either way is noise (clamped)
     assert float(measured.predict(cost_model.counts(TINY))) == pytest.approx(cal["models"]["dense"]["predicted_s"])
     data = _data(table_path)
     for scale in (1.0, 0.8):
@@ -561,7 +561,9 @@ def test_latency_bench_compare_times_checkpoints_with_their_spread(tmp_path, w2v
     r = bench.compare(lt.load(fixture_latency_table), [str(gated), slim], repeats=3, warmup=1)
     parent, child = r["models"]
     assert parent["measured_speedup"] == 1.0 and parent["predicted_speedup"] == 1.0
-    assert child["predicted_speedup"] > 1 and child["gmacs"] < parent["gmacs"]
+    assert child["predicted_speedup"] == pytest.approx(parent["predicted_ms"] / child["predicted_ms"])
+    assert child["gmacs"] < parent["gmacs"] and child["predicted_ms"] < parent["predicted_ms"] / lt.load(
+        fixture_latency_table).dense_scale  # below the dense model's time by the slim shapes' fit
     for m in r["models"]:
         assert m["min_ms"] <= m["q1_ms"] <= m["median_ms"] <= m["q3_ms"] <= m["max_ms"]
     assert "slim.pt" in format_compare(r)
