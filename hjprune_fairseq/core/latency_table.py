@@ -19,7 +19,8 @@ A layer costs attention + ffn - layer_base (the base is in both). The prediction
 when the table was made (the dense one and random slim ones): the CNN timed alone against its layers' sum, the
 rest of the encoder against the rest's sum, both through the origin (tables written since 2026-12-03 have
 offset 0; older ones a fitted constant), on the random slim shapes; the dense model, the one whose every width
-is round, is predicted with ``dense_scale`` more (its measured time over that fit's). The grid's inner widths (CNN channels, hidden, FFN units) are odd, as a
+is round, is predicted with ``dense_scale`` more (its measured time over that fit's). The grid's inner widths
+(CNN channels, hidden, FFN units) are odd, as a
 slim model's are: a matrix product or convolution of an odd width runs slower than one of a round width
 (wav2vec2-base, PyTorch CPU: 7.6 % slower with 3071 instead of 3072 FFN units per layer), so a model exported
 with ``--align`` runs somewhat faster than its table predicts.

@@ -55,10 +55,12 @@ class TableConfig:
     dtype: str = field(default="float32", metadata={"help": "float32 on CPU; float16 or bfloat16 on cuda"})
     repeats: int = field(default=5, metadata={"help": "timed runs per grid point; the median is kept"})
     warmup: int = field(default=1, metadata={"help": "untimed runs per grid point first"})
-    conv_grid: Tuple[float, ...] = field(default=(0.125, 0.25, 0.5, 0.75, 1.0), metadata={"help": "CNN channels, in and out"})
+    conv_grid: Tuple[float, ...] = field(default=(0.125, 0.25, 0.5, 0.75, 1.0),
+                                         metadata={"help": "CNN channels, in and out"})
     hidden_grid: Tuple[float, ...] = field(default=(0.5, 0.75, 1.0), metadata={"help": "hidden dims (below: clamped)"})
     heads_grid: Tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={"help": "heads per layer"})
-    dims_grid: Tuple[float, ...] = field(default=(0.25, 0.5, 0.75, 1.0), metadata={"help": "kept fraction of a head's dims"})
+    dims_grid: Tuple[float, ...] = field(default=(0.25, 0.5, 0.75, 1.0),
+                                         metadata={"help": "kept fraction of a head's dims"})
     ffn_grid: Tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={"help": "FFN units per layer"})
     calibration: int = field(default=6, metadata={"help": "random slim encoders (half with fine-grained heads) timed "
                                                           "whole, with the dense one, to fit scale and offset: "

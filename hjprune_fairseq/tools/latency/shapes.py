@@ -34,7 +34,8 @@ def random_masks(spec: EncoderSpec, g: torch.Generator, fine_grained: bool) -> G
     return GateMasks(conv=conv, ffn=ffn, hidden=hidden, qk=qk, vo=vo)
 
 
-def random_specs(spec: EncoderSpec, shapes: int, seed: int, prefix: str = "") -> Tuple[Dict[str, EncoderSpec], Dict[str, str]]:
+def random_specs(spec: EncoderSpec, shapes: int, seed: int,
+                 prefix: str = "") -> Tuple[Dict[str, EncoderSpec], Dict[str, str]]:
     """``shapes`` random slim specs of ``spec`` (:func:`random_masks`, every second one fine-grained; named
     ``prefix`` + whole_n / fine_n), and their kind."""
     g = torch.Generator().manual_seed(seed)
