@@ -133,6 +133,7 @@ class LatencyTable:
     cnn_scale: float = 1.0
     dense_scale: float = 1.0
     _exact: Dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
+    _dense: Optional[List[float]] = field(default=None, repr=False)  # count_values of the dense model (is_dense)
 
     @property
     def backend(self) -> str:
@@ -149,7 +150,7 @@ class LatencyTable:
     def predict(self, counts: cost_model.Counts) -> torch.Tensor:
         """Predicted seconds of the whole encoder with kept units ``counts`` (see :func:`predict`); remembered for
         counts of plain ints (a spec's own sizes: the dense model the constraint compares with at every update)."""
-        values = [*counts.conv, *counts.attn_heads, *counts.qk, *counts.vo, *counts.ffn, *counts.pos_groups]
+        values = count_values(counts)
         if not all(isinstance(v, int) for v in values):
             return predict(self, counts)
         key = tuple(values) + (len(counts.conv), len(counts.ffn))
@@ -308,17 +309,19 @@ def components(table: LatencyTable, counts: cost_model.Counts) -> Dict[str, torc
     return out
 
 
+def count_values(counts: cost_model.Counts) -> list:
+    """Every kept count of ``counts`` in one list (what identifies a structure)."""
+    return [*counts.conv, *counts.attn_heads, *counts.qk, *counts.vo, *counts.ffn, *counts.pos_groups]
+
+
 def is_dense(table: LatencyTable, counts: cost_model.Counts) -> bool:
     """Whether ``counts`` are the table's dense model itself: fixed counts (no gradient), every unit kept."""
-    values = [*counts.conv, *counts.attn_heads, *counts.qk, *counts.vo, *counts.ffn, counts.hidden]
+    values = count_values(counts)
     if any(isinstance(v, torch.Tensor) and v.requires_grad for v in values):
         return False
-    ref = cost_model.counts(table.spec)
-    dense = [*ref.conv, *ref.attn_heads, *ref.qk, *ref.vo, *ref.ffn, ref.hidden]
-    return len(values) == len(dense) and all(float(v) == float(r) for v, r in zip(values, dense))
-
-
-
+    if table._dense is None:
+        table._dense = [float(v) for v in count_values(cost_model.counts(table.spec))]
+    return len(values) == len(table._dense) and all(float(v) == r for v, r in zip(values, table._dense))
 
 
 def predict(table: LatencyTable, counts: cost_model.Counts) -> torch.Tensor:

@@ -38,6 +38,10 @@ from ..timing import all_times, fixed_threads, median_times
 from .graphs import Backend, Graph, exported
 from .shapes import random_specs
 
+DENSE = "dense"  # the dense encoder's key among predict's timings
+PREDICTORS = ("table", "anchored", "macs_fit")  # predict's predictions: the table's, anchored, the MACs line
+
+
 def fit_macs(macs: List[float], measured: List[float]) -> List[float]:
     """Predictions of the least-squares line latency = a * MACs + b."""
     x, y = torch.tensor(macs, dtype=torch.float64), torch.tensor(measured, dtype=torch.float64)
@@ -98,9 +102,6 @@ def predict(tables: Sequence[lt.LatencyTable], shapes: int, repeats: int = 5, wa
     return [_predicted(table, specs, kinds, measured, repeats) for table, measured in zip(tables, timings)]
 
 
-DENSE = "dense"  # the dense encoder's key among predict's timings
-
-
 def _predicted(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], kinds: Dict[str, str],
                measured: Dict[str, float], repeats: int) -> Dict:
     """One table's predictions of ``specs`` against their ``measured`` seconds, beside the fitted MACs line.
@@ -115,7 +116,7 @@ def _predicted(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], kinds: Dic
     dense_pred = _ms(table, table.spec)
     for k, s in specs.items():
         c = cost_model.cost(s, None, table.seconds)
-        pred = 1000 * float(table.predict(cost_model.counts(s)))
+        pred = _ms(table, s)
         rows.append({"shape": k, "kind": kinds[k], "gmacs": cost_model.to_float(c.encoder_macs) / 1e9,
                      "measured_ms": 1000 * measured[k], "table_ms": pred, "anchored_ms": pred * dense_ms / dense_pred,
                      "conv_channels": [ch for ch, _, _ in s.conv_layers], "heads": s.num_heads,
@@ -134,9 +135,6 @@ def _predicted(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], kinds: Dic
             "by_kind": {k: stats([r for r in rows if r["kind"] == k]) for k in ("whole_heads", "fine_grained")
                         if any(r["kind"] == k for r in rows)},
             "shapes": rows}
-
-
-PREDICTORS = ("table", "anchored", "macs_fit")
 
 
 class _Gated(torch.nn.Module):

@@ -3,11 +3,11 @@
 Every component is timed on its grid (``probes``), the grid points of one component in turns
 (``tools.timing.median_times``: warm-up, then the median of repeats, each point in every round, so that a drift
 in the machine's load hits them alike), with the thread count fixed. Then whole encoders are timed in turns (the
-dense one and ``calibration`` random slim ones of other seeds than ``predict``'s, ``shapes``), and scale and
-offset of the prediction are fitted on them by least squares (the constant part, and what running the components inside
-one model adds or saves). Sizes of a grid are fractions of the dense size (``TableConfig``). A component's timings
-are made non-decreasing in its kept sizes (:func:`monotone`), so that noise never makes a smaller model predicted
-slower.
+dense one and ``calibration`` random slim ones of other seeds than ``predict``'s, ``shapes``), and the scales of
+the prediction are fitted on the slim ones through the origin (what running the components inside one model adds
+or saves), the dense one getting its own (:func:`calibrate`). Sizes of a grid are fractions of the dense size
+(``TableConfig``). A component's timings are made non-decreasing in its kept sizes (:func:`monotone`), so that
+noise never makes a smaller model predicted slower.
 
 Several tables (backends, thread counts) are measured in one run from the same graphs (:func:`measure_tables`):
 for onnxruntime each probe and calibration encoder is exported once (and quantised once for int8), in worker
