@@ -309,8 +309,15 @@ def test_latency_bench_runs_at_toy_scale(table, smooth_path):
     assert {s["kind"] for s in r["shapes"]} == {"whole_heads", "fine_grained"}
     assert all(s["measured_ms"] > 0 and s["table_ms"] > 0 for s in r["shapes"])
     assert r["all"]["macs_fit"]["worst_abs_pct"] >= 0 and r["dense"]["measured_ms"] > 0
-    for s in r["shapes"]:  # anchored: the table's ratio to the dense model, times the dense model measured here
-        assert s["anchored_ms"] / s["table_ms"] == pytest.approx(r["dense"]["measured_ms"] / r["dense"]["table_ms"])
+    # anchored: times how much slower the table's own calibration encoders ran here than it predicts them
+    a = r["anchor"]
+    n = table.data["config"]["calibration"]
+    assert n > 0 and len(a["encoders"]) == len(a["measured_ms"]) == len(a["table_ms"]) == n
+    assert all(e.startswith("cal_") for e in a["encoders"]) and all(m > 0 for m in a["measured_ms"])
+    p, m = torch.tensor(a["table_ms"]), torch.tensor(a["measured_ms"])
+    assert a["factor"] == pytest.approx(float((p * m).sum() / (p * p).sum()))
+    for s in r["shapes"] + [r["dense"]]:
+        assert s["anchored_ms"] == pytest.approx(s["table_ms"] * a["factor"])
     t = bench.target(lt.load(smooth_path), goal=0.3, steps=150, repeats=1, warmup=0, secant_steps=1)
     assert t["latency"]["predicted_reduction"] == pytest.approx(0.3, abs=0.04)
     assert t["macs"]["predicted_ms"] == pytest.approx(t["latency"]["predicted_ms"], rel=0.15)
@@ -440,13 +447,14 @@ def test_latency_bench_predict_over_tables_exports_each_shape_once(tmp_path, tab
     assert [(r["backend"], r["threads"]) for r in results] == [("onnxruntime", 2), ("onnxruntime_int8", 1)]
     assert all(r["all"]["shapes"] == 2 for r in results) and all(t in text for t in tables)
     fp32 = [p for _, p in fake.exports]
-    # the two shapes and the dense encoder (the anchor of the anchored prediction)
-    assert [k for k, _ in fake.exports] == ["whole"] * 3 and sorted(fake.quantised) == sorted(fp32)
+    # the two shapes, the dense encoder and the tables' one calibration encoder (the anchor of the anchored
+    # prediction; the same for both tables, exported once)
+    assert [k for k, _ in fake.exports] == ["whole"] * 4 and sorted(fake.quantised) == sorted(fp32)
     assert sorted(fake.sessions) == sorted([(p, 2) for p in fp32] + [(p[:-5] + "_int8.onnx", 1) for p in fp32])
 
     other = _as_table(tmp_path, table_path, "onnxruntime", 1, seconds=1.0)
     assert main(["predict", tables[0], other, "--shapes", "2", "--export-jobs", "1"]) == 2
-    assert "expected tables of one family and input length" in _one_line_err(capsys) and len(fake.exports) == 3
+    assert "expected tables of one family and input length" in _one_line_err(capsys) and len(fake.exports) == 4
 
 
 def test_graphs_are_exported_in_worker_processes_before_timing(tmp_path):

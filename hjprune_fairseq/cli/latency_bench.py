@@ -25,8 +25,10 @@ PROG = "hjprune-latency-bench"
 
 def format_predict(r: Dict) -> str:
     d = r["dense"]
+    a = r["anchor"]
     lines = [f"{r['table']}: {r['all']['shapes']} random slim shapes, median of {r['repeats']}; the dense encoder "
-             f"measured {d['measured_ms']:.2f} ms in the same turns, {d['table_ms']:.2f} ms in the table",
+             f"measured {d['measured_ms']:.2f} ms in the same turns, {d['table_ms']:.2f} ms in the table; its "
+             f"anchors ({', '.join(a['encoders'])}) ran {a['factor']:.3f}x its prediction here",
              f"{'shape':<10} {'GMACs':>7} {'measured ms':>12} {'table ms':>9} {'anchored ms':>12} {'MACs fit ms':>12}"]
     lines += [f"{s['shape']:<10} {s['gmacs']:>7.2f} {s['measured_ms']:>12.2f} {s['table_ms']:>9.2f} "
               f"{s['anchored_ms']:>12.2f} {s['macs_fit_ms']:>12.2f}" for s in r["shapes"]]
@@ -35,8 +37,9 @@ def format_predict(r: Dict) -> str:
         for pred in PREDICTORS:
             e = st[pred]
             lines.append(f"{name:<12} {pred:<10} {e['median_abs_pct']:>15.1f} {e['worst_abs_pct']:>14.1f}")
-    lines += ["", "table: the table's milliseconds; anchored: its ratio to the dense encoder times the dense encoder "
-                  "measured here (what a fraction-of-dense target uses); macs_fit: a * GMACs + b fitted on these timings"]
+    lines += ["", "table: the table's milliseconds; anchored: times how much slower its anchors (its own calibration "
+                  "encoders) ran here than it predicts them (the machine's drift since the table); macs_fit: a * GMACs "
+                  "+ b fitted on these timings"]
     return "\n".join(lines)
 
 

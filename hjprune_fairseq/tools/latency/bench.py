@@ -2,8 +2,8 @@
 
 ``predict``: random slim shapes of the table's family (CNN channels, heads, FFN units, hidden dims; whole heads
 and fine-grained heads, half each), timed in turns with the dense encoder on the table's backend at its input
-length and threads, against the table's prediction (as it is, and anchored to the dense encoder timed in the same
-turns) and against the best MACs-only predictor (latency = a * MACs + b, least squares on the same shapes):
+length and threads, against the table's prediction (as it is, and anchored to the table's own calibration encoders
+timed again in the same turns) and against the best MACs-only predictor (latency = a * MACs + b, least squares on the same shapes):
 median and worst absolute error in %. Several tables of one family and input length (one per backend and
 thread count) get the same shapes, each exported to ONNX once and quantised once for all of them
 (``graphs.exported``), then timed one table at a time, its sessions released before the next.
@@ -36,7 +36,8 @@ from ...core.spec import EncoderSpec
 from ...plugin.optim.hjprune_adamw import HJPruneAdamW, HJPruneAdamWConfig
 from ..timing import all_times, fixed_threads, median_times
 from .graphs import Backend, Graph, exported
-from .shapes import random_specs
+from .measure import slope_through_zero
+from .shapes import calibration_specs, random_specs
 
 DENSE = "dense"  # the dense encoder's key among predict's timings
 PREDICTORS = ("table", "anchored", "macs_fit")  # predict's predictions: the table's, anchored, the MACs line
@@ -90,35 +91,53 @@ def predict(tables: Sequence[lt.LatencyTable], shapes: int, repeats: int = 5, wa
             export_jobs: int = 1, export_dir: Optional[str] = None) -> List[Dict]:
     """For each table (one family and input length): predicted against measured latency on the same ``shapes``
     random slim shapes (half fine-grained), each exported once for all the tables, timed in turns with the dense
-    encoder (the reference of the anchored prediction, :func:`_predicted`)."""
+    encoder and the tables' calibration encoders (the anchors of the anchored prediction, :func:`_predicted`)."""
     check_one_family(tables)
     for table in tables:
         lt.warn_if_foreign(table, table.backend)
     ref = tables[0]
     specs, kinds = random_specs(ref.spec, shapes, seed)
-    timed = {**specs, DENSE: ref.spec}
+    anchors = [anchor_specs(t) for t in tables]
+    timed = {**specs, DENSE: ref.spec, **{k: s for a in anchors for k, s in a.items()}}
     timings = time_graphs(tables, encoder_graphs(timed, ref.seconds, seed), repeats, warmup, export_jobs,
                           export_dir=export_dir)
-    return [_predicted(table, specs, kinds, measured, repeats) for table, measured in zip(tables, timings)]
+    return [_predicted(table, specs, kinds, measured, repeats, anchor)
+            for table, measured, anchor in zip(tables, timings, anchors)]
+
+
+def anchor_specs(table: lt.LatencyTable) -> Dict[str, EncoderSpec]:
+    """The table's calibration encoders (``shapes.calibration_specs`` of its config's count and seed), keyed
+    ``seed<seed>:<name>``; none for a table made without calibration (it is anchored to the dense encoder)."""
+    cfg = table.data.get("config", {})
+    n, s = int(cfg.get("calibration", 0)), int(cfg.get("seed", 0))
+    return {f"seed{s}:{k}": v for k, v in calibration_specs(table.spec, n, s).items()}
 
 
 def _predicted(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], kinds: Dict[str, str],
-               measured: Dict[str, float], repeats: int) -> Dict:
+               measured: Dict[str, float], repeats: int, anchors: Dict[str, EncoderSpec]) -> Dict:
     """One table's predictions of ``specs`` against their ``measured`` seconds, beside the fitted MACs line.
 
-    Two predictions from the table: ``table`` (its milliseconds as they are) and ``anchored`` (its ratio to the
-    dense model times the dense model's time measured in the same turns). A table is made at one time and used at
-    another; a machine whose speed drifts between runs (a shared VM: 5-10 % here) moves every absolute figure, not
-    the ratios, and the ratios are what the latency measure constrains (``target_sparsity`` is a fraction of the
-    dense model's latency). The MACs line is fitted on these very timings, so it has no drift to bear."""
+    Two predictions from the table: ``table`` (its milliseconds as they are) and ``anchored`` (times the factor
+    by which its own calibration encoders, ``anchors``, ran slower or faster here than it predicts them: least
+    squares through the origin; the dense encoder's ratio for a table without them). A table is made at one time
+    and used at another; a shared machine's speed drifts between runs (5-20 % on a 2-core VM here) and moves every
+    absolute figure by about as much, not the ratios, which are what the latency measure constrains
+    (``target_sparsity`` is a fraction of the dense model's latency). The anchors are the table's, not the checked
+    shapes, and several of them (one encoder's own timing is noisy too). The MACs line is fitted on these very
+    timings, so it has no drift to bear."""
     rows = []
     dense_ms = 1000 * measured[DENSE]
     dense_pred = _ms(table, table.spec)
+    names = list(anchors) or [DENSE]
+    anchor_pred = [_ms(table, s) for s in anchors.values()] or [dense_pred]
+    anchor_ms = [1000 * measured[k] for k in names]
+    factor = slope_through_zero(torch.tensor(anchor_pred, dtype=torch.float64),
+                                torch.tensor(anchor_ms, dtype=torch.float64))
     for k, s in specs.items():
         c = cost_model.cost(s, None, table.seconds)
         pred = _ms(table, s)
         rows.append({"shape": k, "kind": kinds[k], "gmacs": cost_model.to_float(c.encoder_macs) / 1e9,
-                     "measured_ms": 1000 * measured[k], "table_ms": pred, "anchored_ms": pred * dense_ms / dense_pred,
+                     "measured_ms": 1000 * measured[k], "table_ms": pred, "anchored_ms": pred * factor,
                      "conv_channels": [ch for ch, _, _ in s.conv_layers], "heads": s.num_heads,
                      "qk_dims": [sum(s.head_qk(i)) for i in range(s.num_layers)],
                      "ffn_units": s.ffn_dims, "hidden": s.embed_dim})
@@ -131,7 +150,11 @@ def _predicted(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], kinds: Dic
         return {"shapes": len(subset), **{p: errors([r[p + "_ms"] for r in subset], meas) for p in PREDICTORS}}
 
     return {"table": table.describe(), "backend": table.backend, "threads": table.threads, "seconds": table.seconds,
-            "repeats": repeats, "dense": {"measured_ms": dense_ms, "table_ms": dense_pred}, "all": stats(rows),
+            "repeats": repeats, "dense": {"measured_ms": dense_ms, "table_ms": dense_pred,
+                                          "anchored_ms": dense_pred * factor},
+            "anchor": {"encoders": [k.split(":", 1)[-1] for k in names], "measured_ms": anchor_ms,
+                       "table_ms": anchor_pred, "factor": factor},
+            "all": stats(rows),
             "by_kind": {k: stats([r for r in rows if r["kind"] == k]) for k in ("whole_heads", "fine_grained")
                         if any(r["kind"] == k for r in rows)},
             "shapes": rows}

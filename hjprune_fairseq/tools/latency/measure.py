@@ -1,10 +1,10 @@
 """Measure a latency table (``core/latency_table.py``) of an encoder family on this machine.
 
-Every component is timed on its grid (``probes``), the grid points of one component in turns
-(``tools.timing.median_times``: warm-up, then the median of repeats, each point in every round, so that a drift
-in the machine's load hits them alike), with the thread count fixed. Then whole encoders are timed in turns (the
-dense one and ``calibration`` random slim ones of other seeds than ``predict``'s, ``shapes``), and the scales of
-the prediction are fitted on the slim ones through the origin (what running the components inside one model adds
+Every component is timed on its grid (``probes``), and whole encoders with them (the dense one and
+``calibration`` random slim ones of other seeds than ``predict``'s, ``shapes``), all in one set of turns
+(``tools.timing.median_times``: warm-up, then the median of repeats, every probe and encoder in every round, so
+that a drift in the machine's speed hits them alike; :func:`time_table`), with the thread count fixed. The scales
+of the prediction are fitted on the slim ones through the origin (what running the components inside one model adds
 or saves), the dense one getting its own (:func:`calibrate`). Sizes of a grid are fractions of the dense size
 (``TableConfig``). A component's timings are made non-decreasing in its kept sizes (:func:`monotone`), so that
 noise never makes a smaller model predicted slower.
@@ -34,13 +34,10 @@ from ...core.presets import PRESETS
 from ...core.spec import EncoderSpec
 from ..timing import fixed_threads, median_times
 from .graphs import ONNX_BACKENDS, Backend, Files, Graph, exported
-from .shapes import random_specs
+from .shapes import calibration_specs
 
 logger = logging.getLogger(__name__)
 
-# The calibration's slim shapes are random ones (``shapes.random_specs``) drawn from the table's seed plus this, so that
-# they are never the shapes ``hjprune-latency-bench predict`` checks the table on (its seeds are small numbers).
-CALIBRATION_SEED = 1_000_003
 MAX_CALIBRATION = 20
 
 
@@ -53,7 +50,7 @@ class TableConfig:
     backend: str = field(default="pytorch", metadata={"help": f"one of {', '.join(lt.BACKENDS)}"})
     threads: int = field(default=1, metadata={"help": "torch / onnxruntime intra-op threads (fixed)"})
     dtype: str = field(default="float32", metadata={"help": "float32 on CPU; float16 or bfloat16 on cuda"})
-    repeats: int = field(default=5, metadata={"help": "timed runs per grid point; the median is kept"})
+    repeats: int = field(default=7, metadata={"help": "timed runs per grid point; the median is kept"})
     warmup: int = field(default=1, metadata={"help": "untimed runs per grid point first"})
     conv_grid: Tuple[float, ...] = field(default=(0.125, 0.25, 0.5, 0.75, 1.0),
                                          metadata={"help": "CNN channels, in and out"})
@@ -133,28 +130,46 @@ def component_graphs(spec: EncoderSpec, cfg: TableConfig) -> Dict[str, List[Grap
 
 def calibration_graphs(spec: EncoderSpec, cfg: TableConfig) -> Tuple[Dict[str, EncoderSpec], List[Graph]]:
     """The specs timed whole (the dense one and ``cfg.calibration`` random slim ones, ``shapes.random_specs`` from
-    :data:`CALIBRATION_SEED`, named ``cal_whole_0``, ``cal_fine_1``, ...), and their graphs: each encoder (key: its
+    ``shapes.CALIBRATION_SEED``, named ``cal_whole_0``, ``cal_fine_1``, ...), and their graphs: each encoder (key: its
     name) and its CNN alone (``cnn:`` + its name)."""
-    specs = {"dense": spec, **random_specs(spec, cfg.calibration, CALIBRATION_SEED + cfg.seed, prefix="cal_")[0]}
+    specs = {"dense": spec, **calibration_specs(spec, cfg.calibration, cfg.seed)}
     graphs = [g for k, s in specs.items()
               for g in (Graph(k, "encoder", s, cfg.seconds, cfg.seed), Graph("cnn:" + k, "cnn", s, cfg.seconds, cfg.seed))]
     return specs, graphs
 
 
-def time_component(backend: Backend, files: Files, graphs: List[Graph], axes: Dict[str, List[float]],
-                   cfg: TableConfig, name: str = "component") -> Dict:
-    """The component's grid entry: its points (``graphs``, :func:`component_graphs`) timed in turns, made
+def grid_entry(measured: Dict[str, float], graphs: List[Graph], axes: Dict[str, List[float]],
+               name: str = "component") -> Dict:
+    """The component's grid entry from its points' ``measured`` seconds (``graphs``, :func:`component_graphs`), made
     non-decreasing in the kept sizes (:func:`monotone`)."""
-    calls = backend.calls(graphs, files)
-    with torch.inference_mode():
-        med = median_times(calls, cfg.repeats, cfg.warmup)
     shape = [len(v) for v in axes.values()]
-    flat = torch.tensor([med[g.key] for g in graphs], dtype=torch.float64).view(*shape)
+    flat = torch.tensor([measured[g.key] for g in graphs], dtype=torch.float64).view(*shape)
     seconds, raised = monotone(flat, list(axes))
     if raised > RAISE_WARNING:
         logger.warning("%s: a point timed %.0f %% faster than a smaller one of the grid (raised to it); was the machine "
                        "busy? (measure again on an idle machine)", name, 100 * raised)
     return {"axes": list(axes), "grid": [list(v) for v in axes.values()], "seconds": seconds.tolist()}
+
+
+def time_table(backend: Backend, files: Files, table: Dict, components: Dict[str, List[Graph]], axes: Dict[str, Dict],
+               specs: Dict[str, EncoderSpec], cal_graphs: List[Graph], cfg: TableConfig) -> Tuple[Dict, Dict]:
+    """({component: grid entry}, calibration) of ``table`` (its header: machine, backend, spec, ...): every probe
+    and calibration encoder timed in one set of turns (each round runs them all once), so that the machine's speed, which drifts on a shared machine, is the
+    same for every component and for the encoders the calibration fits them to.
+
+    Timed a component at a time instead (a few seconds each), one component's grid was measured in a fast minute
+    and another's in a slow one: on a 2-core VM, layers at grid points later timed 15-38 % slower than their table
+    entries, every component by a different factor, while whole encoders moved 5-20 % (docs/RESULTS.md)."""
+    t0 = time.perf_counter()
+    graphs = [g for gs in components.values() for g in gs] + cal_graphs
+    calls = backend.calls(graphs, files)
+    with torch.inference_mode():
+        measured = median_times(calls, cfg.repeats, cfg.warmup)
+    del calls
+    logger.info("%s, %d threads: %d probes and encoders timed in %.1f s", cfg.backend, cfg.threads, len(graphs),
+                time.perf_counter() - t0)
+    grids = {name: grid_entry(measured, gs, axes[name], name) for name, gs in components.items()}
+    return grids, calibrate(measured, {**table, "components": grids}, specs)
 
 
 # A raise above this is named in a warning. Below it, it is what odd widths cost: a round width (the grid's top)
@@ -186,15 +201,14 @@ def monotone(seconds: torch.Tensor, axes: List[str]) -> Tuple[torch.Tensor, floa
 DENSE_SCALE = (0.85, 1.15)
 
 
-def _through_zero(x: torch.Tensor, y: torch.Tensor) -> float:
+def slope_through_zero(x: torch.Tensor, y: torch.Tensor) -> float:
     """The least-squares slope of y on x through the origin (1 where it is not positive: timings too noisy for it)."""
     a = float((x * y).sum() / (x * x).sum().clamp(min=1e-30))
     return a if a > 0 else 1.0
 
 
-def calibrate(backend: Backend, files: Files, table: Dict, specs: Dict[str, EncoderSpec], graphs: List[Graph],
-              cfg: TableConfig) -> Dict:
-    """Time whole encoders and their CNNs alone (:func:`calibration_graphs`), in turns, and fit
+def calibrate(measured: Dict[str, float], table: Dict, specs: Dict[str, EncoderSpec]) -> Dict:
+    """From the ``measured`` seconds of whole encoders and their CNNs alone (:func:`calibration_graphs`), fit
     ``cnn = cnn_scale * sum of CNN layers`` and ``whole - cnn = scale * sum of the other components`` on the
     slim shapes, both by least squares through the origin (offset 0); the dense model, whose widths are all round
     (faster than the grid's odd ones), gets ``dense_scale``: its measured time over that fit's.
@@ -203,15 +217,12 @@ def calibrate(backend: Backend, files: Files, table: Dict, specs: Dict[str, Enco
     few encoders is poorly determined: on wav2vec2-base (PyTorch, 1 thread) a line fitted on the dense encoder and
     three slim ones had an offset of 505 ms (23 % of the dense time) and over-predicted small slim shapes by up
     to 27 %; through the origin the same random shapes were predicted within 4.6 % (median; docs/RESULTS.md)."""
-    calls = backend.calls(graphs, files)
-    with torch.inference_mode():
-        measured = median_times(calls, cfg.repeats, cfg.warmup)
     raw = lt.from_dict({**table, "calibration": {"scale": 1.0, "offset_s": 0.0, "cnn_scale": 1.0}}, "<being measured>")
     parts = {k: {n: float(v) for n, v in lt.components(raw, cost_model.counts(s)).items()} for k, s in specs.items()}
     fit = [k for k in specs if k != "dense"] or ["dense"]  # the slim shapes; the dense alone without any
 
     def through_zero(x: Dict[str, float], y: Dict[str, float]) -> float:
-        return _through_zero(torch.tensor([x[k] for k in fit], dtype=torch.float64),
+        return slope_through_zero(torch.tensor([x[k] for k in fit], dtype=torch.float64),
                              torch.tensor([y[k] for k in fit], dtype=torch.float64))
 
     cnn_sum = {k: parts[k]["cnn"] for k in specs}
@@ -276,12 +287,8 @@ def measure_tables(cfgs: Sequence[TableConfig], spec: Optional[EncoderSpec] = No
                     "frames": cost_model.frames_for(spec, c.seconds)[-1], "family": family or c.preset,
                     "spec": spec.to_dict(), "config": asdict(c), "components": {},
                 }
-                for name, graphs in components.items():
-                    t0 = time.perf_counter()
-                    table["components"][name] = time_component(backend, files, graphs, axes[name], c, name)
-                    logger.info("%s, %d threads: %s: %d points in %.1f s", c.backend, c.threads, name, len(graphs),
-                                time.perf_counter() - t0)
-                table["calibration"] = calibrate(backend, files, table, specs, cal_graphs, c)
+                table["components"], table["calibration"] = time_table(backend, files, table, components, axes,
+                                                                       specs, cal_graphs, c)
             export_s = exports if c.backend in ONNX_BACKENDS else 0.0
             table["measure_seconds"] = prepared + export_s + time.perf_counter() - t_table
             lt.from_dict(table, "<measured>")  # what is written loads

@@ -14,6 +14,9 @@ from ...core.slim import slim_encoder
 from ...core.spec import EncoderSpec
 from ..bench.latency import keep_random, keep_random_dims
 
+# A table's calibration shapes are random ones drawn from its seed plus this, so that they are never the shapes
+# ``hjprune-latency-bench predict`` checks the table on (its seeds are small numbers).
+CALIBRATION_SEED = 1_000_003
 HIDDEN_LOW = 0.5  # random shapes keep at least this much of the hidden size (the default table grid's lowest)
 
 
@@ -47,3 +50,9 @@ def random_specs(spec: EncoderSpec, shapes: int, seed: int,
         specs[name] = slim_encoder(spec, state, random_masks(spec, g, fine), source=name)[0]
         kinds[name] = "fine_grained" if fine else "whole_heads"
     return specs, kinds
+
+
+def calibration_specs(spec: EncoderSpec, shapes: int, seed: int) -> Dict[str, EncoderSpec]:
+    """A table's calibration shapes (``measure.calibrate``; ``bench.predict`` times them again to anchor the table):
+    :func:`random_specs` from :data:`CALIBRATION_SEED` + the table's ``seed``, named ``cal_whole_0``, ``cal_fine_1``, ..."""
+    return random_specs(spec, shapes, CALIBRATION_SEED + seed, prefix="cal_")[0]
