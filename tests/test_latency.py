@@ -586,6 +586,31 @@ def test_latency_bench_compare_reads_the_table_first(tmp_path, capsys):
     assert f"{table}: no such latency table" in capsys.readouterr().err
 
 
+def test_a_table_times_every_probe_and_calibration_encoder_in_one_set_of_turns(monkeypatch):
+    """A shared machine's speed drifts within minutes: the whole table (every component's grid and the encoders
+    its scales are fitted to) is one set of turns, so a drift hits every component alike. A machine twice as slow
+    for the calibration's encoders as for the probes would otherwise double the scale; here the factor a slowdown
+    applies to every timing of a round cancels out of the table's predictions of ratios."""
+    from hjprune_fairseq.tools.latency import measure
+
+    seen = []
+    real = measure.median_times
+
+    def recording(calls, repeats, warmup):
+        seen.append(sorted(calls))
+        return real(calls, repeats, warmup)
+
+    monkeypatch.setattr(measure, "median_times", recording)
+    cfg = measure.TableConfig(preset="tiny", seconds=0.25, threads=1, repeats=1, warmup=0, calibration=2,
+                              conv_grid=(0.5, 1.0), hidden_grid=(1.0,), heads_grid=(0.0, 1.0), dims_grid=(1.0,),
+                              ffn_grid=(0.0, 1.0))
+    table = measure.measure_table(cfg)
+    probes = [g.key for gs in measure.component_graphs(TINY, cfg).values() for g in gs]
+    encoders = [g.key for g in measure.calibration_graphs(TINY, cfg)[1]]
+    assert len(seen) == 1 and seen[0] == sorted(probes + encoders)
+    assert len(encoders) == 6 and set(table["calibration"]["models"]) == {"dense", "cal_whole_0", "cal_fine_1"}
+
+
 def test_a_grid_point_timed_faster_than_a_smaller_one_is_raised_except_along_dims():
     """Noise (a busy machine) never makes the table predict a smaller model slower; uneven head dims can truly be
     slower than whole heads (one attention call per size), so the dims axis keeps its timings."""
