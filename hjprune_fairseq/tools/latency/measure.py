@@ -50,8 +50,9 @@ class TableConfig:
     backend: str = field(default="pytorch", metadata={"help": f"one of {', '.join(lt.BACKENDS)}"})
     threads: int = field(default=1, metadata={"help": "torch / onnxruntime intra-op threads (fixed)"})
     dtype: str = field(default="float32", metadata={"help": "float32 on CPU; float16 or bfloat16 on cuda"})
-    repeats: int = field(default=7, metadata={"help": "timed runs per grid point; the median is kept"})
-    warmup: int = field(default=1, metadata={"help": "untimed runs per grid point first"})
+    repeats: int = field(default=7, metadata={"help": "timed rounds (every grid point and calibration "
+                                                                "encoder once per round); each one's median is kept"})
+    warmup: int = field(default=1, metadata={"help": "untimed rounds first"})
     conv_grid: Tuple[float, ...] = field(default=(0.125, 0.25, 0.5, 0.75, 1.0),
                                          metadata={"help": "CNN channels, in and out"})
     hidden_grid: Tuple[float, ...] = field(default=(0.5, 0.75, 1.0), metadata={"help": "hidden dims (below: clamped)"})
