@@ -2,11 +2,11 @@
 
 ``predict``: random slim shapes of the table's family (CNN channels, heads, FFN units, hidden dims; whole heads
 and fine-grained heads, half each), timed in turns with the dense encoder on the table's backend at its input
-length and threads, against the table's prediction (as it is, and anchored to the table's own calibration encoders
-timed again in the same turns) and against the best MACs-only predictor (latency = a * MACs + b, least squares on the same shapes):
-median and worst absolute error in %. Several tables of one family and input length (one per backend and
-thread count) get the same shapes, each exported to ONNX once and quantised once for all of them
-(``graphs.exported``), then timed one table at a time, its sessions released before the next.
+length and threads, against the table's prediction (as it is, and anchored to the table's own calibration
+encoders timed again in the same turns) and against the best MACs-only predictor (latency = a * MACs + b, least
+squares on the same shapes): median and worst absolute error in %. Several tables of one family and input
+length (one per backend and thread count) get the same shapes, each exported to ONNX once and quantised once for
+all of them (``graphs.exported``), then timed one table at a time, its sessions released before the next.
 
 ``compare``: checkpoints (a parent and models pruned from it) timed in turns on the table's backend, with the
 spread of the repeated timings (tiny models are noisy), beside their predicted latency and speed-up.
@@ -70,7 +70,8 @@ def time_graphs(tables: Sequence[lt.LatencyTable], graphs: Sequence[Graph], repe
                 export_jobs: int = 1, timer: Callable = median_times, export_dir: Optional[str] = None) -> List[Dict]:
     """``timer``'s timings of ``graphs`` in turns on each table's backend and threads: every graph exported once
     for all the tables (``graphs.exported``), then one table at a time, its sessions and modules released before
-    the next (30 wav2vec2-base sessions hold about 6 GB); ``export_dir``: a kept folder of exports to reuse."""
+    the next (37 onnxruntime sessions of wav2vec2-base at 10 s held 19 GB on a 2-core VM); ``export_dir``: a kept
+    folder of exports to reuse."""
     backends = [Backend(t.backend, t.threads, t.data["dtype"]) for t in tables]
     out = []
     with exported(graphs, [t.backend for t in tables], export_jobs, export_dir) as files:
@@ -120,9 +121,10 @@ def _predicted(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], kinds: Dic
     Two predictions from the table: ``table`` (its milliseconds as they are) and ``anchored`` (times the factor
     by which its own calibration encoders, ``anchors``, ran slower or faster here than it predicts them: least
     squares through the origin; the dense encoder's ratio for a table without them). A table is made at one time
-    and used at another; a shared machine's speed drifts between runs (5-20 % on a 2-core VM here) and moves every
-    absolute figure by about as much, not the ratios, which are what the latency measure constrains
-    (``target_sparsity`` is a fraction of the dense model's latency). The anchors are the table's, not the checked
+    and used at another, in another process: on a 2-core VM the same encoders ran 5-40 % apart between the table's
+    process and ``predict``'s (which holds every shape at once), most of it common to every shape: it moves the
+    absolute figures, far less the ratios, which are what the latency measure constrains (``target_sparsity`` is a
+    fraction of the dense model's latency). The anchors are the table's, not the checked
     shapes, and several of them (one encoder's own timing is noisy too). The MACs line is fitted on these very
     timings, so it has no drift to bear."""
     rows = []

@@ -155,8 +155,9 @@ def grid_entry(measured: Dict[str, float], graphs: List[Graph], axes: Dict[str, 
 def time_table(backend: Backend, files: Files, table: Dict, components: Dict[str, List[Graph]], axes: Dict[str, Dict],
                specs: Dict[str, EncoderSpec], cal_graphs: List[Graph], cfg: TableConfig) -> Tuple[Dict, Dict]:
     """({component: grid entry}, calibration) of ``table`` (its header: machine, backend, spec, ...): every probe
-    and calibration encoder timed in one set of turns (each round runs them all once), so that the machine's speed, which drifts on a shared machine, is the
-    same for every component and for the encoders the calibration fits them to.
+    and calibration encoder timed in one set of turns (each round runs them all once), so that the machine's speed,
+    which drifts on a shared machine, is the same for every component and for the encoders the calibration fits
+    them to. All of them are held at once (onnxruntime, wav2vec2-base at 10 s: 19.5 GB on a 2-core VM).
 
     Timed a component at a time instead (a few seconds each), one component's grid was measured in a fast minute
     and another's in a slow one: on a 2-core VM, layers at grid points later timed 15-38 % slower than their table

@@ -54,5 +54,6 @@ def random_specs(spec: EncoderSpec, shapes: int, seed: int,
 
 def calibration_specs(spec: EncoderSpec, shapes: int, seed: int) -> Dict[str, EncoderSpec]:
     """A table's calibration shapes (``measure.calibrate``; ``bench.predict`` times them again to anchor the table):
-    :func:`random_specs` from :data:`CALIBRATION_SEED` + the table's ``seed``, named ``cal_whole_0``, ``cal_fine_1``, ..."""
+    :func:`random_specs` from :data:`CALIBRATION_SEED` + the table's ``seed``, named ``cal_whole_0``,
+    ``cal_fine_1``, ..."""
     return random_specs(spec, shapes, CALIBRATION_SEED + seed, prefix="cal_")[0]
