@@ -91,11 +91,16 @@ def test_encoder_equals_transformers(wavlm, padded, gates):
 
 
 def test_bf16_bias_in_fp32(wavlm):
-    """bf16 activations: the bias is computed in fp32 and cast, the output stays close to fp32's."""
+    """bf16 activations: the bias is computed in fp32 and cast, the output stays close to fp32's.
+
+    oneDNN off: on an Intel Xeon with AMX-BF16 (torch 2.13.0, oneDNN 3.12), its bf16 conv1d is wrong for some
+    small shapes this tiny model has (16 -> 16 channels, kernel 4, stride 4: 89 % of the output's maximum off;
+    the grouped position conv too), not for wav2vec2-base's (512 channels; 768 in 16 groups): 17 % error at the
+    output with it, 1 % without it. This test is about the bias, not torch's convolutions."""
     hf, path = wavlm
     ours = gated_model(path, **NO_GATES)
     source, pad = batch(LENGTHS, seed=2)
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
         ref, frame_pad, _ = ours.encoder(source, pad)
         low, _, _ = ours.encoder.to(torch.bfloat16)(source.to(torch.bfloat16), pad)
     valid = ~frame_pad
