@@ -611,6 +611,27 @@ def test_a_table_times_every_probe_and_calibration_encoder_in_one_set_of_turns(m
     assert len(encoders) == 6 and set(table["calibration"]["models"]) == {"dense", "cal_whole_0", "cal_fine_1"}
 
 
+def test_a_raise_is_named_in_a_warning_when_it_is_large_not_when_it_is_the_jitter_of_a_small_probe(caplog):
+    """A point raised by 30 % and more of itself and by at least a millisecond is a busy machine, named in a
+    warning; a sub-millisecond probe raised by 0.13 ms (the demo's tiny table on an idle machine) is not."""
+    from hjprune_fairseq.tools.latency.measure import Graph, grid_entry
+
+    axes = {"hidden": [97, 192], "heads": [0, 4]}
+    graphs = [Graph(f"attention@{h},{n}", "probe", TINY, 1.0, 0, "attention", (h, n))
+              for h in (97, 192) for n in (0, 4)]
+
+    def warned(ms):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            entry = grid_entry({g.key: t / 1000 for g, t in zip(graphs, ms)}, graphs, axes, "attention")
+        assert entry["seconds"][1][0] == max(ms[0], ms[2]) / 1000  # raised either way
+        return "faster than a smaller one" in caplog.text
+
+    assert not warned([0.27, 1.7, 0.14, 1.9])  # +0.13 ms, 93 %
+    assert warned([27.0, 170.0, 14.0, 190.0])  # +13 ms, 93 %
+    assert not warned([27.0, 170.0, 24.0, 190.0])  # +3 ms, 12 %
+
+
 def test_a_grid_point_timed_faster_than_a_smaller_one_is_raised_except_along_dims():
     """Noise (a busy machine) never makes the table predict a smaller model slower; uneven head dims can truly be
     slower than whole heads (one attention call per size), so the dims axis keeps its timings."""
