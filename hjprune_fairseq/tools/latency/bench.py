@@ -124,9 +124,9 @@ def _predicted(table: lt.LatencyTable, specs: Dict[str, EncoderSpec], kinds: Dic
     and used at another, in another process: on a 2-core VM the same encoders ran 5-40 % apart between the table's
     process and ``predict``'s (which holds every shape at once), most of it common to every shape: it moves the
     absolute figures, far less the ratios, which are what the latency measure constrains (``target_sparsity`` is a
-    fraction of the dense model's latency). The anchors are the table's, not the checked
-    shapes, and several of them (one encoder's own timing is noisy too). The MACs line is fitted on these very
-    timings, so it has no drift to bear."""
+    fraction of the dense model's latency). The anchors are the table's, not the checked shapes, and several of
+    them (one encoder's own timing is noisy too). The MACs line is fitted on these very timings, so it has no drift
+    to bear."""
     rows = []
     dense_ms = 1000 * measured[DENSE]
     dense_pred = _ms(table, table.spec)

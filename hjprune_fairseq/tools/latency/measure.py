@@ -232,7 +232,7 @@ def calibrate(measured: Dict[str, float], table: Dict, specs: Dict[str, EncoderS
 
     def through_zero(x: Dict[str, float], y: Dict[str, float]) -> float:
         return slope_through_zero(torch.tensor([x[k] for k in fit], dtype=torch.float64),
-                             torch.tensor([y[k] for k in fit], dtype=torch.float64))
+                                  torch.tensor([y[k] for k in fit], dtype=torch.float64))
 
     cnn_sum = {k: parts[k]["cnn"] for k in specs}
     rest_sum = {k: sum(parts[k].values()) - parts[k]["cnn"] for k in specs}
